@@ -1,0 +1,161 @@
+"""MLflow records of a search, always through MlflowClient with explicit run ids.
+
+Layout (read back by ``reports``): one parent run per search (tag ``slimtune.role=search``) and
+one child run per trial (tags ``mlflow.parentRunId``, ``slimtune.role=trial``,
+``slimtune.trial_id``, ``slimtune.trial_number``), the ONNX file as artifact ``model/model.onnx``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from searchspace import SearchSpec, SlimtuneError, TrialParams
+
+ROLE_TAG = "slimtune.role"
+MAX_TAG_CHARS = 5000
+
+
+class TrackingError(SlimtuneError):
+    """The MLflow tracking store cannot be used."""
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """Where a search's runs go. Plain strings, so it pickles into Ray workers."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+def resolve_tracking_uri(uri: str | None, cwd: Path) -> str:
+    """``None`` means ``sqlite:///<cwd>/mlflow.db`` with an absolute path (trials chdir)."""
+    if uri is None:
+        return f"sqlite:///{(cwd / 'mlflow.db').resolve()}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        rel = uri.removeprefix("sqlite:///")
+        return f"sqlite:///{(cwd / rel).resolve()}"
+    return uri
+
+
+def open_experiment(client: MlflowClient, name: str, *, artifact_root: Path | None) -> str:
+    """Return the experiment's id, creating it (with a local artifact root if given)."""
+    try:
+        exp = client.get_experiment_by_name(name)
+    except Exception as exc:
+        raise TrackingError(
+            f"cannot reach the MLflow tracking store at {client.tracking_uri!r}: {exc}. "
+            "Fix: start the tracking server or correct `tracking.uri` in the config."
+        ) from exc
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"MLflow experiment {name!r} is deleted; restore it in the MLflow UI or choose "
+                "another `experiment` name"
+            )
+        return str(exp.experiment_id)
+    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+    return str(client.create_experiment(name, artifact_location=location))
+
+
+def start_search_run(
+    client: MlflowClient, experiment_id: str, spec: SearchSpec, *, config_path: Path
+) -> str:
+    objectives = ",".join(f"{o.metric}:{o.direction}" for o in spec.objectives)
+    run = client.create_run(
+        experiment_id,
+        run_name=f"search-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={ROLE_TAG: "search", "slimtune.objectives": objectives, "slimtune.task": spec.task},
+    )
+    run_id = str(run.info.run_id)
+    params = {
+        "task": spec.task,
+        "sampler": spec.sampler.name,
+        "trials": spec.trials,
+        "concurrency": spec.concurrency,
+        "epochs": spec.training.epochs,
+        "seed": spec.seed,
+        "objectives": objectives,
+        **{f"space.{k}": _short(v) for k, v in spec.space.knobs().items()},
+    }
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    client.log_artifact(run_id, str(config_path))
+    return run_id
+
+
+def log_metrics(
+    client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int = 0
+) -> None:
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+def log_onnx(client: MlflowClient, run_id: str, onnx_path: Path, artifact_dir: str) -> None:
+    """Log ``onnx_path`` as ``<artifact_dir>/model.onnx`` whatever its file name."""
+    if onnx_path.name == "model.onnx":
+        client.log_artifact(run_id, str(onnx_path), artifact_dir)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        dst = Path(tmp) / "model.onnx"
+        shutil.copyfile(onnx_path, dst)
+        client.log_artifact(run_id, str(dst), artifact_dir)
+
+
+def start_trial_run(
+    client: MlflowClient,
+    target: TrackingTarget,
+    *,
+    trial_id: str,
+    number: int,
+    params: TrialParams,
+    extra_params: Mapping[str, object],
+) -> str:
+    run = client.create_run(
+        target.experiment_id,
+        run_name=f"trial-{number:03d}",
+        tags={
+            "mlflow.parentRunId": target.parent_run_id,
+            ROLE_TAG: "trial",
+            "slimtune.trial_id": trial_id,
+            "slimtune.trial_number": str(number),
+        },
+    )
+    run_id = str(run.info.run_id)
+    all_params = {**params.to_dict(), **extra_params}
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in all_params.items()])
+    return run_id
+
+
+def finish_trial_run(
+    client: MlflowClient,
+    run_id: str,
+    *,
+    metrics: Mapping[str, float],
+    tags: Mapping[str, str],
+    onnx_path: Path,
+) -> None:
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+        tags=[RunTag(k, str(v)[:MAX_TAG_CHARS]) for k, v in tags.items()],
+    )
+    log_onnx(client, run_id, onnx_path, "model")
+    client.set_terminated(run_id, "FINISHED")
+
+
+def fail_run(client: MlflowClient, run_id: str, reason: str, *, status: str = "FAILED") -> None:
+    client.set_tag(run_id, "slimtune.error", reason[:MAX_TAG_CHARS])
+    client.set_terminated(run_id, status)
+
+
+def _short(v: object) -> str:
+    return str(v.model_dump() if hasattr(v, "model_dump") else v)[:500]

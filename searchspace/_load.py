@@ -1,0 +1,173 @@
+"""Read a YAML config into a SearchSpec; every failure is a ConfigError naming file, line, field."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from searchspace._errors import ConfigError
+from searchspace._spec import SearchSpec
+
+
+def load_spec(path: str | Path) -> SearchSpec:
+    """Load and validate a config file. Raises ConfigError (never a bare parser error)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(
+            field="<file>",
+            value=str(path),
+            rule="the config file must exist and be a regular file",
+            fix="pass the path of a YAML config, e.g. examples/digits.yaml",
+        )
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            field="<file>",
+            value=str(path),
+            rule=f"the file must be readable UTF-8 text ({exc})",
+            fix="check the file's permissions and encoding",
+        ) from exc
+    return parse_spec(text, source=str(p))
+
+
+def parse_spec(text: str, *, source: str = "<string>") -> SearchSpec:
+    """Validate YAML text. Uses yaml.safe_load only: no Python objects are ever constructed."""
+    try:
+        data = yaml.safe_load(text)
+        lines = _line_index(yaml.compose(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(
+            field="<yaml>",
+            value=getattr(exc, "problem", str(exc)),
+            rule="the file must be valid YAML",
+            fix="correct the YAML syntax at the reported line (indentation, colons, quotes)",
+            source=source,
+            line=mark.line + 1 if mark is not None else None,
+        ) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            field="<root>",
+            value=type(data).__name__ if data is not None else "empty file",
+            rule="the top level must be a mapping of fields",
+            fix="start from examples/digits.yaml (at least `experiment: NAME`)",
+            source=source,
+        )
+    try:
+        return SearchSpec.model_validate(data)
+    except ValidationError as exc:
+        raise _to_config_error(exc, source, lines) from None
+
+
+def _to_config_error(
+    exc: ValidationError, source: str, lines: dict[tuple[str, ...], int]
+) -> ConfigError:
+    err = exc.errors()[0]
+    loc = tuple(str(p) for p in err["loc"])
+    # Unions report each branch (e.g. ('space', 'lr', 'FloatRange', 'low')); keep the user's path.
+    loc = tuple(p for p in loc if not p[:1].isupper() and "[" not in p and "(" not in p)
+    field = ".".join(loc) if loc else "<root>"
+    kind = err["type"]
+    value: Any = err.get("input")
+    if kind == "extra_forbidden":
+        known = _known_fields(loc[:-1])
+        hint = difflib.get_close_matches(loc[-1], known, n=1)
+        fix = f"did you mean '{hint[0]}'?" if hint else f"remove it; known fields: {sorted(known)}"
+        return ConfigError(
+            field=field,
+            value=value,
+            rule="unknown field",
+            fix=fix,
+            source=source,
+            line=_line_of(lines, loc),
+        )
+    if kind == "missing":
+        return ConfigError(
+            field=field,
+            value=None,
+            rule="this field is required",
+            fix=f"add `{loc[-1]}:` to the config",
+            source=source,
+            line=_line_of(lines, loc[:-1]),
+        )
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return ConfigError(
+        field=field,
+        value=value,
+        rule=msg,
+        fix=_fix_for(loc),
+        source=source,
+        line=_line_of(lines, loc),
+    )
+
+
+def _fix_for(loc: tuple[str, ...]) -> str:
+    examples = {
+        "space": "write a range as {low: 0.0, high: 0.9, log: false}, a list as "
+        "{choices: [8, 32]}, or a fixed number",
+        "objectives": "list items like {metric: accuracy, direction: maximize}",
+        "sampler": "use one of tpe, nsga2, gp, random",
+        "trials": "give a whole number >= 1",
+        "concurrency": "give a whole number >= 1",
+    }
+    return examples.get(loc[0] if loc else "", "see the config reference in README.md")
+
+
+def _known_fields(loc: tuple[str, ...]) -> list[str]:
+    model: type[BaseModel] = SearchSpec
+    for part in loc:
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *_flatten_args(ann)]
+        nxt = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if nxt is None:
+            return []
+        model = nxt
+    return list(model.model_fields)
+
+
+def _flatten_args(ann: Any) -> list[Any]:
+    out: list[Any] = []
+    for a in getattr(ann, "__args__", ()) or ():
+        out.append(a)
+        out.extend(_flatten_args(a))
+    return out
+
+
+def _line_index(node: yaml.Node | None) -> dict[tuple[str, ...], int]:
+    """Map each field path to its 1-based line in the file."""
+    out: dict[tuple[str, ...], int] = {}
+
+    def walk(n: yaml.Node, path: tuple[str, ...]) -> None:
+        out[path] = n.start_mark.line + 1
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                key = (*path, str(k.value))
+                out[key] = k.start_mark.line + 1
+                walk(v, key)
+                out[key] = k.start_mark.line + 1
+        elif isinstance(n, yaml.SequenceNode):
+            for i, v in enumerate(n.value):
+                walk(v, (*path, str(i)))
+
+    if node is not None:
+        walk(node, ())
+    return out
+
+
+def _line_of(lines: dict[tuple[str, ...], int], loc: tuple[str, ...]) -> int | None:
+    for i in range(len(loc), -1, -1):
+        if loc[:i] in lines and i > 0:
+            return lines[loc[:i]]
+    return None

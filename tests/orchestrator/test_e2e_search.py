@@ -1,0 +1,177 @@
+"""A real small search through the CLI (real Ray, real MLflow SQLite), then its MLflow contents."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from reports import load_search
+from trials import DigitsTask, onnx_accuracy
+
+pytestmark = pytest.mark.e2e
+
+Search = tuple[Path, subprocess.CompletedProcess[str]]
+
+TRIALS = 6
+CONFIG = f"""
+experiment: e2e
+task: digits
+seed: 0
+trials: {TRIALS}
+concurrency: 2
+objectives:
+  - {{metric: accuracy, direction: maximize}}
+  - {{metric: size_gzip_bytes, direction: minimize}}
+  - {{metric: latency_ms, direction: minimize}}
+space:
+  lr: {{low: 1.0e-4, high: 3.0e-3, log: true}}
+  batch_size: {{choices: [64, 128]}}
+  sparsity: {{low: 0.0, high: 0.8}}
+  bits: {{choices: [4, 8, 32]}}
+sampler: {{name: tpe, seed: 0, startup_trials: 4}}
+training: {{epochs: 1}}
+latency: {{warmup: 5, repeats: 30, threads: 1}}
+"""
+
+
+def _cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_AUTH_MODE": "disabled"}
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def search(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    work = tmp_path_factory.mktemp("search")
+    (work / "c.yaml").write_text(CONFIG)
+    proc = _cli("search", "c.yaml", cwd=work)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return work, proc
+
+
+def _uri(work: Path) -> str:
+    return f"sqlite:///{work / 'mlflow.db'}"
+
+
+def test_console_shows_a_line_per_trial_and_the_front(search: Search) -> None:
+    _, proc = search
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
+    assert len(lines) == TRIALS, proc.stdout
+    assert "Pareto front" in proc.stdout
+    assert "dense baseline" in proc.stdout
+
+
+def test_mlflow_holds_one_parent_and_a_child_per_trial(search: Search) -> None:
+    work, _ = search
+    client = MlflowClient(_uri(work))
+    exp = client.get_experiment_by_name("e2e")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("slimtune.role") == "search"]
+    children = [r for r in runs if r.data.tags.get("slimtune.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert len(children) == TRIALS
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert sorted(int(c.data.tags["slimtune.trial_number"]) for c in children) == list(
+        range(TRIALS)
+    )
+    assert parent.data.metrics["baseline_accuracy"] > 0.9
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"pareto.csv", "accuracy_vs_size.png", "accuracy_vs_latency.png"} <= artifacts
+    for c in children:
+        m = c.data.metrics
+        assert c.info.status == "FINISHED"
+        assert set(c.data.params) >= {"lr", "batch_size", "sparsity", "bits"}
+        assert 0.5 < m["accuracy"] <= 1.0
+        assert 0 < m["size_gzip_bytes"] < m["size_bytes"]
+        assert 0 < m["latency_ms"] <= m["latency_p90_ms"]
+        bits = int(c.data.params["bits"])
+        expected = "simulated" if bits < 8 else "real"
+        assert c.data.tags["artifact"] == expected
+
+
+def test_pareto_tags_match_an_independent_recomputation(search: Search) -> None:
+    work, _ = search
+    df = load_search(_uri(work), "e2e").trials
+    signs = np.array([-1.0, 1.0, 1.0])  # maximize accuracy -> minimize its negative
+    pts = df[["accuracy", "size_gzip_bytes", "latency_ms"]].to_numpy() * signs
+    for i, p in enumerate(pts):
+        dominated = any(np.all(q <= p) and np.any(q < p) for j, q in enumerate(pts) if j != i)
+        assert df["pareto"].iloc[i] == (not dominated), df.iloc[i]
+
+
+def test_logged_artifact_reproduces_logged_accuracy(search: Search, tmp_path: Path) -> None:
+    work, _ = search
+    client = MlflowClient(_uri(work))
+    df = load_search(_uri(work), "e2e").trials
+    task = DigitsTask()
+    for _, row in df.iterrows():
+        local = client.download_artifacts(row["run_id"], "model/model.onnx", str(tmp_path))
+        assert onnx_accuracy(Path(local), task) == pytest.approx(row["accuracy"], abs=1e-9)
+
+
+def test_select_returns_a_trial_meeting_the_constraints(search: Search) -> None:
+    work, _ = search
+    df = load_search(_uri(work), "e2e").trials
+    min_acc = float(df["accuracy"].median())
+    max_lat = float(df["latency_ms"].max())
+    proc = _cli(
+        "select",
+        "e2e",
+        "--min-accuracy",
+        str(min_acc),
+        "--max-latency-ms",
+        str(max_lat),
+        "--out",
+        "chosen.onnx",
+        cwd=work,
+    )
+    assert proc.returncode == 0, proc.stderr
+    feasible = df[(df["accuracy"] >= min_acc) & (df["latency_ms"] <= max_lat)]
+    best = feasible.sort_values(["accuracy", "latency_ms"], ascending=[False, True]).iloc[0]
+    assert f"trial {int(best['trial_number'])} " in proc.stdout
+    acc = onnx_accuracy(work / "chosen.onnx", DigitsTask())
+    assert acc == pytest.approx(best["accuracy"], abs=1e-9)
+
+
+def test_select_with_impossible_constraints_says_which_excludes_most(search: Search) -> None:
+    work, _ = search
+    proc = _cli("select", "e2e", "--min-accuracy", "0.5", "--max-size-kb", "0.001", cwd=work)
+    assert proc.returncode == 3
+    assert "max_size_kb" in proc.stderr or "max-size-kb" in proc.stderr
+
+
+def test_bad_config_fails_fast_with_exit_2_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("experiment: x\nspace:\n  sparsity: {low: 0.2, high: 1.5}\n")
+    t0 = time.perf_counter()
+    proc = _cli("search", "bad.yaml", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "space.sparsity" in proc.stderr and "line 3" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+    assert time.perf_counter() - t0 < 60
+
+
+def test_unknown_task_fails_with_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("experiment: x\ntask: nosuchpkg.mod:Task\n")
+    proc = _cli("search", "bad.yaml", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "nosuchpkg" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+from searchspace import (
+    ConfigError,
+    SearchSpec,
+    TrialParams,
+    load_spec,
+    parse_spec,
+    to_distributions,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _err(text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_spec(text, source="c.yaml")
+    return info.value
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")))
+def test_every_example_config_loads(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.trials >= 1 and spec.objectives
+
+
+def test_minimal_config_gets_documented_defaults() -> None:
+    spec = parse_spec("experiment: x\n")
+    assert spec.task == "digits"
+    assert spec.metric_names == ["accuracy", "size_gzip_bytes", "latency_ms"]
+    assert spec.directions == ["maximize", "minimize", "minimize"]
+    assert spec.sampler.name == "tpe"
+
+
+def test_distributions_keep_integer_knobs_integer() -> None:
+    spec = parse_spec(
+        "experiment: x\nspace:\n  lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n"
+        "  batch_size: {choices: [16, 64]}\n  sparsity: 0.5\n  bits: 8\n"
+    )
+    d = to_distributions(spec.space)
+    assert d["lr"] == FloatDistribution(1e-4, 1e-2, log=True)
+    assert d["batch_size"] == CategoricalDistribution([16, 64])
+    assert all(isinstance(c, int) for c in d["batch_size"].choices)  # type: ignore[attr-defined]
+    assert d["sparsity"] == CategoricalDistribution([0.5])
+    assert d["bits"] == CategoricalDistribution([8])
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "words"),
+    [
+        ("experiment: x\nspace:\n  lr: {low: 0.1, high: 0.01}\n", "space.lr", "low < high"),
+        ("experiment: x\nspace:\n  lr: {low: 0, high: 0.1, log: true}\n", "space.lr", "low > 0"),
+        ("experiment: x\nspace:\n  sparsity: 1.0\n", "space.sparsity", "[0, 1)"),
+        ("experiment: x\nspace:\n  sparsity: {low: 0.5, high: 1.2}\n", "space.sparsity", "[0, 1)"),
+        ("experiment: x\nspace:\n  bits: {choices: [8, 12]}\n", "space.bits", "one of"),
+        ("experiment: x\nspace:\n  batch_size: 0\n", "space.batch_size", ">= 1"),
+        ("experiment: x\nspace:\n  batch_size: {low: 8, high: 64}\n", "space.batch_size", "range"),
+        ("experiment: x\ntrials: 0\n", "trials", "greater than or equal to 1"),
+        ("experiment: x\ntrails: 3\n", "trails", "did you mean 'trials'"),
+        ("experiment: x\nsampler: {name: cmaes}\n", "sampler.name", "'tpe'"),
+        ("experiment: x\nobjectives: []\n", "objectives", "at least one objective"),
+        (
+            "experiment: x\nobjectives:\n  - {metric: latency_ms, direction: maximize}\n",
+            "objectives.0",
+            "must be minimized",
+        ),
+        (
+            "experiment: x\nobjectives:\n  - {metric: acc, direction: maximize}\n",
+            "objectives.0",
+            "unknown metric",
+        ),
+        ("trials: 3\n", "experiment", "required"),
+        ("experiment: x\nresources: {cpu: 0}\n", "resources.cpu", "greater than 0"),
+    ],
+)
+def test_invalid_fields_are_named_with_rule_and_fix(text: str, field: str, words: str) -> None:
+    err = _err(text)
+    assert err.field == field
+    msg = str(err)
+    assert words in msg
+    assert msg.startswith("c.yaml")
+    assert "Fix:" in msg
+
+
+def test_error_names_the_line() -> None:
+    err = _err("experiment: x\ntrials: 5\nspace:\n  bits: {choices: [8, 99]}\n")
+    assert err.line == 4
+
+
+@pytest.mark.parametrize("text", ["", "- a\n- b\n", "experiment: [x\n", "42\n"])
+def test_non_mapping_or_broken_yaml_is_a_config_error(text: str) -> None:
+    _err(text)
+
+
+def test_yaml_tags_are_never_constructed() -> None:
+    err = _err("experiment: !!python/object/apply:os.system ['echo hi']\n")
+    assert err.field == "<yaml>"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="must exist"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_trial_params_validate_themselves() -> None:
+    p = TrialParams.from_dict({"lr": "0.001", "batch_size": 64.0, "sparsity": 0.5, "bits": 8})
+    assert p == TrialParams(lr=0.001, batch_size=64, sparsity=0.5, bits=8)
+    with pytest.raises(ValueError, match="sparsity"):
+        TrialParams(lr=0.1, batch_size=1, sparsity=1.0, bits=8)
+    with pytest.raises(ValueError, match="bits"):
+        TrialParams(lr=0.1, batch_size=1, sparsity=0.0, bits=16)
+
+
+def test_spec_is_frozen() -> None:
+    spec = parse_spec("experiment: x\n")
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError on frozen models
+        spec.trials = 3  # type: ignore[misc]
+    assert isinstance(spec, SearchSpec)

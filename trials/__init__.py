@@ -1,0 +1,42 @@
+"""What one trial does: the task interface and built-in tasks, fine-tuning, pruning,
+quantization, ONNX export, and measurement of the exported artifact in ONNX Runtime.
+
+Importing this package has no process-wide side effects (thread counts are the caller's).
+"""
+
+from trials._baseline import ensure_baseline
+from trials._errors import (
+    BaselineCacheError,
+    ExportError,
+    PruningError,
+    QuantizationError,
+    TaskError,
+    TrainingDivergedError,
+)
+from trials._measure import measure_onnx, onnx_accuracy
+from trials._registry import BUILTIN_TASKS, load_task
+from trials._settings import Baseline, TrialResult, TrialSettings
+from trials._task import Task
+from trials._trial import run_baseline, run_trial
+from trials.tasks import DigitsTask
+
+__all__ = [
+    "BUILTIN_TASKS",
+    "Baseline",
+    "BaselineCacheError",
+    "DigitsTask",
+    "ExportError",
+    "PruningError",
+    "QuantizationError",
+    "Task",
+    "TaskError",
+    "TrainingDivergedError",
+    "TrialResult",
+    "TrialSettings",
+    "ensure_baseline",
+    "load_task",
+    "measure_onnx",
+    "onnx_accuracy",
+    "run_baseline",
+    "run_trial",
+]

@@ -1,0 +1,120 @@
+"""Global magnitude pruning and per-channel fake quantization of Conv/Linear weights."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from trials._errors import PruningError
+
+# Layers whose weights are pruned and quantized (per output channel, axis 0).
+Prunable = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear
+
+
+def prunable_layers(model: nn.Module) -> list[Prunable]:
+    """The model's Conv/Linear layers, in module order."""
+    return [
+        m for m in model.modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear)
+    ]
+
+
+def global_magnitude_masks(layers: list[Prunable], sparsity: float) -> list[Tensor]:
+    """Keep-masks that zero the ``sparsity`` fraction of smallest-|w| weights over all layers
+    together (global L1). Exactly ``round(sparsity * n)`` weights are pruned; ties are broken by
+    position, so the masks are deterministic."""
+    weights = [layer.weight.detach() for layer in layers]
+    scores = torch.cat([w.abs().flatten() for w in weights])
+    keep = torch.ones(scores.numel(), dtype=torch.bool)
+    n_pruned = round(sparsity * scores.numel())
+    if n_pruned > 0:
+        keep[torch.argsort(scores, stable=True)[:n_pruned]] = False
+    masks = []
+    first = 0
+    for w in weights:
+        masks.append(keep[first : first + w.numel()].view_as(w).clone())
+        first += w.numel()
+    return masks
+
+
+def fake_quantize(weight: Tensor, bits: int) -> Tensor:
+    """Symmetric per-output-channel fake quantization to ``bits`` (grid ``[-q, q]`` with
+    ``q = 2**(bits-1) - 1``, scale ``max|w| / q``); the gradient passes straight through."""
+    qmax = 2 ** (bits - 1) - 1
+    dims = tuple(range(1, weight.dim()))
+    scale = (weight.detach().abs().amax(dim=dims) / qmax).clamp_min(1e-12).float()
+    zero_point = torch.zeros(scale.shape, dtype=torch.int32)
+    return torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0, -qmax, qmax)
+
+
+class MaskedFakeQuant(nn.Module):
+    """Parametrization of a weight: ``fake_quantize(weight * mask, bits)`` (no quantization at
+    32 bits). Pruned weights stay zero through training and quantization."""
+
+    mask: Tensor
+
+    def __init__(self, mask: Tensor, bits: int) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.float32))
+        self.bits = bits
+
+    def forward(self, weight: Tensor) -> Tensor:
+        weight = weight * self.mask
+        if self.bits < 32:
+            weight = fake_quantize(weight, self.bits)
+        return weight
+
+
+def attach(layers: list[Prunable], masks: list[Tensor], bits: int) -> None:
+    """Parametrize each layer's weight with its mask and ``bits`` fake quantization."""
+    for layer, mask in zip(layers, masks, strict=True):
+        parametrize.register_parametrization(layer, "weight", MaskedFakeQuant(mask, bits))
+
+
+def bake(layers: list[Prunable], masks: list[Tensor]) -> None:
+    """Make pruning and quantization permanent (plain weights again) and check that every
+    pruned weight is zero."""
+    for layer in layers:
+        if parametrize.is_parametrized(layer, "weight"):
+            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+    for i, (layer, mask) in enumerate(zip(layers, masks, strict=True)):
+        leaked = int(torch.count_nonzero(layer.weight.detach()[~mask]))
+        if leaked:
+            raise PruningError(
+                f"pruned weights must stay zero after fine-tuning, but layer {i} "
+                f"({type(layer).__name__}) has {leaked} non-zero pruned weights. "
+                "Fix: report this as a slimtune bug (the mask is applied in the parametrization)."
+            )
+
+
+def weight_sparsity(layers: list[Prunable]) -> float:
+    """Fraction of exactly-zero weights over all Conv/Linear weights."""
+    total = sum(layer.weight.numel() for layer in layers)
+    zeros = sum(
+        layer.weight.numel() - int(torch.count_nonzero(layer.weight.detach())) for layer in layers
+    )
+    return zeros / total if total else 0.0
+
+
+def param_counts(model: nn.Module) -> tuple[int, int]:
+    """(non-zero parameters, all parameters) of the model."""
+    total = sum(p.numel() for p in model.parameters())
+    nonzero = sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
+    return nonzero, total
+
+
+def packed_size_bytes(model: nn.Module, bits: int) -> int:
+    """Analytic size of the weights packed at ``bits``: each Conv/Linear weight at ``bits / 8``
+    bytes plus one fp32 scale per output channel (none at 32 bits); every other parameter fp32.
+    No credit for sparsity (that shows in the compressed file size) and no format overhead."""
+    layers = prunable_layers(model)
+    quantized = {id(layer.weight) for layer in layers}
+    size = 0
+    for layer in layers:
+        size += math.ceil(layer.weight.numel() * bits / 8)
+        if bits < 32:
+            size += 4 * layer.weight.shape[0]
+    size += sum(4 * p.numel() for p in model.parameters() if id(p) not in quantized)
+    return size

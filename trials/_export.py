@@ -1,0 +1,148 @@
+"""Export to one self-contained ONNX file, and static int8 QDQ quantization in ONNX Runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from torch import Tensor, nn
+
+from trials._errors import ExportError, QuantizationError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+# ONNX Runtime's static quantization: uint8 activations, int8 per-channel symmetric weights
+# (U8S8, the fast kernel on x86 without VNNI). reduce_range (7-bit weights) was measured on the
+# digits CNN: same latency, same accuracy within one sample; it stays off so that the weight grid
+# is the one fake quantization trained on (symmetric [-127, 127], scale max|w| / 127).
+INT8_FORMAT = "int8-qdq-u8s8-per-channel"
+_REDUCE_RANGE = False
+
+
+def export_onnx(model: nn.Module, example: Tensor, path: Path, *, what: str) -> None:
+    """Write ``model`` to ``path`` as one self-contained ONNX file (weights inside, no side
+    ``.onnx.data`` file) with a dynamic batch dimension.
+
+    Uses the dynamo exporter (``torch.export``), the supported path in torch 2.x. Its batch
+    dimension is only dynamic when the example batch has at least 2 samples (a size-1 dimension is
+    specialised), so the example is repeated to batch 2.
+    """
+    model.eval()
+    batch = example if example.shape[0] >= 2 else torch.cat([example, example])
+    try:
+        torch.onnx.export(
+            model,
+            (batch,),
+            str(path),
+            dynamo=True,
+            external_data=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
+            verbose=False,
+        )
+    except Exception as exc:
+        raise ExportError(
+            f"{what}: the model must export to ONNX with torch.onnx.export(dynamo=True), but it "
+            f"failed with {type(exc).__name__}: {_first_line(exc)}. Fix: make forward() "
+            "traceable by torch.export (no float(tensor), no data-dependent Python control "
+            "flow); see the chained exception."
+        ) from exc
+    _check_self_contained(path, what=what)
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *, what: str) -> None:
+    """Static QDQ int8 quantization of an fp32 ONNX file, calibrated (min-max) on the given
+    inputs. Raises if the result has no QuantizeLinear/DequantizeLinear nodes."""
+    pre_path = out_path.with_name(out_path.stem + ".pre.onnx")
+    try:
+        quant_pre_process(str(fp32_path), str(pre_path))
+        quantize_static(
+            str(pre_path),
+            str(out_path),
+            _Calibration(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=_REDUCE_RANGE,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    except Exception as exc:
+        raise QuantizationError(
+            f"{what}: static int8 quantization in ONNX Runtime must succeed for bits=8, but it "
+            f"failed with {type(exc).__name__}: {_first_line(exc)}. Fix: search bits=32 or "
+            "bits<8 for this model; see the chained exception."
+        ) from exc
+    finally:
+        pre_path.unlink(missing_ok=True)
+    ops = set(onnx_op_types(out_path))
+    missing = {"QuantizeLinear", "DequantizeLinear"} - ops
+    if missing:
+        raise QuantizationError(
+            f"{what}: an int8 artifact must contain QuantizeLinear and DequantizeLinear nodes, "
+            f"but {out_path} lacks {sorted(missing)} (ops: {sorted(ops)}). Fix: the model has "
+            "no Conv/Gemm/MatMul that ONNX Runtime quantizes; search bits=32 for it."
+        )
+    _check_self_contained(out_path, what=what)
+
+
+def onnx_op_types(path: Path) -> list[str]:
+    """Sorted distinct op types of the main graph; ops outside the default domain are prefixed
+    with their domain (``com.microsoft.QLinearConv``)."""
+    model = onnx.load(str(path), load_external_data=False)
+    return sorted(
+        {
+            node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+            for node in model.graph.node
+        }
+    )
+
+
+def onnx_opset(path: Path) -> int:
+    """The default-domain opset version of an ONNX file."""
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+class _Calibration(CalibrationDataReader):
+    """Feeds calibration inputs to ONNX Runtime's calibrator in batches."""
+
+    def __init__(self, inputs: np.ndarray, batch_size: int = 64) -> None:
+        self._batches: Iterator[np.ndarray] = iter(
+            [inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+
+def _check_self_contained(path: Path, *, what: str) -> None:
+    model = onnx.load(str(path), load_external_data=False)
+    external = [
+        t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+    ]
+    if external:
+        raise ExportError(
+            f"{what}: the ONNX artifact must be one self-contained file, but {path} keeps "
+            f"{len(external)} tensors in external data (e.g. {external[0]!r}). "
+            "Fix: export with external_data=False (models over 2 GB cannot be one file)."
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
