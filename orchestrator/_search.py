@@ -59,6 +59,8 @@ def _local_env() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # torch configures its loggers when imported (by now): keep the exporter's notices quiet.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 
 
 def run_search(

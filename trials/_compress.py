@@ -89,12 +89,16 @@ def bake(layers: list[Prunable], masks: list[Tensor]) -> None:
             )
 
 
+def zero_weights(layers: list[Prunable]) -> tuple[int, int]:
+    """(exactly-zero weights, all weights) over the Conv/Linear weights."""
+    total = sum(layer.weight.numel() for layer in layers)
+    nonzero = sum(int(torch.count_nonzero(layer.weight.detach())) for layer in layers)
+    return total - nonzero, total
+
+
 def weight_sparsity(layers: list[Prunable]) -> float:
     """Fraction of exactly-zero weights over all Conv/Linear weights."""
-    total = sum(layer.weight.numel() for layer in layers)
-    zeros = sum(
-        layer.weight.numel() - int(torch.count_nonzero(layer.weight.detach())) for layer in layers
-    )
+    zeros, total = zero_weights(layers)
     return zeros / total if total else 0.0
 
 

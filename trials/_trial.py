@@ -21,6 +21,7 @@ from trials._compress import (
     param_counts,
     prunable_layers,
     weight_sparsity,
+    zero_weights,
 )
 from trials._errors import PruningError, TaskError
 from trials._export import INT8_FORMAT, export_onnx, quantize_int8
@@ -191,12 +192,12 @@ def _check_sparsity(
     layers: list[Prunable], masks: list[torch.Tensor], requested: float, *, what: str
 ) -> None:
     pruned = sum(int((~m).sum()) for m in masks)
-    total = sum(m.numel() for m in masks)
-    achieved = weight_sparsity(layers)
-    if achieved * total < pruned:
+    zeros, total = zero_weights(layers)
+    if zeros < pruned:
         raise PruningError(
             f"{what}: the achieved weight sparsity must be at least the requested {requested:g}, "
-            f"but it is {achieved:.4f}. Fix: report this as a slimtune bug."
+            f"but only {zeros} of {total} weights are zero ({pruned} pruned). "
+            "Fix: report this as a slimtune bug."
         )
 
 

@@ -141,7 +141,8 @@ def test_nan_loss_raises_a_clear_error(tiny_task_class: type[Task], tmp_path: Pa
                 model[-1].bias.fill_(float("nan"))
             return model
 
-    with pytest.raises(TrainingDivergedError, match=r"finite.*nan.*lower the learning rate") as info:
+    expected = r"finite.*nan.*lower the learning rate"
+    with pytest.raises(TrainingDivergedError, match=expected) as info:
         ensure_baseline(Diverging(), seed=0, cache_dir=tmp_path)
     assert isinstance(info.value, SlimtuneError)
     assert "epoch 1, step 1" in str(info.value)

@@ -16,6 +16,8 @@ from onnx import numpy_helper
 from searchspace import TrialParams
 from trials import Task, TrialResult, TrialSettings, onnx_accuracy, run_baseline, run_trial
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning")
+
 REQUIRED_METRICS = {
     "accuracy",
     "size_bytes",
@@ -81,8 +83,8 @@ def test_result_is_complete_and_measured(
     case: str, results: Callable[[str], TrialResult], tiny_task: Task
 ) -> None:
     result = results(case)
-    assert REQUIRED_METRICS <= set(result.metrics)
-    assert REQUIRED_TAGS <= set(result.tags)
+    assert set(result.metrics) >= REQUIRED_METRICS
+    assert set(result.tags) >= REQUIRED_TAGS
     assert all(math.isfinite(v) for v in result.metrics.values())
     m = result.metrics
     assert m["latency_ms"] > 0
@@ -139,7 +141,7 @@ def test_int8_artifact_is_real_qdq_and_small(
     assert result.tags["artifact"] == "real"
     assert result.tags["format"] == "int8-qdq-u8s8-per-channel"
     assert result.tags["quantization"] == "static-qdq"
-    assert QDQ <= _ops(result)
+    assert _ops(result) >= QDQ
     model = onnx.load(str(result.onnx_path))
     int8_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert sum(int(np.prod(t.dims)) for t in int8_weights) >= 0.99 * sum(
