@@ -22,6 +22,9 @@ class TrialLines(Callback):
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._done += 1
         r = trial.last_result or {}
+        if r.get("trial_failed"):
+            self._print(f"{_knobs(trial.config)} | FAILED: {str(r.get('trial_error'))[:200]}")
+            return
         self._print(f"{_knobs(trial.config)} | {format_metrics(r)}")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:

@@ -15,7 +15,10 @@ import optuna
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from orchestrator._faults import FirstTrialsAllFail
+from orchestrator._live import LiveFrontCallback
 from orchestrator._progress import TrialLines, format_metrics, pareto_table
+from orchestrator._resources import check_resources
 from orchestrator._samplers import build_sampler
 from orchestrator._searcher import OptunaAskTell
 from orchestrator._tracking import (
@@ -24,13 +27,16 @@ from orchestrator._tracking import (
     log_metrics,
     log_onnx,
     open_experiment,
+    probe_tracking,
+    redact_uri,
     resolve_tracking_uri,
+    resumable_search_run,
     start_search_run,
 )
 from orchestrator._trainable import TrialContext, make_trainable
 from reports import publish_front
-from searchspace import SearchSpec, to_distributions
-from trials import Task, TrialSettings, ensure_baseline, load_task, run_baseline
+from searchspace import SearchSpec, SlimtuneError, to_distributions
+from trials import Task, TrialSettings, check_task, ensure_baseline, load_task, run_baseline
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class SearchOptions:
     config_path: Path
     workdir: Path
     address: str | None = None
+    resume: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,9 @@ def _local_env() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Save the search's state (trials, the sampler's study) every second, so that a driver
+    # killed mid-search loses at most a second of bookkeeping; --resume restores from it.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     # torch configures its loggers when imported (by now): keep the exporter's notices quiet.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 
@@ -66,27 +76,91 @@ def _local_env() -> None:
 def run_search(
     spec: SearchSpec, opts: SearchOptions, *, out: TextIO | None = None
 ) -> SearchOutcome:
-    """Run ``spec`` to the end and return where its records are."""
+    """Run ``spec`` to the end and return where its records are.
+
+    Order matters: the task's dry run and the cluster's resources are checked before anything
+    is written to MLflow, so a search that cannot run leaves no half-made records.
+    """
     out = out or sys.stdout
     t0 = time.perf_counter()
     _local_env()
     workdir = opts.workdir.resolve()
     task = load_task(spec.task)
+    check = check_task(task)
+    seconds = sum(t for _, t in check.steps)
+    print(f"task {check.task!r} passed its dry run in {seconds:.1f} s", file=out, flush=True)
+    probe_tracking(resolve_tracking_uri(spec.tracking.uri, workdir))
+    _start_ray(spec, opts)
+    try:
+        return _run(spec, opts, task, workdir, t0, out)
+    finally:
+        import ray
+
+        ray.shutdown()
+
+
+def _start_ray(spec: SearchSpec, opts: SearchOptions) -> None:
+    import ray
+
+    init_kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": logging.WARNING,
+    }
+    # Inside `ray job submit`, RAY_ADDRESS names the cluster: join it rather than start one.
+    address = opts.address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        init_kwargs["_temp_dir"] = tempfile.mkdtemp(prefix="slimtune-ray-")
+    ray.init(address=address, **init_kwargs)
+    try:
+        check_resources(spec, ray.nodes())
+    except BaseException:
+        ray.shutdown()
+        raise
+
+
+def _run(
+    spec: SearchSpec, opts: SearchOptions, task: Task, workdir: Path, t0: float, out: TextIO
+) -> SearchOutcome:
     uri = resolve_tracking_uri(spec.tracking.uri, workdir)
     client = MlflowClient(tracking_uri=uri)
     local_store = uri.startswith("sqlite:")
     exp_id = open_experiment(
         client, spec.experiment, artifact_root=workdir / "mlruns" if local_store else None
     )
-    parent = start_search_run(client, exp_id, spec, config_path=opts.config_path)
+    if opts.resume:
+        parent = resumable_search_run(client, exp_id, spec.experiment)
+        client.update_run(parent, status="RUNNING")
+    else:
+        parent = start_search_run(client, exp_id, spec, config_path=opts.config_path)
     target = TrackingTarget(uri=uri, experiment_id=exp_id, parent_run_id=parent)
     runs_dir = workdir / ".slimtune" / "runs" / parent
     cache_dir = workdir / ".slimtune" / "cache"
     print(
-        f"slimtune: experiment {spec.experiment!r}, search run {parent}, tracking {uri}", file=out
+        f"slimtune: experiment {spec.experiment!r}, search run {parent}, "
+        f"tracking {redact_uri(uri)}",
+        file=out,
     )
     try:
-        _baseline(spec, client, parent, task=task, cache_dir=cache_dir, runs_dir=runs_dir, out=out)
+        if not (opts.resume and "baseline_accuracy" in client.get_run(parent).data.metrics):
+            try:
+                _baseline(
+                    spec,
+                    client,
+                    parent,
+                    task=task,
+                    cache_dir=cache_dir,
+                    runs_dir=runs_dir,
+                    out=out,
+                )
+            except SlimtuneError:
+                raise
+            except Exception as exc:
+                raise BaselineFailed(
+                    f"the dense baseline of task {spec.task!r} failed: {type(exc).__name__}: "
+                    f"{exc}. Every trial is compared with it, so the search cannot start. "
+                    f"Fix: run `slimtune validate` on the config and correct the task."
+                ) from exc
         ctx = TrialContext(
             task_ref=spec.task,
             tracking=target,
@@ -99,8 +173,14 @@ def run_search(
             latency_repeats=spec.latency.repeats,
             latency_threads=spec.latency.threads,
         )
-        finished, failed = _tune(spec, ctx, opts, runs_dir, out)
-        front = publish_front(uri, parent, out_dir=runs_dir / "report")
+        finished, failed, stopper = _tune(spec, ctx, runs_dir, out, resume=opts.resume)
+        if stopper.triggered:
+            raise SearchStopped(
+                f"stopped early: the first {stopper.n} trials all failed "
+                f"({stopper.common_reason()}). Fix that cause, then run the search again; "
+                "`faults.stop_after_failures` sets how many failures in a row stop a search."
+            )
+        front = publish_front(uri, parent, out_dir=runs_dir / "report", backfill=True)
         wall = time.perf_counter() - t0
         log_metrics(
             client,
@@ -117,7 +197,7 @@ def run_search(
     print(f"\n{finished} trials finished, {failed} failed in {wall:.0f} s. Pareto front:", file=out)
     if finished:
         print(pareto_table(front), file=out)
-    print(f"\nInspect: mlflow ui --backend-store-uri {uri}", file=out)
+    print(f"\nInspect: mlflow ui --backend-store-uri {redact_uri(uri)}", file=out)
     return SearchOutcome(uri, exp_id, parent, finished, failed, front, wall)
 
 
@@ -151,10 +231,17 @@ def _baseline(
     print(f"dense baseline ({how}): {format_metrics(result.metrics)}", file=out, flush=True)
 
 
+class BaselineFailed(SlimtuneError):
+    """Training or measuring the dense baseline failed."""
+
+
+class SearchStopped(SlimtuneError):
+    """The search stopped on its own, e.g. because its first trials all failed."""
+
+
 def _tune(
-    spec: SearchSpec, ctx: TrialContext, opts: SearchOptions, runs_dir: Path, out: TextIO
-) -> tuple[int, int]:
-    import ray
+    spec: SearchSpec, ctx: TrialContext, runs_dir: Path, out: TextIO, *, resume: bool
+) -> tuple[int, int, FirstTrialsAllFail]:
     from ray import tune
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -166,18 +253,26 @@ def _tune(
     searcher = OptunaAskTell(
         study, to_distributions(spec.space), spec.metric_names, max_trials=spec.trials
     )
-    init_kwargs: dict[str, Any] = {
-        "include_dashboard": False,
-        "log_to_driver": False,
-        "logging_level": logging.WARNING,
-    }
-    if opts.address is None:
-        init_kwargs["_temp_dir"] = tempfile.mkdtemp(prefix="slimtune-ray-")
-    ray.init(address=opts.address, **init_kwargs)
-    try:
-        resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    trainable = tune.with_resources(make_trainable(ctx), resources)
+    stopper = FirstTrialsAllFail(spec.faults.stop_after_failures)
+    storage = spec.storage or str(runs_dir.parent.parent / "ray")
+    name = f"search-{ctx.tracking.parent_run_id}"
+    if resume:
+        path = f"{storage.rstrip('/')}/{name}"
+        if not tune.Tuner.can_restore(str(path)):
+            raise SearchStopped(
+                f"cannot resume: no saved search state at {path}. Fix: run without --resume "
+                "(the state lives under .slimtune/ray/ of the directory the search ran in)."
+            )
+        # Finished trials stay finished; trials cut off by the crash run again, and find their
+        # MLflow run by trial id (idempotent); the sampler's study comes back from its save().
+        tuner = tune.Tuner.restore(
+            str(path), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
         tuner = tune.Tuner(
-            tune.with_resources(make_trainable(ctx), resources),
+            trainable,
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
                 num_samples=spec.trials,
@@ -185,15 +280,18 @@ def _tune(
                 reuse_actors=True,
             ),
             run_config=tune.RunConfig(
-                name=f"search-{ctx.tracking.parent_run_id}",
-                storage_path=str(runs_dir.parent.parent / "ray"),
+                name=name,
+                storage_path=storage,
                 verbose=0,
-                callbacks=[TrialLines(spec.trials, out=out)],
-                failure_config=tune.FailureConfig(max_failures=0),
+                stop=stopper,
+                callbacks=[
+                    TrialLines(spec.trials, out=out),
+                    LiveFrontCallback(ctx.tracking.uri, ctx.tracking.parent_run_id, out=out),
+                ],
+                failure_config=tune.FailureConfig(max_failures=spec.faults.max_retries),
             ),
         )
-        grid = tuner.fit()
-    finally:
-        ray.shutdown()
-    failed = len(grid.errors)
-    return len(grid) - failed, failed
+    grid = tuner.fit()
+    results = [grid[i] for i in range(len(grid))]
+    ok = sum(1 for r in results if r.metrics and "accuracy" in r.metrics)
+    return ok, len(grid) - ok, stopper

@@ -10,11 +10,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 
 from searchspace import SearchSpec, SlimtuneError, TrialParams
@@ -46,13 +49,47 @@ def resolve_tracking_uri(uri: str | None, cwd: Path) -> str:
     return uri
 
 
+def probe_tracking(uri: str, *, timeout_s: float = 5.0) -> None:
+    """Fail at once when a remote tracking server does not answer (MLflow's own client would
+    retry for minutes first). Local stores (sqlite, file) need no probe."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        problem = f"HTTP {exc.code}"
+    except OSError as exc:
+        problem = type(exc).__name__ + (f" ({exc.reason})" if hasattr(exc, "reason") else "")
+    raise TrackingError(
+        f"the MLflow tracking server at {redact_uri(uri)} does not answer ({problem} from "
+        f"/health within {timeout_s:g} s). Fix: start it (e.g. `mlflow server --host 127.0.0.1 "
+        "--port 5000 --backend-store-uri sqlite:////abs/path/mlflow.db`) or correct "
+        "`tracking.uri` in the config."
+    )
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any user name and password removed, fit for a console or a log."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def open_experiment(client: MlflowClient, name: str, *, artifact_root: Path | None) -> str:
     """Return the experiment's id, creating it (with a local artifact root if given)."""
     try:
         exp = client.get_experiment_by_name(name)
     except Exception as exc:
         raise TrackingError(
-            f"cannot reach the MLflow tracking store at {client.tracking_uri!r}: {exc}. "
+            f"cannot reach the MLflow tracking store at {redact_uri(client.tracking_uri)!r}: "
+            f"{type(exc).__name__}. "
             "Fix: start the tracking server or correct `tracking.uri` in the config."
         ) from exc
     if exp is not None:
@@ -83,12 +120,36 @@ def start_search_run(
         "concurrency": spec.concurrency,
         "epochs": spec.training.epochs,
         "seed": spec.seed,
+        "resources.cpu": spec.resources.cpu,  # read back by reports for the search's cost
+        "resources.gpu": spec.resources.gpu,
         "objectives": objectives,
         **{f"space.{k}": _short(v) for k, v in spec.space.knobs().items()},
     }
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
     client.log_artifact(run_id, str(config_path))
     return run_id
+
+
+def resumable_search_run(client: MlflowClient, experiment_id: str, experiment: str) -> str:
+    """The latest search run of the experiment that did not finish (killed, failed, running)."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{ROLE_TAG}` = 'search'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise TrackingError(
+            f"--resume: experiment {experiment!r} has no search to resume. "
+            "Fix: run `slimtune search CONFIG` without --resume."
+        )
+    last = runs[0]
+    if last.info.status == "FINISHED":
+        raise TrackingError(
+            f"--resume: the latest search of {experiment!r} (run {last.info.run_id}) finished; "
+            "there is nothing to resume. Fix: run without --resume to start a new search."
+        )
+    return str(last.info.run_id)
 
 
 def log_metrics(
@@ -107,6 +168,28 @@ def log_onnx(client: MlflowClient, run_id: str, onnx_path: Path, artifact_dir: s
         dst = Path(tmp) / "model.onnx"
         shutil.copyfile(onnx_path, dst)
         client.log_artifact(run_id, str(dst), artifact_dir)
+
+
+def find_trial_run(client: MlflowClient, target: TrackingTarget, trial_id: str) -> Run | None:
+    """The child run already recorded for ``trial_id`` in this search, if any.
+
+    Makes trial logging idempotent: a trial that Ray retries (a lost node) or re-runs after
+    ``--resume`` finds its run instead of creating a second one.
+    """
+    runs = client.search_runs(
+        [target.experiment_id],
+        filter_string=(
+            f"tags.`mlflow.parentRunId` = '{target.parent_run_id}' "
+            f"and tags.`slimtune.trial_id` = '{trial_id}'"
+        ),
+        max_results=10,
+    )
+    if len(runs) > 1:
+        raise TrackingError(
+            f"trial {trial_id} has {len(runs)} child runs in search {target.parent_run_id}; "
+            "each trial must have exactly one. Fix: delete the extra runs in the MLflow UI."
+        )
+    return runs[0] if runs else None
 
 
 def start_trial_run(

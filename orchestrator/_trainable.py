@@ -1,4 +1,16 @@
-"""The function Ray Tune runs for each trial: one thread, one trial, one MLflow child run."""
+"""The function Ray Tune runs for each trial: one thread, one trial, one MLflow child run.
+
+Two kinds of failure are kept apart:
+- an exception raised by the trial's own work (a NaN loss, a model that does not export, a
+  claim its artifact does not show, a MemoryError, a bug in a task plugin) is the trial's
+  *result*: its run ends FAILED with the reason, the sampler is told the trial failed, and Ray
+  does not retry it (it would fail the same way);
+- the loss of the process running it (a dead node, a worker killed by the OOM killer) never
+  reaches this code: Ray sees the actor die and retries the trial up to ``faults.max_retries``
+  times. The retry, and a re-run after ``--resume``, find the trial's run by its trial id and
+  reuse it, so every trial has exactly one run. A failure to write to MLflow after training
+  is raised too, and retried the same way.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +25,18 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from orchestrator._searcher import TRIAL_NUMBER_KEY
-from orchestrator._tracking import TrackingTarget, fail_run, finish_trial_run, start_trial_run
+from orchestrator._tracking import (
+    TrackingTarget,
+    fail_run,
+    find_trial_run,
+    finish_trial_run,
+    start_trial_run,
+)
 from searchspace import SlimtuneError, TrialParams
 from trials import Task, TrialSettings, load_task, run_trial
+
+FAILED_KEY = "trial_failed"
+ERROR_KEY = "trial_error"
 
 
 class NonFiniteMetric(SlimtuneError):
@@ -68,16 +89,33 @@ def make_trainable(ctx: TrialContext) -> Callable[[dict[str, Any]], None]:
         number = int(config[TRIAL_NUMBER_KEY])
         params = TrialParams.from_dict(config)
         trial_id = tune.get_context().get_trial_id() or f"trial-{number}"
-        settings = ctx.settings(number)
         client = MlflowClient(tracking_uri=ctx.tracking.uri)
-        run_id = start_trial_run(
-            client,
-            ctx.tracking,
-            trial_id=trial_id,
-            number=number,
-            params=params,
-            extra_params={"seed": settings.seed, "epochs": settings.epochs},
-        )
+        existing = find_trial_run(client, ctx.tracking, trial_id)
+        if existing is not None and existing.info.status == "FINISHED":
+            # Finished before the driver went down (resume): report the record, do not re-run.
+            tune.report(
+                {
+                    **existing.data.metrics,
+                    "mlflow_run_id": existing.info.run_id,
+                    "artifact": existing.data.tags.get("artifact", ""),
+                    "replayed": 1,
+                }
+            )
+            return
+        settings = ctx.settings(number)
+        if existing is not None:
+            run_id = existing.info.run_id
+            client.update_run(run_id, status="RUNNING")
+            client.set_tag(run_id, "slimtune.attempts", _attempts(existing) + 1)
+        else:
+            run_id = start_trial_run(
+                client,
+                ctx.tracking,
+                trial_id=trial_id,
+                number=number,
+                params=params,
+                extra_params={"seed": settings.seed, "epochs": settings.epochs},
+            )
         try:
             result = run_trial(_task(ctx.task_ref), params, settings)
             bad = {k: v for k, v in result.metrics.items() if not math.isfinite(v)}
@@ -86,17 +124,25 @@ def make_trainable(ctx: TrialContext) -> Callable[[dict[str, Any]], None]:
                     f"trial {number} produced non-finite metrics {bad}; "
                     "lower the learning rate range (space.lr.high)"
                 )
-            finish_trial_run(
-                client,
-                run_id,
-                metrics=result.metrics,
-                tags=result.tags,
-                onnx_path=result.onnx_path,
+        except Exception as exc:  # the trial's own failure: recorded, told, never retried
+            fail_run(
+                client, run_id, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
             )
+            tune.report(
+                {
+                    FAILED_KEY: 1,
+                    ERROR_KEY: f"{type(exc).__name__}: {exc}"[:500],
+                    "mlflow_run_id": run_id,
+                }
+            )
+            return
         except BaseException as exc:
             reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
             fail_run(client, run_id, reason, status="KILLED" if _killed(exc) else "FAILED")
             raise
+        finish_trial_run(
+            client, run_id, metrics=result.metrics, tags=result.tags, onnx_path=result.onnx_path
+        )
         tune.report(
             {
                 **result.metrics,
@@ -107,6 +153,13 @@ def make_trainable(ctx: TrialContext) -> Callable[[dict[str, Any]], None]:
         )
 
     return slimtune_trial
+
+
+def _attempts(run: Any) -> int:
+    try:
+        return int(run.data.tags.get("slimtune.attempts", "1"))
+    except ValueError:
+        return 1
 
 
 def _killed(exc: BaseException) -> bool:

@@ -10,6 +10,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from orchestrator._report_cmd import add_report_parser, run_report
+from orchestrator._select_cmd import add_select_options, run_select
 from searchspace import ConfigError, SlimtuneError
 
 EXIT_OK = 0
@@ -30,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--trials", type=int, help="override the config's number of trials")
     s.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     s.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the experiment's last unfinished search (after a crash or a kill)",
+    )
+    s.add_argument(
         "--workdir",
         type=Path,
         default=Path.cwd(),
@@ -44,6 +51,20 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, help="copy the chosen ONNX file here")
     c.add_argument("--tracking-uri", help="MLflow tracking URI (default: ./mlflow.db)")
     c.add_argument("--run-id", help="the search's parent run id (default: the latest search)")
+    add_select_options(c)
+    add_report_parser(sub)
+    v = sub.add_parser(
+        "validate", help="check a config and its task (one tiny batch end to end), run nothing"
+    )
+    v.add_argument("config", type=Path, help="YAML config")
+
+    u = sub.add_parser("ui", help="serve the MLflow UI on this directory's records")
+    u.add_argument("--tracking-uri", help="MLflow store (default: ./mlflow.db)")
+    u.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    u.add_argument("--port", type=int, default=5000)
+
     sub.add_parser("schema", help="print the config's JSON Schema (for editors)")
     return p
 
@@ -59,6 +80,11 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
+def _quiet_torch() -> None:
+    # torch sets its loggers' levels when imported: call after the first import of trials.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries()
@@ -67,12 +93,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _search(args)
         if args.command == "schema":
             return _schema()
+        if args.command == "report":
+            return run_report(args)
+        if args.command == "validate":
+            return _validate(args)
+        if args.command == "ui":
+            return _ui(args)
         return _select(args)
     except ConfigError as exc:
         print(f"slimtune: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except SlimtuneError as exc:
-        code = EXIT_NO_FEASIBLE if type(exc).__name__ == "NoFeasibleTrial" else EXIT_USAGE
+        kind = type(exc).__name__
+        code = {"NoFeasibleTrial": EXIT_NO_FEASIBLE, "SearchStopped": EXIT_FAILED}.get(
+            kind, EXIT_USAGE
+        )
         print(f"slimtune: {exc}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
@@ -96,6 +131,7 @@ def _search(args: argparse.Namespace) -> int:
 
     from trials import load_task
 
+    _quiet_torch()
     load_task(spec.task)  # an unimportable task is a usage error, reported before Ray starts
 
     from orchestrator._search import SearchOptions, run_search
@@ -103,10 +139,58 @@ def _search(args: argparse.Namespace) -> int:
     outcome = run_search(
         spec,
         SearchOptions(
-            config_path=args.config.resolve(), workdir=args.workdir, address=args.address
+            config_path=args.config.resolve(),
+            workdir=args.workdir,
+            address=args.address,
+            resume=args.resume,
         ),
     )
     return EXIT_OK if outcome.finished > 0 else EXIT_FAILED
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from searchspace import load_spec
+
+    spec = load_spec(args.config)
+    print(
+        f"config {args.config}: valid ({spec.trials} trials, sampler {spec.sampler.name}, "
+        f"objectives {', '.join(f'{o.metric} ({o.direction})' for o in spec.objectives)})"
+    )
+    from trials import check_task, load_task
+
+    _quiet_torch()
+    task = load_task(spec.task)
+    report = check_task(task)
+    steps = ", ".join(f"{name} {secs:.2f} s" for name, secs in report.steps)
+    print(
+        f"task {spec.task!r}: valid ({report.parameters:,} parameters, input "
+        f"{report.input_shape}, {report.num_classes} classes); {steps}"
+    )
+    return EXIT_OK
+
+
+def _ui(args: argparse.Namespace) -> int:
+    import shutil
+
+    from orchestrator._tracking import redact_uri, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
+    if uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(
+            field="--tracking-uri",
+            value=uri,
+            rule="the MLflow store must exist",
+            fix="run `slimtune search CONFIG` here first, or pass --tracking-uri",
+        )
+    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    cmd = [exe, "server", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        # MLflow refuses other Host headers unless told which to allow.
+        cmd += ["--allowed-hosts", "*"]
+        print(f"slimtune: serving on {args.host}: reachable from other machines", file=sys.stderr)
+    print(f"MLflow UI for {redact_uri(uri)} at http://{args.host}:{args.port}", flush=True)
+    sys.stdout.flush()
+    os.execv(exe, cmd)  # the server replaces this process: signals and exit codes are its own
 
 
 def _schema() -> int:
@@ -119,37 +203,7 @@ def _schema() -> int:
 
 
 def _select(args: argparse.Namespace) -> int:
-    from orchestrator._tracking import resolve_tracking_uri
-    from reports import Constraints, download_model, load_search, select
-
-    constraints = Constraints(
-        min_accuracy=args.min_accuracy,
-        max_size_kb=args.max_size_kb,
-        max_latency_ms=args.max_latency_ms,
-    )
-    uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
-    runs = load_search(uri, args.experiment, parent_run_id=args.run_id)
-    choice = select(runs.trials, constraints)
-    best = choice.chosen
-    print(
-        f"chosen: trial {int(best['trial_number'])} (run {best['run_id']}) of "
-        f"{choice.feasible} trials meeting the constraints\n"
-        f"  lr={best['lr']:.2e} batch_size={int(best['batch_size'])} "
-        f"sparsity={best['sparsity']:.2f} bits={int(best['bits'])} "
-        f"artifact={best.get('artifact', '?')}\n"
-        f"  accuracy={best['accuracy']:.4f} size={best['size_bytes'] / 1000:.1f} KB "
-        f"gzip={best['size_gzip_bytes'] / 1000:.1f} KB latency={best['latency_ms']:.3f} ms "
-        f"(p90 {best['latency_p90_ms']:.3f} ms)"
-    )
-    for _, r in choice.runners_up.iterrows():
-        print(
-            f"  runner-up: trial {int(r['trial_number'])} accuracy={r['accuracy']:.4f} "
-            f"size={r['size_bytes'] / 1000:.1f} KB latency={r['latency_ms']:.3f} ms"
-        )
-    if args.out is not None:
-        path = download_model(uri, str(best["run_id"]), args.out)
-        print(f"ONNX file written to {path}")
-    return EXIT_OK
+    return run_select(args)
 
 
 if __name__ == "__main__":

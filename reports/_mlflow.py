@@ -5,19 +5,27 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from mlflow.entities import Run, RunTag, ViewType
+from mlflow.entities import Metric, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from reports._errors import ReportError, SearchNotFound
-from reports._pareto import pareto_front, parse_objectives
-from reports._plots import plot_tradeoffs
+from reports._interactive import plot_interactive
+from reports._pareto import (
+    hypervolume,
+    hypervolume_curve,
+    pareto_ranks,
+    parse_objectives,
+    reference_point,
+)
+from reports._plots import plot_hypervolume, plot_tradeoffs
 
 ROLE_TAG = "slimtune.role"
 OBJECTIVES_TAG = "slimtune.objectives"
@@ -49,8 +57,10 @@ class SearchRuns:
     columns ``run_id``, ``trial_id``, ``trial_number`` (int), ``status``, the knobs ``lr``,
     ``batch_size``, ``sparsity``, ``bits`` (typed; ints become nullable ``Int64`` only if some run
     lacks the value), every metric as a float column, the tags ``artifact``, ``format``,
-    ``error`` (``slimtune.error``) and ``pareto`` (bool) when some run has it, and any other
-    param as a string column. Rows are sorted by ``trial_number``.
+    ``error`` (``slimtune.error``), ``pareto`` (bool) and ``pareto_rank`` (Int64) when some run
+    has them, ``end_time`` (ms since the epoch, NaN while running), and any other param as a
+    string column. Rows are sorted by ``trial_number``. ``parent_params``, ``parent_metrics``
+    and ``parent_tags`` are the parent run's, as logged.
     """
 
     parent_run_id: str
@@ -58,6 +68,10 @@ class SearchRuns:
     objectives: list[tuple[str, str]]
     baseline: dict[str, float]
     trials: pd.DataFrame
+    experiment: str = ""
+    parent_params: dict[str, str] = field(default_factory=dict)
+    parent_metrics: dict[str, float] = field(default_factory=dict)
+    parent_tags: dict[str, str] = field(default_factory=dict)
 
 
 def load_search(
@@ -105,41 +119,165 @@ def load_search(
     return _load(client, parent, page_size=_page_size)
 
 
-def publish_front(tracking_uri: str, parent_run_id: str, *, out_dir: Path) -> pd.DataFrame:
-    """Compute the search's Pareto front and record it in MLflow.
+@dataclass(frozen=True, eq=False)
+class FrontUpdate:
+    """What :func:`update_front` found and wrote.
 
-    Over the FINISHED trials and the parent's objectives: tags every finished child
-    ``pareto=true|false`` (only runs whose tag changes are written), writes ``pareto.csv`` (the
-    front, best first objective first) and the two trade-off plots to ``out_dir``, logs them as
-    artifacts of the parent run, and logs metric ``pareto_size`` on the parent (step = number of
-    finished trials, so repeated calls draw it over time). Returns all trials with a ``pareto``
-    column (False for trials that are not FINISHED).
+    ``trials``: every trial with ``pareto`` and ``pareto_rank`` (``<NA>`` when unranked);
+    ``finished``: FINISHED trials; ``front_size``: trials of rank 0; ``hypervolume``: of the
+    finished trials against ``reference`` (None when the baseline lacks a value the reference
+    needs, see ``reference_error``); ``tags_written``: child runs whose tags were rewritten;
+    ``steps_logged``: the steps of the ``hypervolume``/``pareto_size`` points logged now.
+    """
+
+    search: SearchRuns
+    trials: pd.DataFrame
+    finished: int
+    front_size: int
+    hypervolume: float | None
+    reference: dict[str, float] | None
+    reference_error: str | None
+    tags_written: int
+    steps_logged: list[int]
+
+
+def update_front(tracking_uri: str, parent_run_id: str, *, backfill: bool = True) -> FrontUpdate:
+    """Bring a search's Pareto tags and hypervolume up to date; cheap enough to run per trial.
+
+    Over the FINISHED child runs and the parent's objectives: computes non-dominated ranks,
+    rewrites the tags ``pareto=true|false`` and ``pareto_rank`` of the runs whose values changed
+    (only those), and logs on the parent ``hypervolume`` and ``pareto_size`` with step = the
+    number of finished trials. Steps already logged are not logged again. With ``backfill``,
+    every step since the last logged one gets a point (the trials ordered by end time), so the
+    history has one point per finished trial even when several finish between two calls;
+    without it only the current step is logged. The hypervolume's reference point comes from
+    the dense baseline (:func:`reports.reference_point`), so its history never decreases.
     """
     client = MlflowClient(tracking_uri=tracking_uri)
     search = _load(client, _get_parent(client, parent_run_id, tracking_uri))
-    trials = search.trials
-    previous = trials["pareto"] if "pareto" in trials.columns else None
-    front = pareto_front(trials, search.objectives)
+    return _update(client, search, backfill=backfill)
 
-    finished = front[front["status"] == "FINISHED"]
+
+def _update(client: MlflowClient, search: SearchRuns, *, backfill: bool) -> FrontUpdate:
+    trials = search.trials
+    ranked = pareto_ranks(trials, search.objectives)
+    finished_mask = ranked["status"] == "FINISHED"
+    finished = ranked[finished_mask]
+
+    written = 0
     for idx, row in finished.iterrows():
-        value = "true" if row["pareto"] else "false"
-        old = None if previous is None or pd.isna(previous[idx]) else bool(previous[idx])
-        if old is not None and ("true" if old else "false") == value:
-            continue
-        client.log_batch(str(row["run_id"]), tags=[RunTag("pareto", value)])
+        want: dict[str, str] = {"pareto": "true" if row["pareto"] else "false"}
+        if not pd.isna(row["pareto_rank"]):
+            want["pareto_rank"] = str(int(row["pareto_rank"]))
+        have: dict[str, str] = {}
+        if "pareto" in trials.columns and not pd.isna(trials.at[idx, "pareto"]):
+            have["pareto"] = "true" if bool(trials.at[idx, "pareto"]) else "false"
+        if "pareto_rank" in trials.columns and not pd.isna(trials.at[idx, "pareto_rank"]):
+            have["pareto_rank"] = str(int(trials.at[idx, "pareto_rank"]))
+        changed = [RunTag(k, v) for k, v in want.items() if have.get(k) != v]
+        if changed:
+            client.log_batch(str(row["run_id"]), tags=changed)
+            written += 1
+
+    reference: dict[str, float] | None = None
+    reference_error: str | None = None
+    try:
+        reference = reference_point(search.baseline, search.objectives)
+    except ReportError as exc:
+        reference_error = str(exc)
+
+    n = len(finished)
+    history = client.get_metric_history(search.parent_run_id, "pareto_size")
+    last = max((int(m.step) for m in history), default=0)
+    steps = list(range(last + 1, n + 1)) if backfill else ([n] if n > last else [])
+    if steps:
+        now = int(time.time() * 1000)
+        points: list[Metric] = []
+        if reference is not None:
+            for k, hv, size in hypervolume_curve(
+                finished, search.objectives, reference, steps=steps
+            ):
+                points.append(Metric("pareto_size", float(size), now, k))
+                points.append(Metric("hypervolume", hv, now, k))
+        else:
+            for k in steps:
+                size = int(
+                    pareto_ranks(_first_finished(finished, k), search.objectives)["pareto"].sum()
+                )
+                points.append(Metric("pareto_size", float(size), now, k))
+        client.log_batch(search.parent_run_id, metrics=points)
+    hv_now = hypervolume(finished, search.objectives, reference) if reference else None
+    return FrontUpdate(
+        search=search,
+        trials=ranked,
+        finished=n,
+        front_size=int(finished["pareto"].sum()),
+        hypervolume=hv_now,
+        reference=reference,
+        reference_error=reference_error,
+        tags_written=written,
+        steps_logged=steps,
+    )
+
+
+def publish_front(
+    tracking_uri: str,
+    parent_run_id: str,
+    *,
+    out_dir: Path,
+    interactive: bool = True,
+    backfill: bool = False,
+) -> pd.DataFrame:
+    """Compute the search's Pareto front and record it in MLflow, with its plots.
+
+    Runs :func:`update_front` (tags ``pareto``/``pareto_rank`` on the finished children,
+    ``hypervolume`` and ``pareto_size`` on the parent at step = finished trials, if that step is
+    not logged yet), then writes to ``out_dir`` and logs as artifacts of the parent run:
+    ``pareto.csv`` (the front, best first objective first), ``accuracy_vs_size.png``,
+    ``accuracy_vs_latency.png``, ``hypervolume.png`` (its history) and, with ``interactive``,
+    ``trials.html`` (every trial, hover for details; opens offline). ``backfill`` is passed to
+    :func:`update_front` (the search passes True, so a step a failed live update missed is
+    filled in). Returns all trials with the columns ``pareto`` (False for trials that are not
+    FINISHED) and ``pareto_rank``.
+    """
+    client = MlflowClient(tracking_uri=tracking_uri)
+    search = _load(client, _get_parent(client, parent_run_id, tracking_uri))
+    update = _update(client, search, backfill=backfill)
+    front = update.trials
+    finished = front[front["status"] == "FINISHED"]
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "pareto.csv"
     _front_table(finished, search.objectives).to_csv(csv_path, index=False)
     paths = [csv_path, *plot_tradeoffs(finished, search.objectives, out, baseline=search.baseline)]
+    history = hypervolume_history(client, parent_run_id)
+    paths.append(plot_hypervolume(history, out / "hypervolume.png", reference=update.reference))
+    if interactive:
+        paths.append(
+            plot_interactive(
+                front, search.objectives, out / "trials.html", baseline=search.baseline
+            )
+        )
     for path in paths:
         client.log_artifact(parent_run_id, str(path))
-    client.log_metric(
-        parent_run_id, "pareto_size", float(finished["pareto"].sum()), step=len(finished)
-    )
     return front
+
+
+def _first_finished(finished: pd.DataFrame, k: int) -> pd.DataFrame:
+    by = ["end_time", "trial_number"]
+    return finished.sort_values(by, kind="stable", na_position="last").iloc[:k]
+
+
+def hypervolume_history(client: MlflowClient, parent_run_id: str) -> list[tuple[int, float]]:
+    """The parent's ``hypervolume`` points as (step, value), by step; the last value per step."""
+    points = {
+        int(m.step): float(m.value)
+        for m in sorted(
+            client.get_metric_history(parent_run_id, "hypervolume"), key=lambda m: m.timestamp
+        )
+    }
+    return sorted(points.items())
 
 
 def download_model(tracking_uri: str, run_id: str, dst: Path) -> Path:
@@ -221,12 +359,17 @@ def _load(client: MlflowClient, parent: Run, *, page_size: int = 1000) -> Search
         if not token:
             break
     metrics = [*_STANDARD_METRICS, *(m for m, _ in objectives if m not in _STANDARD_METRICS)]
+    exp = client.get_experiment(parent.info.experiment_id)
     return SearchRuns(
         parent_run_id=parent.info.run_id,
         experiment_id=parent.info.experiment_id,
         objectives=objectives,
         baseline=baseline,
         trials=_trials_frame(children, metrics),
+        experiment=exp.name if exp is not None else "",
+        parent_params=dict(parent.data.params),
+        parent_metrics={k: float(v) for k, v in parent.data.metrics.items()},
+        parent_tags=dict(parent.data.tags),
     )
 
 
@@ -251,6 +394,9 @@ def _trials_frame(runs: list[Run], metrics: list[str]) -> pd.DataFrame:
             row[column] = tags.get(tag)
         if "pareto" in tags:
             row["pareto"] = tags["pareto"] == "true"
+        if tags.get("pareto_rank", "").isdigit():
+            row["pareto_rank"] = int(tags["pareto_rank"])
+        row["end_time"] = float(run.info.end_time) if run.info.end_time else math.nan
         for name, value in params.items():
             if name not in row:
                 row[name] = value
@@ -273,6 +419,10 @@ def _trials_frame(runs: list[Run], metrics: list[str]) -> pd.DataFrame:
         df[column] = df[column].astype(float)
     if "pareto" in df.columns:
         df["pareto"] = df["pareto"].astype("boolean")
+    if "pareto_rank" in df.columns:
+        df["pareto_rank"] = df["pareto_rank"].astype("Int64")
+    if "end_time" not in df.columns:
+        df["end_time"] = pd.Series(dtype=float)
     df = df.sort_values(["trial_number", "run_id"], kind="stable", na_position="last")
     return df.reset_index(drop=True)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import moocore
 import numpy as np
@@ -118,4 +118,150 @@ def pareto_front(df: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> pd.
     mask = np.zeros(len(out), dtype=bool)
     mask[eligible] = pareto_mask(values[eligible], [d for _, d in pairs])
     out["pareto"] = mask
+    return out
+
+
+def pareto_ranks(df: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """Return a copy of ``df`` with ``pareto_rank`` (nullable Int64) and ``pareto`` (bool).
+
+    ``pareto_rank`` is the non-dominated sorting rank (moocore's ``pareto_rank``): 0 for the
+    front, 1 for the front of the rest, and so on; identical points share a rank. Rows that
+    cannot be ranked (not FINISHED, or a missing objective value) get ``<NA>`` and
+    ``pareto=False``. ``pareto`` equals ``pareto_rank == 0`` and :func:`pareto_front`.
+    """
+    pairs = _check_objectives(df, objectives)
+    out = df.copy()
+    values, eligible = _objective_values(out, pairs)
+    ranks = pd.array([pd.NA] * len(out), dtype="Int64")
+    if eligible.any():
+        maximise = [d == "maximize" for _, d in pairs]
+        got = moocore.pareto_rank(values[eligible], maximise=maximise)
+        ranks[np.flatnonzero(eligible)] = np.asarray(got, dtype=np.int64)
+    out["pareto_rank"] = ranks
+    out["pareto"] = (out["pareto_rank"] == 0).fillna(False).astype(bool)
+    return out
+
+
+def front(df: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """The non-dominated trials of ``df``, best first objective first (a notebook helper).
+
+    ``df`` is e.g. ``load_search(...).trials``; ``objectives`` its ``objectives`` (a list of
+    ``(metric, direction)``). The result keeps every column of ``df`` and adds ``pareto_rank``.
+    """
+    ranked = pareto_ranks(df, objectives)
+    out = ranked[ranked["pareto"]]
+    first, direction = _check_objectives(df, objectives)[0]
+    by = [first, "trial_number"] if "trial_number" in out.columns else [first]
+    return out.sort_values(
+        by, ascending=[direction == "minimize", True][: len(by)], kind="stable"
+    ).reset_index(drop=True)
+
+
+# The hypervolume reference: a cost objective's reference is REFERENCE_FACTOR times the dense
+# baseline's value; a maximised objective (accuracy, a fraction) has reference 0.
+REFERENCE_FACTOR = 2.0
+
+
+def reference_point(
+    baseline: Mapping[str, float], objectives: Sequence[tuple[str, str]]
+) -> dict[str, float]:
+    """The hypervolume reference point of a search: fixed by the dense baseline alone.
+
+    For a minimised objective (size, latency) it is ``REFERENCE_FACTOR`` (2) times the
+    baseline's value: a trial twice as large or slow as the uncompressed model adds nothing.
+    For a maximised one (accuracy, a fraction in [0, 1]) it is 0. Because it depends on nothing
+    the trials measure, the hypervolume of a growing set of trials can only grow.
+    """
+    pairs = [(str(m), str(d)) for m, d in objectives]
+    _check_directions([d for _, d in pairs])
+    ref: dict[str, float] = {}
+    for metric, direction in pairs:
+        if direction == "maximize":
+            ref[metric] = 0.0
+            continue
+        value = baseline.get(metric)
+        if value is None or not np.isfinite(value) or value <= 0:
+            raise ReportError(
+                f"the hypervolume reference of minimised objective {metric!r} is "
+                f"{REFERENCE_FACTOR:g} x the dense baseline's value, which must be a positive "
+                f"number, got {value!r} (baseline metrics: {sorted(baseline)}). Fix: log "
+                f"baseline_{metric} on the search run (the orchestrator does when it measures "
+                "the baseline)."
+            )
+        ref[metric] = REFERENCE_FACTOR * float(value)
+    return ref
+
+
+def hypervolume(
+    df: pd.DataFrame,
+    objectives: Sequence[tuple[str, str]],
+    reference: Mapping[str, float],
+) -> float:
+    """Normalised hypervolume of the FINISHED trials of ``df`` against ``reference``.
+
+    Each objective is scaled to its reference: a maximised one as ``value / 1`` (accuracy is a
+    fraction; reference 0), a minimised one as ``value / reference`` (reference 1). The result
+    is the fraction of the box ``[0, 1] accuracy x [0, reference] per cost`` that the trials
+    dominate: 0 with no useful trial, 1 for a perfect model of zero size and latency. Trials
+    worse than the reference in some objective add nothing. Computed by moocore.
+    """
+    pairs = _check_objectives(df, objectives)
+    missing = [m for m, _ in pairs if m not in reference]
+    if missing:
+        raise ReportError(
+            f"the reference point needs a value for every objective; missing {missing} in "
+            f"{dict(reference)}. Fix: build it with reference_point(baseline, objectives)."
+        )
+    values, eligible = _objective_values(df, pairs)
+    pts = values[eligible]
+    if len(pts) == 0:
+        return 0.0
+    scaled = np.empty_like(pts)
+    ref = np.empty(len(pairs))
+    for j, (metric, direction) in enumerate(pairs):
+        if direction == "maximize":
+            scaled[:, j] = pts[:, j] - reference[metric]
+            ref[j] = 0.0
+        else:
+            scaled[:, j] = pts[:, j] / reference[metric]
+            ref[j] = 1.0
+    maximise = [d == "maximize" for _, d in pairs]
+    return float(moocore.hypervolume(scaled, ref=ref, maximise=maximise))
+
+
+def _objective_values(
+    df: pd.DataFrame, pairs: Sequence[tuple[str, str]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Objective values (n x m float) and the mask of rows eligible for a front."""
+    names = [m for m, _ in pairs]
+    values = df[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    eligible = np.isfinite(values).all(axis=1)
+    if "status" in df.columns:
+        eligible &= (df["status"] == "FINISHED").to_numpy(dtype=bool)
+    return values, eligible
+
+
+def hypervolume_curve(
+    df: pd.DataFrame,
+    objectives: Sequence[tuple[str, str]],
+    reference: Mapping[str, float],
+    *,
+    steps: Sequence[int] | None = None,
+) -> list[tuple[int, float, int]]:
+    """Hypervolume and front size after each finished trial: (k, hypervolume, front size).
+
+    The FINISHED trials of ``df`` are taken in the order they ended (column ``end_time`` when
+    present, then ``trial_number``); point k covers the first k. ``steps`` restricts the k
+    computed (default: 1..n).
+    """
+    pairs = _check_objectives(df, objectives)
+    finished = df if "status" not in df.columns else df[df["status"] == "FINISHED"]
+    by = [c for c in ("end_time", "trial_number") if c in finished.columns]
+    order = finished.sort_values(by, kind="stable", na_position="last") if by else finished
+    wanted = range(1, len(order) + 1) if steps is None else steps
+    out = []
+    for k in wanted:
+        subset = order.iloc[:k]
+        size = int(pareto_ranks(subset, pairs)["pareto"].sum())
+        out.append((int(k), hypervolume(subset, pairs, reference), size))
     return out

@@ -196,3 +196,40 @@ def _point_label(row: pd.Series) -> str:
     if row.get("artifact") == "simulated":
         label += "*"
     return label
+
+
+def plot_hypervolume(
+    history: Sequence[tuple[int, float]],
+    path: Path,
+    *,
+    reference: Mapping[str, float] | None = None,
+) -> Path:
+    """Write the hypervolume over finished trials (``history``: (step, value) pairs) as a PNG.
+
+    ``reference`` (objective -> reference value) is printed under the title so the figure says
+    what the numbers are measured against.
+    """
+    fig = Figure(figsize=(7.5, 4.0), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    points = sorted((int(s), float(v)) for s, v in history)
+    if points:
+        steps, values = zip(*points, strict=True)
+        ax.step(steps, values, where="post", color="C0", lw=1.5)
+        ax.scatter(steps, values, s=14, color="C0", zorder=3)
+        ax.set_xlim(left=0)
+    else:
+        ax.text(0.5, 0.5, "no finished trial yet", transform=ax.transAxes, ha="center")
+    xlabel = "finished trials"
+    if reference:
+        ref = ", ".join(f"{k}={v:.4g}" for k, v in reference.items())
+        xlabel += f"\nreference point: {ref}"
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("hypervolume (fraction of the reference box)")
+    last = f"{points[-1][1]:.4f} after {points[-1][0]} trials" if points else "none"
+    ax.set_title(f"hypervolume over the search: {last}")
+    ax.grid(True, alpha=0.25)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -17,11 +18,25 @@ BYTES_PER_KB = 1000  # sizes are reported in decimal kilobytes: 1 KB = 1000 byte
 # name -> (metric column, bound kind, factor from the metric's unit to the constraint's unit)
 _TABLE: dict[str, tuple[str, Literal["min", "max"], float]] = {
     "min_accuracy": ("accuracy", "min", 1.0),
+    "max_accuracy_drop": ("accuracy", "min", 1.0),  # bound: baseline accuracy - drop / 100
     "max_size_kb": ("size_bytes", "max", 1.0 / BYTES_PER_KB),
+    "max_gzip_kb": ("size_gzip_bytes", "max", 1.0 / BYTES_PER_KB),
     "max_latency_ms": ("latency_ms", "max", 1.0),
+    "max_latency_p90_ms": ("latency_p90_ms", "max", 1.0),
 }
-# Ranking of feasible trials: accuracy first, then lower latency, then smaller file.
+# Ranking of feasible trials: the optimized metric first, then accuracy, lower latency, smaller
+# file (each in its own direction), then the lower trial number.
 _RANK_COLUMNS = ("accuracy", "latency_ms", "size_bytes")
+# Which way each metric is better; ``select(optimize=...)`` takes one of these.
+OPTIMIZABLE: dict[str, Literal["maximize", "minimize"]] = {
+    "accuracy": "maximize",
+    "size_bytes": "minimize",
+    "size_gzip_bytes": "minimize",
+    "latency_ms": "minimize",
+    "latency_p90_ms": "minimize",
+}
+# name -> (metric, kind, factor, bound in the constraint's unit)
+Bounds = dict[str, tuple[str, Literal["min", "max"], float, float]]
 
 
 @dataclass(frozen=True)
@@ -31,12 +46,18 @@ class Constraints:
     ``min_accuracy`` is a fraction in [0, 1] (0.97, not 97). ``max_size_kb`` bounds
     ``size_bytes``, the size of the ONNX file that ships (not its gzip size), in decimal
     kilobytes: 1 KB = 1000 bytes. ``max_latency_ms`` bounds ``latency_ms``, the median batch-1
-    latency in ONNX Runtime.
+    latency in ONNX Runtime. ``max_accuracy_drop`` is relative to the dense baseline, in
+    percentage points: 1.0 means ``accuracy >= baseline_accuracy - 0.01`` (``select`` needs the
+    baseline for it). ``max_gzip_kb`` bounds ``size_gzip_bytes`` and ``max_latency_p90_ms``
+    bounds ``latency_p90_ms``, in the same units.
     """
 
     min_accuracy: float | None = None
     max_size_kb: float | None = None
     max_latency_ms: float | None = None
+    max_accuracy_drop: float | None = None
+    max_gzip_kb: float | None = None
+    max_latency_p90_ms: float | None = None
 
     def __post_init__(self) -> None:
         for name, value in self.active().items():
@@ -73,9 +94,20 @@ class Constraints:
                 fix="give accuracy as a fraction, e.g. 0.97",
                 source="Constraints",
             )
+        drop = self.max_accuracy_drop
+        if drop is not None and not 0 <= drop <= 100:
+            raise ConfigError(
+                field="max_accuracy_drop",
+                value=drop,
+                rule="it is in percentage points of accuracy, in [0, 100]",
+                fix="give the drop from the baseline in points, e.g. 1.0 for one point",
+                source="Constraints",
+            )
         for name, unit, example in (
             ("max_size_kb", "kilobytes (1 KB = 1000 bytes)", "500"),
+            ("max_gzip_kb", "kilobytes (1 KB = 1000 bytes)", "200"),
             ("max_latency_ms", "milliseconds", "2.0"),
+            ("max_latency_p90_ms", "milliseconds", "2.5"),
         ):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -89,20 +121,39 @@ class Constraints:
 
     def active(self) -> dict[str, float]:
         """The constraints that are set, by name."""
-        values = {
-            "min_accuracy": self.min_accuracy,
-            "max_size_kb": self.max_size_kb,
-            "max_latency_ms": self.max_latency_ms,
-        }
+        values = {name: getattr(self, name) for name in _TABLE}
         return {k: v for k, v in values.items() if v is not None}
 
     def describe(self) -> str:
         """Human-readable form, e.g. ``min_accuracy >= 0.97, max_latency_ms <= 2``."""
         parts = [
-            f"{name} {'>=' if _TABLE[name][1] == 'min' else '<='} {bound:g}"
+            f"{name} {'<=' if name == 'max_accuracy_drop' or _TABLE[name][1] == 'max' else '>='} "
+            f"{bound:g}" + (" points" if name == "max_accuracy_drop" else "")
             for name, bound in self.active().items()
         ]
         return ", ".join(parts) if parts else "no constraints"
+
+    def bounds(self, baseline: Mapping[str, float] | None = None) -> Bounds:
+        """Each active constraint as (metric, kind, factor, bound); relative ones resolved.
+
+        ``max_accuracy_drop`` becomes ``accuracy >= baseline["accuracy"] - drop / 100``; it
+        needs ``baseline`` (the parent run's ``baseline_*`` metrics without the prefix).
+        """
+        out: Bounds = {}
+        for name, value in self.active().items():
+            metric, kind, factor = _TABLE[name]
+            if name == "max_accuracy_drop":
+                base = (baseline or {}).get("accuracy")
+                if base is None or not math.isfinite(base):
+                    raise ReportError(
+                        f"max_accuracy_drop={value:g} is relative to the dense baseline's "
+                        f"accuracy, but the search has none (baseline metrics: "
+                        f"{sorted(baseline or {})}). Fix: use --min-accuracy, or select from "
+                        "a search whose parent run logs baseline_accuracy."
+                    )
+                value = base - value / 100
+            out[name] = (metric, kind, factor, float(value))
+        return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,20 +165,60 @@ class Selection:
     runners_up: pd.DataFrame
     constraints: Constraints = field(default_factory=Constraints)
     considered: int = 0  # finished trials looked at
+    optimize: str = "accuracy"
+    bounds: Bounds = field(default_factory=dict)  # the constraints as applied
 
     @property
     def reason(self) -> str:
         """Why this trial was chosen, in one paragraph (for a decision record)."""
         c = self.chosen
+        opt = self.optimize
+        best = "highest" if OPTIMIZABLE[opt] == "maximize" else "lowest"
         text = (
-            f"trial {_trial_label(c)} has the highest accuracy ({c['accuracy']:.4f}) of the "
+            f"trial {_trial_label(c)} has the {best} {opt} ({_fmt(c[opt])}) of the "
             f"{self.feasible} of {self.considered} finished trials that meet "
-            f"{self.constraints.describe()}; latency_ms={c['latency_ms']:.4g}, "
+            f"{self.describe_bounds()}; accuracy={c['accuracy']:.4f}, "
+            f"latency_ms={c['latency_ms']:.4g}, "
             f"size_bytes={_int_or_nan(c['size_bytes'])} (ONNX file, 1 KB = 1000 bytes)."
         )
-        if len(self.runners_up) and self.runners_up.iloc[0]["accuracy"] == c["accuracy"]:
-            text += " Ties on accuracy are broken by lower latency_ms, then smaller size_bytes."
+        if len(self.runners_up) and self.runners_up.iloc[0][opt] == c[opt]:
+            rest = [k for k in _rank_order(opt) if k != opt]
+            text += (
+                f" Ties on {opt} are broken by "
+                + ", then ".join(
+                    f"{'higher' if OPTIMIZABLE[k] == 'maximize' else 'lower'} {k}" for k in rest
+                )
+                + "."
+            )
         return text
+
+    def describe_bounds(self) -> str:
+        """The constraints with relative ones resolved, e.g. ``max_accuracy_drop <= 1 points
+        (accuracy >= 0.975)``."""
+        if not self.bounds:
+            return self.constraints.describe()
+        parts = []
+        for name, (metric, kind, _factor, bound) in self.bounds.items():
+            if name == "max_accuracy_drop":
+                value = self.constraints.active()[name]
+                parts.append(f"{name} <= {value:g} points ({metric} >= {bound:.4g})")
+            else:
+                parts.append(f"{name} {'>=' if kind == 'min' else '<='} {bound:g}")
+        return ", ".join(parts) if parts else "no constraints"
+
+    def why_lost(self, runner: pd.Series) -> str:
+        """Why ``runner`` (a feasible trial) ranks below the chosen one, in a phrase."""
+        c = self.chosen
+        for key in _rank_order(self.optimize):
+            if key not in runner.index or key not in c.index:
+                continue
+            a, b = float(runner[key]), float(c[key])
+            if a == b or (math.isnan(a) and math.isnan(b)):
+                continue
+            worse = "lower" if OPTIMIZABLE.get(key, "minimize") == "maximize" else "higher"
+            tie = "" if key == self.optimize else f" at equal {self.optimize}"
+            return f"{worse} {key} ({_fmt(a)} vs {_fmt(b)}){tie}"
+        return "identical on every ranking metric; the chosen trial has the lower trial number"
 
 
 class NoFeasibleTrial(ReportError):
@@ -148,8 +239,10 @@ class NoFeasibleTrial(ReportError):
         excluded: dict[str, int],
         closest: pd.Series | None,
         violations: dict[str, float],
+        bounds: Bounds | None = None,
     ) -> None:
         self.constraints = constraints
+        self.bounds = bounds if bounds is not None else constraints.bounds()
         self.considered = considered
         self.excluded = excluded
         self.most_excluding = max(excluded, key=lambda k: excluded[k]) if excluded else None
@@ -173,7 +266,8 @@ class NoFeasibleTrial(ReportError):
         if self.closest is not None:
             c = self.closest
             misses = "; ".join(
-                f"misses {name} by {_miss(name, c, self.constraints)} ({100 * v:.1f}% of the bound)"
+                f"misses {name} by {_miss(name, c, self.bounds[name])} "
+                f"({100 * v:.1f}% of the bound)"
                 for name, v in self.violations.items()
                 if v > 0
             )
@@ -189,18 +283,41 @@ class NoFeasibleTrial(ReportError):
         return text
 
 
-def select(df: pd.DataFrame, constraints: Constraints) -> Selection:
-    """Choose among FINISHED trials meeting every constraint the most accurate one.
+def select(
+    df: pd.DataFrame,
+    constraints: Constraints,
+    *,
+    optimize: str = "accuracy",
+    baseline: Mapping[str, float] | None = None,
+) -> Selection:
+    """Choose among FINISHED trials meeting every constraint the best one on ``optimize``.
 
-    Ties on accuracy go to the lower ``latency_ms``, then the smaller ``size_bytes``, then the
-    lower ``trial_number``. A trial with a missing value for a constrained metric does not
-    meet that constraint. Raises :class:`NoFeasibleTrial` when no trial qualifies.
+    ``optimize`` is one of :data:`OPTIMIZABLE` (accuracy is maximized, sizes and latencies
+    minimized). Ties go to the higher accuracy, the lower ``latency_ms``, the smaller
+    ``size_bytes``, then the lower ``trial_number``. A trial with a missing value for a
+    constrained metric does not meet that constraint. ``baseline`` (the parent's ``baseline_*``
+    metrics without the prefix) resolves relative constraints (``max_accuracy_drop``). Raises
+    :class:`NoFeasibleTrial` when no trial qualifies.
     """
-    missing = [c for c in _RANK_COLUMNS if c not in df.columns]
+    if optimize not in OPTIMIZABLE:
+        raise ReportError(
+            f"optimize must be one of {sorted(OPTIMIZABLE)}, got {optimize!r}. Fix: pass the "
+            "metric to make best among the trials that meet the constraints, e.g. accuracy."
+        )
+    needed = list(dict.fromkeys([*_RANK_COLUMNS, optimize]))
+    missing = [c for c in needed if c not in df.columns]
     if missing:
         raise ReportError(
-            f"select needs the columns {list(_RANK_COLUMNS)}; missing {missing} "
+            f"select needs the columns {needed}; missing {missing} "
             f"(columns are {list(df.columns)}); pass the trials table of load_search"
+        )
+    bounds = constraints.bounds(baseline)
+    absent = [b[0] for b in bounds.values() if b[0] not in df.columns]
+    if absent:
+        raise ReportError(
+            f"the constraints need the metric columns {absent}, which the trials table lacks "
+            f"(columns are {list(df.columns)}). Fix: drop those constraints or pass the "
+            "trials table of load_search."
         )
     finished = df if "status" not in df.columns else df[df["status"] == "FINISHED"]
     finished = finished[np.isfinite(_num(finished["accuracy"]))]
@@ -209,8 +326,7 @@ def select(df: pd.DataFrame, constraints: Constraints) -> Selection:
     ok = pd.Series(True, index=finished.index)
     excluded: dict[str, int] = {}
     violation = pd.DataFrame(index=finished.index)
-    for name, bound in constraints.active().items():
-        metric, kind, factor = _TABLE[name]
+    for name, (metric, kind, factor, bound) in bounds.items():
         value = _num(finished[metric]) * factor
         meets = value >= bound if kind == "min" else value <= bound
         excess = (bound - value) if kind == "min" else (value - bound)
@@ -227,7 +343,9 @@ def select(df: pd.DataFrame, constraints: Constraints) -> Selection:
             finite = total[np.isfinite(total)]
             if not finite.empty:
                 # Equal violations: the trial select would rank higher.
-                near = _ranked(finished.loc[finite.index].assign(_violation=finite), "_violation")
+                near = _ranked(
+                    finished.loc[finite.index].assign(_violation=finite), optimize, "_violation"
+                )
                 best = near.index[0]
                 closest = finished.loc[best]
                 violations = {k: float(v) for k, v in violation.loc[best].items()}
@@ -237,22 +355,31 @@ def select(df: pd.DataFrame, constraints: Constraints) -> Selection:
             excluded=excluded,
             closest=closest,
             violations=violations,
+            bounds=bounds,
         )
 
-    ranked = _ranked(feasible)
+    ranked = _ranked(feasible, optimize)
     return Selection(
         chosen=ranked.iloc[0],
         feasible=len(ranked),
         runners_up=ranked.iloc[1:4],
         constraints=constraints,
         considered=considered,
+        optimize=optimize,
+        bounds=bounds,
     )
 
 
-def _ranked(df: pd.DataFrame, *first: str) -> pd.DataFrame:
-    """Sort best first: ``first`` columns ascending, then accuracy down, latency, size, number."""
-    order = [*first, *(c for c in (*_RANK_COLUMNS, "trial_number") if c in df.columns)]
-    ascending = [c != "accuracy" for c in order]
+def _rank_order(optimize: str) -> list[str]:
+    return list(dict.fromkeys([optimize, *_RANK_COLUMNS]))
+
+
+def _ranked(df: pd.DataFrame, optimize: str = "accuracy", *first: str) -> pd.DataFrame:
+    """Sort best first: ``first`` columns ascending, then ``optimize`` in its direction, then
+    accuracy down, latency, size, trial number up."""
+    keys = [*first, *_rank_order(optimize), "trial_number"]
+    order = [c for c in dict.fromkeys(keys) if c in df.columns]
+    ascending = [OPTIMIZABLE.get(c) != "maximize" for c in order]
     return df.sort_values(order, ascending=ascending, na_position="last", kind="stable")
 
 
@@ -272,10 +399,15 @@ def _int_or_nan(value: object) -> str:
     return str(int(v)) if math.isfinite(v) else "nan"
 
 
-def _miss(name: str, row: pd.Series, constraints: Constraints) -> str:
-    metric, kind, factor = _TABLE[name]
-    bound = constraints.active()[name]
+def _miss(name: str, row: pd.Series, bound_of: tuple[str, str, float, float]) -> str:
+    metric, kind, factor, bound = bound_of
     value = float(row[metric]) * factor
     gap = bound - value if kind == "min" else value - bound
-    unit = {"max_size_kb": " KB", "max_latency_ms": " ms"}.get(name, "")
+    unit = {"max_size_kb": " KB", "max_gzip_kb": " KB"}.get(name, "")
+    unit = " ms" if name.startswith("max_latency") else unit
     return f"{gap:.4g}{unit}"
+
+
+def _fmt(value: object) -> str:
+    v = float(value)  # type: ignore[arg-type]
+    return str(int(v)) if math.isfinite(v) and v.is_integer() and abs(v) >= 1000 else f"{v:.4g}"

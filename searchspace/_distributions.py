@@ -8,21 +8,27 @@ from optuna.distributions import (
     FloatDistribution,
 )
 
-from searchspace._spec import Choice, FloatRange, Space
+from searchspace._spec import NAME_KNOBS, Choice, FloatRange, Space
 
 
 def to_distributions(space: Space) -> dict[str, BaseDistribution]:
     """One Optuna distribution per knob. Fixed knobs become one-value categoricals.
 
-    Integer knobs (batch size, bits) keep integer choices, so a proposal is always a valid value.
+    Integer knobs (batch size, bits) keep integer choices, so a proposal is always a valid value;
+    name knobs (pruning) are categoricals of strings.
     """
     out: dict[str, BaseDistribution] = {}
     for name, knob in space.knobs().items():
         integer = name in ("batch_size", "bits")
-        if isinstance(knob, FloatRange):
+        if name in NAME_KNOBS:
+            names = knob.choices if isinstance(knob, Choice) else [knob]
+            out[name] = CategoricalDistribution([str(v) for v in names])
+        elif isinstance(knob, FloatRange):
             out[name] = FloatDistribution(knob.low, knob.high, log=knob.log)
         elif isinstance(knob, Choice):
-            values = [int(v) if integer else float(v) for v in knob.choices]
+            values = [
+                int(v) if integer else float(v) for v in knob.choices if not isinstance(v, str)
+            ]
             out[name] = CategoricalDistribution(values)
         else:
             out[name] = CategoricalDistribution([int(knob) if integer else float(knob)])

@@ -67,7 +67,16 @@ def parse_spec(text: str, *, source: str = "<string>") -> SearchSpec:
 def _to_config_error(
     exc: ValidationError, source: str, lines: dict[tuple[str, ...], int]
 ) -> ConfigError:
-    err = exc.errors()[0]
+    """Translate pydantic's first (most telling) error into our one-paragraph message."""
+    errors = exc.errors()
+    # A misspelt key also makes the real key "missing": report the misspelling, it is the cause.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    error = _one_error(err, source, lines)
+    error.more = len(errors) - 1
+    return error
+
+
+def _one_error(err: Any, source: str, lines: dict[tuple[str, ...], int]) -> ConfigError:
     loc = tuple(str(p) for p in err["loc"])
     # Unions report each branch (e.g. ('space', 'lr', 'FloatRange', 'low')); keep the user's path.
     loc = tuple(p for p in loc if not p[:1].isupper() and "[" not in p and "(" not in p)

@@ -25,13 +25,21 @@ METRICS: dict[str, Literal["maximize", "minimize"]] = {
     "latency_p90_ms": "minimize",
 }
 
-# Bit-widths a trial can produce. 32: fp32 ONNX; 8: real int8 QDQ in ONNX Runtime;
-# 2-7: fake-quant fine-tuning, exported with baked weights and tagged artifact=simulated.
-SUPPORTED_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 32)
+# Bit-widths a trial can produce. 32: fp32 ONNX; 16: fp16 ONNX (ORT's CPU provider computes it
+# in fp32); 8: real int8 QDQ in ONNX Runtime; 2-7: fake-quant fine-tuning, exported with baked
+# weights and tagged artifact=simulated.
+SUPPORTED_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 16, 32)
+
+# Pruning schemes. unstructured: global magnitude with Zhu & Gupta's gradual cubic schedule;
+# structured: channels/neurons physically removed (torch-pruning), sparsity = channel ratio.
+PRUNING_SCHEMES: tuple[str, ...] = ("unstructured", "structured")
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 
-KNOBS = ("lr", "batch_size", "sparsity", "bits")
+KNOBS = ("lr", "batch_size", "sparsity", "bits", "pruning", "distill_weight", "distill_temperature")
+
+# Knobs whose values are names (strings), not numbers.
+NAME_KNOBS = ("pruning",)
 
 
 class _Strict(BaseModel):
@@ -62,13 +70,14 @@ class FloatRange(_Strict):
 
 
 class Choice(_Strict):
-    """A categorical knob: one of a list of values."""
+    """A categorical knob: one of a list of values (numbers; names for the name knobs such as
+    ``pruning``, which each knob's validator checks)."""
 
-    choices: list[int | float]
+    choices: list[int | float | str]
 
     @field_validator("choices")
     @classmethod
-    def _non_empty_unique(cls, v: list[int | float]) -> list[int | float]:
+    def _non_empty_unique(cls, v: list[int | float | str]) -> list[int | float | str]:
         if not v:
             raise ValueError("choices must list at least one value")
         if len(set(v)) != len(v):
@@ -95,14 +104,48 @@ Knob = Annotated[
     Discriminator(_knob_kind),
 ]
 
+# A knob whose values are names: a list {choices: [...]} or one name (fixed).
+NameKnob = Annotated[
+    Annotated[Choice, Tag("Choices")] | Annotated[str, Tag("Fixed")],
+    Discriminator(_knob_kind),
+]
+
 
 class Space(_Strict):
-    """The four knobs every trial sets. A plain number fixes a knob."""
+    """The knobs every trial sets. A plain number (or name) fixes a knob."""
 
     lr: Knob = FloatRange(low=1e-4, high=1e-2, log=True)
     batch_size: Knob = Choice(choices=[32, 64, 128])
     sparsity: Knob = FloatRange(low=0.0, high=0.9)
     bits: Knob = Choice(choices=[8, 32])
+    pruning: NameKnob = Choice(choices=["unstructured"])
+    # Distillation from the dense model during fine-tuning; weight 0 turns it off.
+    distill_weight: Knob = 0.0
+    distill_temperature: Knob = 2.0
+
+    @field_validator("pruning")
+    @classmethod
+    def _pruning(cls, v: Any) -> Any:
+        values = list(v.choices) if isinstance(v, Choice) else [v]
+        bad = [x for x in values if x not in PRUNING_SCHEMES]
+        if bad:
+            raise ValueError(
+                f"pruning must be one of {list(PRUNING_SCHEMES)} (got {bad[0]!r}); "
+                "e.g. {choices: [unstructured, structured]}"
+            )
+        return v
+
+    @field_validator("distill_weight")
+    @classmethod
+    def _distill_weight(cls, v: Any) -> Any:
+        return _check_knob(v, lambda x: 0.0 <= x <= 1.0, "distill_weight must be in [0, 1]")
+
+    @field_validator("distill_temperature")
+    @classmethod
+    def _distill_temperature(cls, v: Any) -> Any:
+        return _check_knob(
+            v, lambda x: x > 0 and math.isfinite(x), "distill_temperature must be > 0"
+        )
 
     @field_validator("lr")
     @classmethod
@@ -134,7 +177,7 @@ class Space(_Strict):
             allow_range=False,
         )
 
-    def knobs(self) -> dict[str, Knob]:
+    def knobs(self) -> dict[str, Knob | NameKnob]:
         return {name: getattr(self, name) for name in KNOBS}
 
 
@@ -144,11 +187,14 @@ def _check_knob(knob: Any, ok: Any, rule: str, *, allow_range: bool = True) -> A
             raise ValueError(
                 f"a range is not allowed here: {rule}; list values as {{choices: [...]}}"
             )
-        values = [knob.low, knob.high]
+        values: list[Any] = [knob.low, knob.high]
     elif isinstance(knob, Choice):
         values = list(knob.choices)
     else:
         values = [knob]
+    names = [v for v in values if isinstance(v, str)]
+    if names:
+        raise ValueError(f"{rule}; this knob takes numbers, not names (got {names[0]!r})")
     bad = [v for v in values if not ok(v)]
     if bad:
         raise ValueError(f"{rule} (got {bad[0]!r})")
@@ -213,10 +259,33 @@ class Latency(_Strict):
     threads: Annotated[int, Field(ge=1)] = 1
 
 
+class Faults(_Strict):
+    """How a search treats failures.
+
+    ``max_retries``: times Ray re-runs a trial lost to the infrastructure (a dead node or worker);
+    a trial's own failure (NaN loss, export error) is never retried. ``stop_after_failures``:
+    stop the search when its first N finished trials all failed (0 never stops).
+    """
+
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 2
+    stop_after_failures: Annotated[int, Field(ge=0)] = 4
+
+
 class Tracking(_Strict):
     """Where MLflow records the search. ``None`` means ./mlflow.db (SQLite, absolute path)."""
 
     uri: str | None = None
+
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        if v is not None and "://" in v and "@" in v.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError(
+                "the tracking URI must not hold a user name or password (they would end up in "
+                "logs and the recorded config); set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment instead"
+            )
+        return v
 
 
 class SearchSpec(_Strict):
@@ -234,6 +303,10 @@ class SearchSpec(_Strict):
     training: Training = Training()
     latency: Latency = Latency()
     tracking: Tracking = Tracking()
+    faults: Faults = Faults()
+    # Where Ray Tune keeps the search's state (for --resume). None: <workdir>/.slimtune/ray.
+    # On a multi-node cluster give a path every node sees (NFS) or a URI such as s3://bucket/x.
+    storage: str | None = None
 
     @field_validator("objectives")
     @classmethod
@@ -270,6 +343,9 @@ class TrialParams:
     batch_size: int
     sparsity: float
     bits: int
+    pruning: str = "unstructured"
+    distill_weight: float = 0.0
+    distill_temperature: float = 2.0
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -282,6 +358,20 @@ class TrialParams:
             raise ValueError(
                 f"bits must be one of {list(SUPPORTED_BITS)}, but got bits={self.bits}"
             )
+        if self.pruning not in PRUNING_SCHEMES:
+            raise ValueError(
+                f"pruning must be one of {list(PRUNING_SCHEMES)}, but got pruning={self.pruning!r}"
+            )
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(
+                f"`0 <= distill_weight <= 1` must hold, but got "
+                f"distill_weight={self.distill_weight}"
+            )
+        if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
+            raise ValueError(
+                f"`distill_temperature > 0` must hold, but got "
+                f"distill_temperature={self.distill_temperature}"
+            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialParams:
@@ -290,6 +380,9 @@ class TrialParams:
             batch_size=int(d["batch_size"]),
             sparsity=float(d["sparsity"]),
             bits=int(d["bits"]),
+            pruning=str(d.get("pruning", "unstructured")),
+            distill_weight=float(d.get("distill_weight", 0.0)),
+            distill_temperature=float(d.get("distill_temperature", 2.0)),
         )
 
     def to_dict(self) -> dict[str, Any]:

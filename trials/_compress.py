@@ -1,4 +1,5 @@
-"""Global magnitude pruning and per-channel fake quantization of Conv/Linear weights."""
+"""Global magnitude pruning (one-shot, or gradual on Zhu & Gupta's cubic schedule) and
+per-channel fake quantization of Conv/Linear weights."""
 
 from __future__ import annotations
 
@@ -25,7 +26,12 @@ def global_magnitude_masks(layers: list[Prunable], sparsity: float) -> list[Tens
     """Keep-masks that zero the ``sparsity`` fraction of smallest-|w| weights over all layers
     together (global L1). Exactly ``round(sparsity * n)`` weights are pruned; ties are broken by
     position, so the masks are deterministic."""
-    weights = [layer.weight.detach() for layer in layers]
+    return magnitude_masks([layer.weight.detach() for layer in layers], sparsity)
+
+
+def magnitude_masks(weights: list[Tensor], sparsity: float) -> list[Tensor]:
+    """Keep-masks for ``weights`` pruning the ``sparsity`` fraction of smallest |w| over all of
+    them together (see ``global_magnitude_masks``)."""
     scores = torch.cat([w.abs().flatten() for w in weights])
     keep = torch.ones(scores.numel(), dtype=torch.bool)
     n_pruned = round(sparsity * scores.numel())
@@ -50,8 +56,9 @@ def fake_quantize(weight: Tensor, bits: int) -> Tensor:
 
 
 class MaskedFakeQuant(nn.Module):
-    """Parametrization of a weight: ``fake_quantize(weight * mask, bits)`` (no quantization at
-    32 bits). Pruned weights stay zero through training and quantization."""
+    """Parametrization of a weight: ``fake_quantize(weight * mask, bits)`` (no fake quantization
+    above 8 bits: fp32 and fp16 are trained in fp32). Pruned weights stay zero through training
+    and quantization."""
 
     mask: Tensor
 
@@ -62,7 +69,7 @@ class MaskedFakeQuant(nn.Module):
 
     def forward(self, weight: Tensor) -> Tensor:
         weight = weight * self.mask
-        if self.bits < 32:
+        if self.bits <= 8:
             weight = fake_quantize(weight, self.bits)
         return weight
 
@@ -71,6 +78,75 @@ def attach(layers: list[Prunable], masks: list[Tensor], bits: int) -> None:
     """Parametrize each layer's weight with its mask and ``bits`` fake quantization."""
     for layer, mask in zip(layers, masks, strict=True):
         parametrize.register_parametrization(layer, "weight", MaskedFakeQuant(mask, bits))
+
+
+def cubic_sparsity(step: int, ramp_steps: int, target: float) -> float:
+    """Zhu & Gupta (2017): ``target * (1 - (1 - step / ramp_steps) ** 3)`` for ``step`` in
+    ``[0, ramp_steps]``, ``target`` after (and at once when ``ramp_steps`` is 0)."""
+    if ramp_steps <= 0 or step >= ramp_steps:
+        return target
+    return target * (1.0 - (1.0 - max(step, 0) / ramp_steps) ** 3)
+
+
+class GradualPruning:
+    """Gradual global magnitude pruning over the fine-tuning steps (Zhu & Gupta's cubic
+    schedule), for layers already parametrized by ``attach``.
+
+    Sparsity ramps from 0 at step 0 to ``target`` at ``ramp_steps = floor(ramp_fraction *
+    total_steps)``; the masks are recomputed every ``every = ceil(ramp_steps / updates)`` steps
+    and at ``ramp_steps``, on the masked weights (so a pruned weight stays pruned); after that the
+    final mask is fixed and the remaining steps fine-tune the survivors. Call it with the step
+    index before each optimizer step. ``history`` lists ``(step, sparsity)`` of each update.
+    """
+
+    def __init__(
+        self,
+        layers: list[Prunable],
+        target: float,
+        total_steps: int,
+        *,
+        ramp_fraction: float = 2 / 3,
+        updates: int = 10,
+    ) -> None:
+        self.layers = layers
+        self.target = target
+        self.ramp_steps = math.floor(ramp_fraction * max(total_steps, 0))
+        self.every = max(1, math.ceil(self.ramp_steps / max(updates, 1)))
+        self.history: list[tuple[int, float]] = []
+
+    def __call__(self, step: int, total_steps: int) -> None:
+        if step > self.ramp_steps:
+            return
+        if step % self.every == 0 or step == self.ramp_steps:
+            self.apply(step, cubic_sparsity(step, self.ramp_steps, self.target))
+
+    def apply(self, step: int, sparsity: float) -> None:
+        """Recompute the masks for ``sparsity`` on the currently masked weights."""
+        holders = [_holder(layer) for layer in self.layers]
+        weights = [
+            (layer.parametrizations.weight.original.detach() * holder.mask)  # type: ignore[union-attr,operator]
+            for layer, holder in zip(self.layers, holders, strict=True)
+        ]
+        for holder, mask in zip(holders, magnitude_masks(weights, sparsity), strict=True):
+            holder.mask.copy_(mask.to(holder.mask.dtype))
+        self.history.append((step, sparsity))
+
+    def finish(self) -> list[Tensor]:
+        """Fix the final mask at the target sparsity (applying it now if the schedule has not
+        reached it, e.g. with no fine-tuning steps); return the keep-masks."""
+        if not self.history or self.history[-1][1] != self.target:
+            self.apply(self.history[-1][0] + 1 if self.history else 0, self.target)
+        return [_holder(layer).mask.bool().clone() for layer in self.layers]
+
+
+def _holder(layer: Prunable) -> MaskedFakeQuant:
+    holder = layer.parametrizations.weight[0]  # type: ignore[union-attr,index]
+    if not isinstance(holder, MaskedFakeQuant):
+        raise PruningError(
+            "gradual pruning needs layers parametrized by MaskedFakeQuant, but a layer has "
+            f"{type(holder).__name__}. Fix: call attach() first (a slimtune bug if you did not)."
+        )
+    return holder
 
 
 def bake(layers: list[Prunable], masks: list[Tensor]) -> None:
@@ -111,14 +187,15 @@ def param_counts(model: nn.Module) -> tuple[int, int]:
 
 def packed_size_bytes(model: nn.Module, bits: int) -> int:
     """Analytic size of the weights packed at ``bits``: each Conv/Linear weight at ``bits / 8``
-    bytes plus one fp32 scale per output channel (none at 32 bits); every other parameter fp32.
+    bytes plus one fp32 scale per output channel (none at 16 and 32 bits); every other
+    parameter fp32.
     No credit for sparsity (that shows in the compressed file size) and no format overhead."""
     layers = prunable_layers(model)
     quantized = {id(layer.weight) for layer in layers}
     size = 0
     for layer in layers:
         size += math.ceil(layer.weight.numel() * bits / 8)
-        if bits < 32:
+        if bits <= 8:
             size += 4 * layer.weight.shape[0]
     size += sum(4 * p.numel() for p in model.parameters() if id(p) not in quantized)
     return size

@@ -27,3 +27,8 @@ class BaselineCacheError(SlimtuneError):
 
 class PruningError(SlimtuneError):
     """Pruning did not leave the model as sparse as requested."""
+
+
+class ExportClaimError(SlimtuneError):
+    """The exported artifact does not show the compression the trial claims (op types,
+    initializer types, channel counts); the trial fails instead of reporting a result."""

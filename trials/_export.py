@@ -1,4 +1,4 @@
-"""Export to one self-contained ONNX file, and static int8 QDQ quantization in ONNX Runtime."""
+"""Export to one self-contained ONNX file; static int8 QDQ quantization in ONNX Runtime; fp16."""
 
 from __future__ import annotations
 
@@ -96,6 +96,31 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *, w
             f"but {out_path} lacks {sorted(missing)} (ops: {sorted(ops)}). Fix: the model has "
             "no Conv/Gemm/MatMul that ONNX Runtime quantizes; search bits=32 for it."
         )
+    _check_self_contained(out_path, what=what)
+
+
+FP16_FORMAT = "fp16"
+
+
+def convert_fp16(fp32_path: Path, out_path: Path, *, what: str) -> None:
+    """Write an fp16 copy of an fp32 ONNX file: every float initializer and computation in
+    float16 (``onnxconverter_common.float16``), with fp32 inputs and outputs kept through Cast
+    nodes (``keep_io_types``) so callers feed and read fp32 as before.
+
+    ONNX Runtime's CPU provider has few fp16 kernels: it inserts Casts and computes in fp32, so
+    the file halves but latency does not drop on CPU (it does on GPUs)."""
+    from onnxconverter_common import float16
+
+    try:
+        model = onnx.load(str(fp32_path))
+        converted = float16.convert_float_to_float16(model, keep_io_types=True)
+        onnx.save_model(converted, str(out_path))
+    except Exception as exc:
+        raise QuantizationError(
+            f"{what}: converting the fp32 ONNX file to fp16 must succeed for bits=16, but it "
+            f"failed with {type(exc).__name__}: {_first_line(exc)}. Fix: search bits=32 or "
+            "bits=8 for this model; see the chained exception."
+        ) from exc
     _check_self_contained(out_path, what=what)
 
 

@@ -7,10 +7,11 @@ from collections.abc import Callable
 
 from trials._errors import TaskError
 from trials._task import Task
-from trials.tasks import DigitsTask
+from trials.tasks import DigitsTask, Mnist1dTask
 
 BUILTIN_TASKS: dict[str, Callable[[], Task]] = {
     DigitsTask.name: DigitsTask,
+    Mnist1dTask.name: Mnist1dTask,
 }
 
 

@@ -13,10 +13,10 @@ from torch import nn
 from searchspace import TrialParams
 from trials._baseline import ensure_baseline, load_baseline_model
 from trials._compress import (
+    GradualPruning,
     Prunable,
     attach,
     bake,
-    global_magnitude_masks,
     packed_size_bytes,
     param_counts,
     prunable_layers,
@@ -24,11 +24,13 @@ from trials._compress import (
     zero_weights,
 )
 from trials._errors import PruningError, TaskError
-from trials._export import INT8_FORMAT, export_onnx, quantize_int8
+from trials._export import FP16_FORMAT, INT8_FORMAT, convert_fp16, export_onnx, quantize_int8
+from trials._export_check import ExportClaim, check_export
 from trials._measure import measure_onnx
 from trials._settings import TrialResult, TrialSettings
+from trials._structured import StructuredPruning, output_units, prune_structured
 from trials._task import Task, checked_data
-from trials._train import fit, predict
+from trials._train import Distillation, fit, predict, steps_per_epoch
 
 TRIAL_ONNX = "model.onnx"
 BASELINE_ONNX = "baseline.onnx"
@@ -38,41 +40,70 @@ def run_trial(task: Task, params: TrialParams, settings: TrialSettings) -> Trial
     """Compress the task's baseline as ``params`` say and measure the exported artifact.
 
     1. Load the cached dense baseline (training it first if needed).
-    2. Global magnitude pruning: the ``params.sparsity`` smallest |w| over all Conv/Linear
-       weights together are masked to zero; the mask stays fixed.
+    2. Prune, by ``params.pruning``:
+       - ``unstructured``: global magnitude pruning over all Conv/Linear weights together,
+         gradual during fine-tuning on Zhu & Gupta's cubic schedule (0 -> ``params.sparsity``
+         over the first two thirds of the steps, masks recomputed about 10 times, then the final
+         mask is fixed); with ``epochs=0`` it is one-shot.
+       - ``structured``: ``params.sparsity`` of the output channels/neurons of every Conv/Linear
+         layer but the last are removed (torch-pruning, uniform per layer) before fine-tuning.
     3. Fine-tune ``settings.epochs`` epochs with Adam (``params.lr``, ``params.batch_size``,
-       shuffling seeded by ``settings.seed``); below 32 bits, weights are fake-quantized per
-       output channel at ``params.bits`` with straight-through gradients.
+       shuffling seeded by ``settings.seed``); at 2-8 bits weights are fake-quantized per
+       output channel with straight-through gradients; with ``params.distill_weight > 0`` the
+       dense baseline is the teacher of a distillation term.
     4. Bake masks and quantized weights into plain weights; check the pruned ones are zero.
-    5. Export: 32 bits -> fp32 ONNX; 8 bits -> ONNX Runtime static QDQ int8 (real);
-       2-7 bits -> fp32 ONNX holding the fake-quantized weights (``artifact=simulated``).
-    6. Measure the file in ONNX Runtime (``measure_onnx``).
+    5. Export: 32 bits -> fp32 ONNX; 16 -> fp16 ONNX (fp32 inputs/outputs); 8 -> ONNX Runtime
+       static QDQ int8 (real); 2-7 -> fp32 ONNX holding the fake-quantized weights
+       (``artifact=simulated``).
+    6. Check that the artifact shows the claimed compression (``check_export``; a mismatch
+       raises ``ExportClaimError``), then measure it in ONNX Runtime (``measure_onnx``).
 
     The ONNX file is ``settings.work_dir / "model.onnx"``.
     """
     start = time.perf_counter()
     what = (
-        f"trial of task {task.name!r} (lr={params.lr:g}, batch_size={params.batch_size}, "
-        f"sparsity={params.sparsity:g}, bits={params.bits})"
+        f"trial of task {task.name!r} (pruning={params.pruning}, lr={params.lr:g}, "
+        f"batch_size={params.batch_size}, sparsity={params.sparsity:g}, bits={params.bits})"
     )
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     baseline = ensure_baseline(task, seed=settings.seed, cache_dir=settings.cache_dir)
     x_train, y_train = checked_data(task, "train")
+    example = task.example_input().float()
+    tags: dict[str, str] = {"pruning": params.pruning}
+    extra: dict[str, float] = {}
 
     # fork_rng: anything random in the model (dropout) is seeded without touching the caller's
     # global RNG state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         model = load_baseline_model(task, baseline)
-        layers = prunable_layers(model)
-        if not layers:
+        if not prunable_layers(model):
             raise TaskError(
                 f"{what}: the model must have Conv or Linear layers to prune and quantize, but "
                 f"{type(model).__name__} has none. Fix: use a model built from nn.Conv*d/nn.Linear."
             )
-        masks = global_magnitude_masks(layers, params.sparsity)
-        if params.sparsity > 0 or params.bits < 32:
+        dense_units = output_units(model)
+        structured: StructuredPruning | None = None
+        if params.pruning == "structured":
+            structured = prune_structured(model, example, params.sparsity, what=what)
+            tags["pruning_widths"] = ",".join(str(w) for w in structured.widths)
+        layers = prunable_layers(model)
+        masks = [torch.ones_like(layer.weight, dtype=torch.bool) for layer in layers]
+        schedule: GradualPruning | None = None
+        if params.pruning == "unstructured" and params.sparsity > 0:
             attach(layers, masks, params.bits)
+            total_steps = settings.epochs * steps_per_epoch(len(x_train), params.batch_size)
+            schedule = GradualPruning(layers, params.sparsity, total_steps)
+        elif params.bits <= 8:
+            attach(layers, masks, params.bits)
+        distill = None
+        if params.distill_weight > 0:
+            distill = Distillation(
+                load_baseline_model(task, baseline),
+                params.distill_weight,
+                params.distill_temperature,
+            )
+            tags["distill"] = f"weight={params.distill_weight:g},T={params.distill_temperature:g}"
         train_seconds = fit(
             model,
             x_train,
@@ -82,30 +113,62 @@ def run_trial(task: Task, params: TrialParams, settings: TrialSettings) -> Trial
             batch_size=params.batch_size,
             seed=settings.seed,
             what=what,
+            on_step=schedule,
+            distill=distill,
         )
+        if schedule is not None:
+            masks = schedule.finish()
+            tags["pruning_schedule"] = (
+                f"cubic, ramp {schedule.ramp_steps} steps, mask every {schedule.every}"
+            )
+            tags["pruning_history"] = ",".join(f"{st}:{sp:.3f}" for st, sp in schedule.history)
     bake(layers, masks)
-    _check_sparsity(layers, masks, params.sparsity, what=what)
+    _check_sparsity(layers, masks, params.sparsity if schedule else 0.0, what=what)
+    units = output_units(model)
+    extra.update(
+        output_units=float(units),
+        dense_output_units=float(dense_units),
+        channel_sparsity_achieved=1.0 - units / dense_units if dense_units else 0.0,
+    )
 
     onnx_path = settings.work_dir / TRIAL_ONNX
     export_start = time.perf_counter()
-    if params.bits == 8:
+    if params.bits in (8, 16):
         fp32_path = settings.work_dir / "model.fp32.onnx"
         try:
-            export_onnx(model, task.example_input().float(), fp32_path, what=what)
-            quantize_int8(fp32_path, onnx_path, _calibration(x_train, settings), what=what)
+            export_onnx(model, example, fp32_path, what=what)
+            if params.bits == 8:
+                quantize_int8(fp32_path, onnx_path, _calibration(x_train, settings), what=what)
+            else:
+                convert_fp16(fp32_path, onnx_path, what=what)
         finally:
             fp32_path.unlink(missing_ok=True)
-        tags = {"artifact": "real", "format": INT8_FORMAT, "quantization": "static-qdq"}
-    else:
-        export_onnx(model, task.example_input().float(), onnx_path, what=what)
-        if params.bits == 32:
-            tags = {"artifact": "real", "format": "fp32", "quantization": "none"}
+        if params.bits == 8:
+            tags.update(artifact="real", format=INT8_FORMAT, quantization="static-qdq")
         else:
-            tags = {
-                "artifact": "simulated",
-                "format": f"fp32-baked-{params.bits}bit",
-                "quantization": "fake-quant-baked",
-            }
+            tags.update(
+                artifact="real",
+                format=FP16_FORMAT,
+                quantization="fp16",
+                fp16_compute="ONNX Runtime's CPU provider casts fp16 to fp32 and computes in fp32",
+            )
+    else:
+        export_onnx(model, example, onnx_path, what=what)
+        if params.bits == 32:
+            tags.update(artifact="real", format="fp32", quantization="none")
+        else:
+            tags.update(
+                artifact="simulated",
+                format=f"fp32-baked-{params.bits}bit",
+                quantization="fake-quant-baked",
+            )
+    claim = ExportClaim(
+        bits=params.bits,
+        units=units,
+        dense_units=dense_units,
+        structured=structured is not None and structured.removed > 0,
+    )
+    tags.update(check_export(onnx_path, claim, what=what))
     export_seconds = time.perf_counter() - export_start
     return _measured(
         model,
@@ -117,6 +180,7 @@ def run_trial(task: Task, params: TrialParams, settings: TrialSettings) -> Trial
         train_seconds=train_seconds,
         export_seconds=export_seconds,
         start=start,
+        extra=extra,
     )
 
 
@@ -131,14 +195,18 @@ def run_baseline(task: Task, settings: TrialSettings) -> TrialResult:
     model = load_baseline_model(task, baseline)
     onnx_path = settings.work_dir / BASELINE_ONNX
     export_start = time.perf_counter()
-    export_onnx(model, task.example_input().float(), onnx_path, what=f"baseline of {task.name!r}")
-    export_seconds = time.perf_counter() - export_start
+    what = f"baseline of {task.name!r}"
+    export_onnx(model, task.example_input().float(), onnx_path, what=what)
+    units = output_units(model)
     tags = {
         "artifact": "real",
         "format": "fp32",
         "quantization": "none",
+        "pruning": "none",
         "baseline_cached": str(baseline.cached).lower(),
+        **check_export(onnx_path, ExportClaim(bits=32, units=units, dense_units=units), what=what),
     }
+    export_seconds = time.perf_counter() - export_start
     return _measured(
         model,
         task,
@@ -149,6 +217,11 @@ def run_baseline(task: Task, settings: TrialSettings) -> TrialResult:
         train_seconds=baseline.train_seconds,
         export_seconds=export_seconds,
         start=start,
+        extra={
+            "output_units": float(units),
+            "dense_output_units": float(units),
+            "channel_sparsity_achieved": 0.0,
+        },
     )
 
 
@@ -163,6 +236,7 @@ def _measured(
     train_seconds: float,
     export_seconds: float,
     start: float,
+    extra: dict[str, float],
 ) -> TrialResult:
     x_val, y_val = checked_data(task, "val")
     torch_accuracy = float(task.metric(predict(model, x_val), y_val.numpy()))
@@ -177,6 +251,7 @@ def _measured(
         size_packed_bytes=float(packed_size_bytes(model, bits)),
         train_seconds=train_seconds,
         export_seconds=export_seconds,
+        **extra,
     )
     metrics["trial_seconds"] = time.perf_counter() - start
     all_tags = {

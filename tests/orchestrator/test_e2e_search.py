@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from reports import load_search
+from reports import download_model_version, load_search
 from trials import DigitsTask, onnx_accuracy
 
 pytestmark = pytest.mark.e2e
@@ -175,3 +179,121 @@ def test_unknown_task_fails_with_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "nosuchpkg" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def _parent(client: MlflowClient) -> Any:
+    exp = client.get_experiment_by_name("e2e")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], "tags.`slimtune.role` = 'search'")
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_hypervolume_is_logged_live_one_point_per_finished_trial(search: Search) -> None:
+    work, _ = search
+    client = MlflowClient(_uri(work))
+    parent = _parent(client)
+    history = sorted(
+        client.get_metric_history(parent.info.run_id, "hypervolume"), key=lambda m: m.step
+    )
+    assert [m.step for m in history] == list(range(1, TRIALS + 1))
+    values = [m.value for m in history]
+    assert all(b >= a for a, b in itertools.pairwise(values)), values
+    assert 0 < values[-1] <= 1
+    sizes = client.get_metric_history(parent.info.run_id, "pareto_size")
+    assert sorted(m.step for m in sizes) == list(range(1, TRIALS + 1))
+    # The live callback ran once per trial and logged its own cost.
+    assert parent.data.metrics["live_updates"] == TRIALS
+    assert 0 < parent.data.metrics["live_update_ms_mean"] < 2000
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"hypervolume.png", "trials.html"} <= artifacts
+    assert float(parent.data.params["resources.cpu"]) == 1
+
+
+def test_pareto_rank_tags_match_an_independent_recomputation(search: Search) -> None:
+    work, _ = search
+    client = MlflowClient(_uri(work))
+    parent = _parent(client)
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    pts = np.array(
+        [
+            [
+                -c.data.metrics["accuracy"],
+                c.data.metrics["size_gzip_bytes"],
+                c.data.metrics["latency_ms"],
+            ]
+            for c in children
+        ]
+    )
+    # Non-dominated sorting by peeling fronts, without moocore.
+    left, rank, level = set(range(len(pts))), {}, 0
+    while left:
+        layer = {
+            i
+            for i in left
+            if not any(np.all(pts[j] <= pts[i]) and np.any(pts[j] < pts[i]) for j in left)
+        }
+        rank.update(dict.fromkeys(layer, level))
+        left -= layer
+        level += 1
+    for i, c in enumerate(children):
+        assert c.data.tags["pareto_rank"] == str(rank[i])
+        assert c.data.tags["pareto"] == ("true" if rank[i] == 0 else "false")
+
+
+def test_report_command_writes_a_report_that_opens_offline(search: Search, tmp_path: Path) -> None:
+    work, _ = search
+    out = tmp_path / "rep"
+    proc = _cli("report", "e2e", "--out", str(out), cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    page = (out / "index.html").read_text()
+    assert not re.search(r"https?://", page)
+    assert page.count("data:image/png;base64,") == 3
+    assert "CPU seconds" in page and f"{TRIALS} trials finished" in page
+    interactive = (out / "trials.html").read_text()
+    assert not re.search(r"<script[^>]*\ssrc\s*=|<link[^>]*\shref\s*=\s*[\"']?https?:", interactive)
+    bad = _cli("report", "no-such-experiment", "--out", str(out), cwd=work)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_select_register_creates_a_version_that_reproduces_the_accuracy(
+    search: Search, tmp_path: Path
+) -> None:
+    work, _ = search
+    proc = _cli(
+        "select",
+        "e2e",
+        "--max-accuracy-drop",
+        "50",
+        "--optimize",
+        "size_gzip_bytes",
+        "--register",
+        "e2e-model",
+        "--remeasure-repeats",
+        "20",
+        cwd=work,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "re-measured latency of" in proc.stdout and "registered: model 'e2e-model'" in proc.stdout
+    )
+    client = MlflowClient(_uri(work))
+    (version,) = client.search_model_versions("name='e2e-model'")
+    run = client.get_run(version.run_id)
+    path = download_model_version(_uri(work), "e2e-model", version.version, tmp_path / "v")
+    acc = onnx_accuracy(path, DigitsTask())
+    assert acc == pytest.approx(run.data.metrics["accuracy"], abs=1e-9)
+    record = json.loads(
+        Path(
+            client.download_artifacts(
+                version.run_id, version.tags["slimtune.decision"], str(tmp_path)
+            )
+        ).read_text()
+    )
+    assert record["constraints"] == {"max_accuracy_drop": 50.0}
+    assert record["optimize"] == "size_gzip_bytes"
+    assert len(record["runners_up"]) == 3 and all(r["why_lost"] for r in record["runners_up"])
+    finalists = record["latency_remeasurement"]["results"]
+    assert version.run_id in finalists and len(finalists) == 4

@@ -113,7 +113,7 @@ def test_trial_params_validate_themselves() -> None:
     with pytest.raises(ValueError, match="sparsity"):
         TrialParams(lr=0.1, batch_size=1, sparsity=1.0, bits=8)
     with pytest.raises(ValueError, match="bits"):
-        TrialParams(lr=0.1, batch_size=1, sparsity=0.0, bits=16)
+        TrialParams(lr=0.1, batch_size=1, sparsity=0.0, bits=12)
 
 
 def test_spec_is_frozen() -> None:
@@ -121,3 +121,48 @@ def test_spec_is_frozen() -> None:
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError on frozen models
         spec.trials = 3  # type: ignore[misc]
     assert isinstance(spec, SearchSpec)
+
+
+def test_pruning_knob_defaults_to_unstructured_and_is_a_string_categorical() -> None:
+    spec = parse_spec("experiment: x\n")
+    d = to_distributions(spec.space)
+    assert d["pruning"] == CategoricalDistribution(["unstructured"])
+    assert d["distill_weight"] == CategoricalDistribution([0.0])
+    assert d["distill_temperature"] == CategoricalDistribution([2.0])
+    spec = parse_spec(
+        "experiment: x\nspace:\n  pruning: {choices: [unstructured, structured]}\n"
+        "  bits: {choices: [8, 16, 32]}\n  distill_weight: {low: 0.0, high: 0.5}\n"
+    )
+    d = to_distributions(spec.space)
+    assert d["pruning"] == CategoricalDistribution(["unstructured", "structured"])
+    assert d["bits"] == CategoricalDistribution([8, 16, 32])
+    assert d["distill_weight"] == FloatDistribution(0.0, 0.5)
+    fixed = parse_spec("experiment: x\nspace:\n  pruning: structured\n")
+    assert to_distributions(fixed.space)["pruning"] == CategoricalDistribution(["structured"])
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "words"),
+    [
+        ("pruning: {choices: [channel]}", "space.pruning", "pruning must be one of"),
+        ("pruning: filter", "space.pruning", "'unstructured', 'structured'"),
+        ("pruning: 3", "space.pruning", "string"),
+        ("bits: {choices: [structured]}", "space.bits", "numbers, not names"),
+        ("sparsity: {choices: [0.5, unstructured]}", "space.sparsity", "numbers, not names"),
+        ("distill_weight: 1.5", "space.distill_weight", "[0, 1]"),
+        ("distill_temperature: 0", "space.distill_temperature", "> 0"),
+    ],
+)
+def test_name_knob_errors(text: str, field: str, words: str) -> None:
+    err = _err(f"experiment: x\nspace:\n  {text}\n")
+    assert err.field == field
+    assert words in str(err)
+
+
+def test_trial_params_pruning_and_distillation() -> None:
+    p = TrialParams.from_dict({"lr": 0.01, "batch_size": 32, "sparsity": 0.5, "bits": 16})
+    assert (p.pruning, p.distill_weight, p.distill_temperature) == ("unstructured", 0.0, 2.0)
+    d = {**p.to_dict(), "pruning": "structured", "distill_weight": 0.5}
+    assert TrialParams.from_dict(d).pruning == "structured"
+    with pytest.raises(ValueError, match="pruning must be one of"):
+        TrialParams(lr=0.1, batch_size=1, sparsity=0.0, bits=8, pruning="channel")

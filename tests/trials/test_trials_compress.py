@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+
+import pytest
 import torch
 from torch import nn
 
@@ -82,3 +85,80 @@ def test_packed_size_counts_bits_and_scales() -> None:
     assert packed_size_bytes(model, 8) == weights + 4 * (4 + 2) + 4 * biases
     assert packed_size_bytes(model, 4) == (36 // 2) + (8 // 2) + 4 * (4 + 2) + 4 * biases
     assert packed_size_bytes(model, 3) == 14 + 3 + 4 * (4 + 2) + 4 * biases
+
+
+def test_cubic_schedule_of_zhu_and_gupta() -> None:
+    from trials._compress import cubic_sparsity
+
+    values = [cubic_sparsity(step, 30, 0.8) for step in range(0, 41)]
+    assert values[0] == 0.0 and values[30] == 0.8 and values[40] == 0.8
+    assert values[10] == pytest.approx(0.8 * (1 - (2 / 3) ** 3))
+    steps = list(itertools.pairwise(values))
+    assert all(a <= b for a, b in steps)
+    # Fast at first, slow near the target (the cubic's point).
+    assert values[5] - values[0] > values[30] - values[25]
+    assert cubic_sparsity(0, 0, 0.5) == 0.5  # no steps: at once
+
+
+def test_gradual_pruning_is_monotone_and_ends_at_target() -> None:
+    from trials._compress import GradualPruning
+
+    model = _two_layers()
+    layers = prunable_layers(model)
+    ones = [torch.ones_like(layer.weight, dtype=torch.bool) for layer in layers]
+    attach(layers, ones, bits=32)
+    schedule = GradualPruning(layers, 0.7, total_steps=30)
+    assert (schedule.ramp_steps, schedule.every) == (20, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    previous = [m.clone() for m in ones]
+    for step in range(30):
+        schedule(step, 30)
+        current = [layer.parametrizations.weight[0].mask.bool() for layer in layers]
+        # A pruned weight stays pruned.
+        assert all(torch.all(c <= p) for c, p in zip(current, previous, strict=True))
+        previous = [c.clone() for c in current]
+        optimizer.zero_grad()
+        model(torch.randn(8, 20)).pow(2).sum().backward()
+        optimizer.step()
+    masks = schedule.finish()
+    assert [s for _, s in schedule.history][-1] == 0.7
+    assert [st for st, _ in schedule.history] == [*range(0, 21, 2)]
+    bake(layers, masks)
+    assert weight_sparsity(layers) == pytest.approx(0.7, abs=1 / 300)
+
+
+def test_gradual_pruning_without_steps_is_one_shot() -> None:
+    from trials._compress import GradualPruning
+
+    model = _two_layers()
+    layers = prunable_layers(model)
+    attach(layers, [torch.ones_like(la.weight, dtype=torch.bool) for la in layers], bits=32)
+    schedule = GradualPruning(layers, 0.4, total_steps=0)
+    masks = schedule.finish()
+    assert schedule.history == [(0, 0.4)]
+    assert sum(int((~m).sum()) for m in masks) == 120
+
+
+def test_structured_pruning_removes_channels_and_keeps_the_output() -> None:
+    from trials._structured import output_units, prune_structured
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv1d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv1d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 12, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    )
+    example = torch.randn(1, 1, 12)
+    dense_params = sum(p.numel() for p in model.parameters())
+    assert output_units(model) == 16 + 32 + 64 + 10
+    pruned = prune_structured(model, example, 0.5, what="test")
+    assert pruned.widths == (8, 16, 32, 10)
+    assert pruned.dense_units == 122 and pruned.units == 66
+    assert pruned.channel_sparsity == pytest.approx(56 / 122)
+    assert model(torch.randn(5, 1, 12)).shape == (5, 10)
+    assert sum(p.numel() for p in model.parameters()) < 0.3 * dense_params

@@ -91,7 +91,11 @@ def test_result_is_complete_and_measured(
     assert m["latency_p90_ms"] >= m["latency_ms"]
     assert m["latency_std_ms"] >= 0 and m["latency_cv"] >= 0
     assert 0.0 <= m["accuracy"] <= 1.0
-    assert m["trial_seconds"] >= m["train_seconds"] >= 0
+    assert m["train_seconds"] >= 0
+    # The baseline reports the time it took to train, also when it came from the cache (trained
+    # by an earlier test of the session): only a trial's own fine-tuning is inside its time.
+    if result.tags.get("baseline_cached") != "true":
+        assert m["trial_seconds"] >= m["train_seconds"]
     # The sizes are the file's, byte for byte.
     data = result.onnx_path.read_bytes()
     assert m["size_bytes"] == len(data)

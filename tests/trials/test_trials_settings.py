@@ -71,7 +71,10 @@ def test_string_paths_become_paths() -> None:
         {"sparsity": 1.0},
         {"sparsity": -0.1},
         {"bits": 1},
-        {"bits": 16},
+        {"bits": 12},
+        {"pruning": "channel"},
+        {"distill_weight": 1.5},
+        {"distill_temperature": 0.0},
     ],
 )
 def test_invalid_trial_params(bad: dict[str, Any]) -> None:

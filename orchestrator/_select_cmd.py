@@ -1,0 +1,212 @@
+"""``slimtune select``: constraints (absolute or relative to the baseline), the objective to
+optimize, the ONNX file, and ``--register`` into the MLflow Model Registry after re-measuring
+the finalists' latency side by side."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reports import Selection
+
+# reports.OPTIMIZABLE, repeated here so that building the parser imports nothing heavy.
+OPTIMIZE_CHOICES = ("accuracy", "latency_ms", "latency_p90_ms", "size_bytes", "size_gzip_bytes")
+REMEASURE_WARMUP = 20
+
+
+def add_select_options(c: argparse.ArgumentParser) -> None:
+    """The options of ``select`` beyond the original three constraints and ``--out``."""
+    c.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        metavar="POINTS",
+        help="accuracy at most this many percentage points below the dense baseline's",
+    )
+    c.add_argument("--max-gzip-kb", type=float, help="gzip size limit of the ONNX file in KB")
+    c.add_argument("--max-latency-p90-ms", type=float, help="batch-1 p90 latency limit in ms")
+    c.add_argument(
+        "--optimize",
+        default="accuracy",
+        choices=OPTIMIZE_CHOICES,
+        help="the metric to make best among trials meeting the constraints (default accuracy)",
+    )
+    c.add_argument(
+        "--register",
+        metavar="NAME",
+        help="re-measure the finalists' latency side by side, then create a Model Registry "
+        "version of NAME with the chosen ONNX file and a decision record",
+    )
+    c.add_argument(
+        "--remeasure-repeats",
+        type=int,
+        default=200,
+        metavar="N",
+        help="timed runs per finalist when re-measuring latency (default 200)",
+    )
+
+
+def run_select(args: argparse.Namespace) -> int:
+    from orchestrator._tracking import redact_uri, resolve_tracking_uri
+    from reports import (
+        Constraints,
+        decision_record,
+        download_model,
+        load_search,
+        register_selection,
+        select,
+        with_remeasured_latency,
+    )
+    from searchspace import ConfigError
+
+    if args.remeasure_repeats < 5:
+        raise ConfigError(
+            field="--remeasure-repeats",
+            value=args.remeasure_repeats,
+            rule="must be >= 5 (a median of fewer runs is noise)",
+            fix="pass a whole number >= 5, e.g. 200",
+        )
+    constraints = Constraints(
+        min_accuracy=args.min_accuracy,
+        max_size_kb=args.max_size_kb,
+        max_latency_ms=args.max_latency_ms,
+        max_accuracy_drop=args.max_accuracy_drop,
+        max_gzip_kb=args.max_gzip_kb,
+        max_latency_p90_ms=args.max_latency_p90_ms,
+    )
+    uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
+    runs = load_search(uri, args.experiment, parent_run_id=args.run_id)
+    choice = select(runs.trials, constraints, optimize=args.optimize, baseline=runs.baseline)
+    remeasurement: dict[str, Any] | None = None
+    if args.register:
+        finalists = [choice.chosen, *(r for _, r in choice.runners_up.iterrows())]
+        ids = [str(r["run_id"]) for r in finalists]
+        remeasurement = remeasure_latency(uri, ids, repeats=args.remeasure_repeats)
+        medians = {k: v["latency_ms"] for k, v in remeasurement["results"].items()}
+        df = with_remeasured_latency(runs.trials, medians)
+        choice = select(df, constraints, optimize=args.optimize, baseline=runs.baseline)
+        _print_remeasurement(remeasurement, finalists)
+    _print_choice(choice)
+    if args.out is not None:
+        path = download_model(uri, str(choice.chosen["run_id"]), args.out)
+        print(f"ONNX file written to {path}")
+    if args.register:
+        record = decision_record(choice, runs, remeasurement=remeasurement)
+        version = register_selection(uri, args.register, choice, record)
+        print(
+            f"registered: model {version.name!r} version {version.version} (run "
+            f"{version.run_id}, source {version.source}); decision record "
+            f"{version.tags.get('slimtune.decision')} on the run. Tracking {redact_uri(uri)}"
+        )
+    return 0
+
+
+def remeasure_latency(
+    tracking_uri: str,
+    run_ids: Sequence[str],
+    *,
+    repeats: int = 200,
+    warmup: int = REMEASURE_WARMUP,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Time the ONNX files of ``run_ids`` side by side in ONNX Runtime on this machine.
+
+    Each file gets a session like the trials' (``threads`` intra-op threads, one inter-op
+    thread, sequential), ``warmup`` untimed runs, then ``repeats`` rounds in which every file
+    runs once, in an order rotated each round, so that drift in the machine's speed hits all
+    finalists alike. The input is the model's own batch-1 input shape filled with fixed random
+    values (latency does not depend on the values). Returns the method and, per run id, the
+    median and p90 in ms.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    from reports import download_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = []
+        for i, run_id in enumerate(run_ids):
+            path = download_model(tracking_uri, run_id, Path(tmp) / f"{i}" / "model.onnx")
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            inp = session.get_inputs()[0]
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+            shape[0] = 1
+            dtype = np.float16 if "float16" in inp.type else np.float32
+            x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+            sessions.append((session, {inp.name: x}))
+        for session, feed in sessions:
+            for _ in range(warmup):
+                session.run(None, feed)
+        times: list[list[float]] = [[] for _ in sessions]
+        n = len(sessions)
+        t0 = time.perf_counter()
+        for r in range(repeats):
+            for j in range(n):
+                k = (j + r) % n
+                session, feed = sessions[k]
+                start = time.perf_counter_ns()
+                session.run(None, feed)
+                times[k].append((time.perf_counter_ns() - start) / 1e6)
+        seconds = time.perf_counter() - t0
+    results = {
+        run_id: {
+            "latency_ms": statistics.median(ts),
+            "latency_p90_ms": float(np.percentile(ts, 90)),
+        }
+        for run_id, ts in zip(run_ids, times, strict=True)
+    }
+    return {
+        "method": (
+            f"{len(run_ids)} finalists timed side by side in ONNX Runtime on this machine: "
+            f"batch 1, {threads} intra-op thread(s), {warmup} warm-up runs each, then "
+            f"{repeats} interleaved rounds (order rotated per round); median and p90 in ms"
+        ),
+        "repeats": repeats,
+        "warmup": warmup,
+        "threads": threads,
+        "seconds": seconds,
+        "results": results,
+    }
+
+
+def _print_remeasurement(m: dict[str, Any], finalists: list[Any]) -> None:
+    print(
+        f"re-measured latency of {len(finalists)} finalists side by side ({m['repeats']} rounds):"
+    )
+    for row in finalists:
+        new = m["results"][str(row["run_id"])]["latency_ms"]
+        print(
+            f"  trial {int(row['trial_number'])}: logged {float(row['latency_ms']):.4g} ms, "
+            f"now {new:.4g} ms"
+        )
+
+
+def _print_choice(choice: Selection) -> None:
+    best = choice.chosen
+    print(
+        f"chosen: trial {int(best['trial_number'])} (run {best['run_id']}) of "
+        f"{choice.feasible} trials meeting the constraints ({choice.describe_bounds()}); "
+        f"optimizing {choice.optimize}\n"
+        f"  lr={best['lr']:.2e} batch_size={int(best['batch_size'])} "
+        f"sparsity={best['sparsity']:.2f} bits={int(best['bits'])} "
+        f"artifact={best.get('artifact', '?')}\n"
+        f"  accuracy={best['accuracy']:.4f} size={best['size_bytes'] / 1000:.1f} KB "
+        f"gzip={best['size_gzip_bytes'] / 1000:.1f} KB latency={best['latency_ms']:.3f} ms "
+        f"(p90 {best['latency_p90_ms']:.3f} ms)"
+    )
+    for _, r in choice.runners_up.iterrows():
+        print(
+            f"  runner-up: trial {int(r['trial_number'])} accuracy={r['accuracy']:.4f} "
+            f"size={r['size_bytes'] / 1000:.1f} KB latency={r['latency_ms']:.3f} ms: "
+            f"{choice.why_lost(r)}"
+        )
