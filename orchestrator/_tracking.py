@@ -170,26 +170,44 @@ def log_onnx(client: MlflowClient, run_id: str, onnx_path: Path, artifact_dir: s
         client.log_artifact(run_id, str(dst), artifact_dir)
 
 
-def find_trial_run(client: MlflowClient, target: TrackingTarget, trial_id: str) -> Run | None:
-    """The child run already recorded for ``trial_id`` in this search, if any.
+def find_trial_run(
+    client: MlflowClient, target: TrackingTarget, trial_id: str, number: int
+) -> Run | None:
+    """The child run already recorded for this trial in this search, if any.
 
-    Makes trial logging idempotent: a trial that Ray retries (a lost node) or re-runs after
-    ``--resume`` finds its run instead of creating a second one.
+    Makes trial logging idempotent. A trial that Ray retries (a lost node) or restores after
+    ``--resume`` keeps its trial id and is found by it. A trial the driver had started but not
+    yet checkpointed when it was killed is asked again by the restored study under the same
+    trial number and a new trial id: it is found by its number, and adopts the run.
     """
+    by_id = _child_runs(client, target, f"tags.`slimtune.trial_id` = '{trial_id}'")
+    if by_id:
+        return by_id[0]
+    by_number = _child_runs(client, target, f"tags.`slimtune.trial_number` = '{number}'")
+    if by_number:
+        run = by_number[0]
+        client.set_tag(run.info.run_id, "slimtune.trial_id", trial_id)
+        client.set_tag(
+            run.info.run_id,
+            "slimtune.previous_trial_id",
+            run.data.tags.get("slimtune.trial_id", ""),
+        )
+        return client.get_run(run.info.run_id)
+    return None
+
+
+def _child_runs(client: MlflowClient, target: TrackingTarget, condition: str) -> list[Run]:
     runs = client.search_runs(
         [target.experiment_id],
-        filter_string=(
-            f"tags.`mlflow.parentRunId` = '{target.parent_run_id}' "
-            f"and tags.`slimtune.trial_id` = '{trial_id}'"
-        ),
+        filter_string=f"tags.`mlflow.parentRunId` = '{target.parent_run_id}' and {condition}",
         max_results=10,
     )
     if len(runs) > 1:
         raise TrackingError(
-            f"trial {trial_id} has {len(runs)} child runs in search {target.parent_run_id}; "
-            "each trial must have exactly one. Fix: delete the extra runs in the MLflow UI."
+            f"{len(runs)} child runs of search {target.parent_run_id} match {condition}; each "
+            "trial must have exactly one. Fix: delete the extra runs in the MLflow UI."
         )
-    return runs[0] if runs else None
+    return list(runs)
 
 
 def start_trial_run(

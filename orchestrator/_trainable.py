@@ -90,7 +90,16 @@ def make_trainable(ctx: TrialContext) -> Callable[[dict[str, Any]], None]:
         params = TrialParams.from_dict(config)
         trial_id = tune.get_context().get_trial_id() or f"trial-{number}"
         client = MlflowClient(tracking_uri=ctx.tracking.uri)
-        existing = find_trial_run(client, ctx.tracking, trial_id)
+        existing = find_trial_run(client, ctx.tracking, trial_id, number)
+        if (
+            existing is not None
+            and existing.info.status == "FINISHED"
+            and not _same_params(existing, params)
+        ):
+            raise RuntimeError(  # a restored study never re-proposes a finished number otherwise
+                f"trial number {number} is already recorded with other parameters "
+                f"(run {existing.info.run_id}); the search state and MLflow disagree"
+            )
         if existing is not None and existing.info.status == "FINISHED":
             # Finished before the driver went down (resume): report the record, do not re-run.
             tune.report(
@@ -153,6 +162,20 @@ def make_trainable(ctx: TrialContext) -> Callable[[dict[str, Any]], None]:
         )
 
     return slimtune_trial
+
+
+def _same_params(run: Any, params: TrialParams) -> bool:
+    logged = run.data.params
+    return all(str(k) in logged and _close(logged[str(k)], v) for k, v in params.to_dict().items())
+
+
+def _close(logged: str, value: Any) -> bool:
+    if isinstance(value, float):
+        try:
+            return math.isclose(float(logged), value, rel_tol=1e-9)
+        except ValueError:
+            return False
+    return logged == str(value)
 
 
 def _attempts(run: Any) -> int:

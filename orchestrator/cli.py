@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="run a multi-objective compression search")
     s.add_argument("config", type=Path, help="YAML config (see examples/digits.yaml)")
     s.add_argument("--trials", type=int, help="override the config's number of trials")
+    s.add_argument("--concurrency", type=int, help="override the config's concurrency")
     s.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     s.add_argument(
         "--resume",
@@ -128,6 +129,15 @@ def _search(args: argparse.Namespace) -> int:
                 fix="pass a whole number of trials >= 1",
             )
         spec = spec.model_copy(update={"trials": args.trials})
+    if args.concurrency is not None:
+        if args.concurrency < 1:
+            raise ConfigError(
+                field="--concurrency",
+                value=args.concurrency,
+                rule="must be >= 1",
+                fix="pass a whole number of concurrent trials >= 1",
+            )
+        spec = spec.model_copy(update={"concurrency": args.concurrency})
 
     from trials import load_task
 

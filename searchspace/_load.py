@@ -12,6 +12,9 @@ from pydantic import BaseModel, ValidationError
 from searchspace._errors import ConfigError
 from searchspace._spec import SearchSpec
 
+# Names pydantic puts in an error's path for the branch of a knob's tagged union (see _spec.Knob).
+_UNION_TAGS = frozenset({"Range", "Choices", "Fixed"})
+
 
 def load_spec(path: str | Path) -> SearchSpec:
     """Load and validate a config file. Raises ConfigError (never a bare parser error)."""
@@ -79,11 +82,11 @@ def _to_config_error(
 def _one_error(err: Any, source: str, lines: dict[tuple[str, ...], int]) -> ConfigError:
     loc = tuple(str(p) for p in err["loc"])
     # Unions report each branch (e.g. ('space', 'lr', 'FloatRange', 'low')); keep the user's path.
-    loc = tuple(p for p in loc if not p[:1].isupper() and "[" not in p and "(" not in p)
+    loc = _user_path(loc)
     field = ".".join(loc) if loc else "<root>"
     kind = err["type"]
     value: Any = err.get("input")
-    if kind == "extra_forbidden":
+    if kind == "extra_forbidden" and loc:
         known = _known_fields(loc[:-1])
         hint = difflib.get_close_matches(loc[-1], known, n=1)
         fix = f"did you mean '{hint[0]}'?" if hint else f"remove it; known fields: {sorted(known)}"
@@ -95,7 +98,7 @@ def _one_error(err: Any, source: str, lines: dict[tuple[str, ...], int]) -> Conf
             source=source,
             line=_line_of(lines, loc),
         )
-    if kind == "missing":
+    if kind == "missing" and loc:
         return ConfigError(
             field=field,
             value=None,
@@ -113,6 +116,18 @@ def _one_error(err: Any, source: str, lines: dict[tuple[str, ...], int]) -> Conf
         source=source,
         line=_line_of(lines, loc),
     )
+
+
+def _user_path(loc: tuple[str, ...]) -> tuple[str, ...]:
+    """The path as the user wrote it: drop the names pydantic adds for a knob's union branch
+    (``space.lr.Range.low`` -> ``space.lr.low``) and for validator functions."""
+    out: list[str] = []
+    for part in loc:
+        branch = len(out) == 2 and out[0] == "space" and part in _UNION_TAGS
+        if branch or "[" in part or "(" in part:
+            continue
+        out.append(part)
+    return tuple(out)
 
 
 def _fix_for(loc: tuple[str, ...]) -> str:

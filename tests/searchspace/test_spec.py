@@ -87,6 +87,14 @@ def test_invalid_fields_are_named_with_rule_and_fix(text: str, field: str, words
     assert "Fix:" in msg
 
 
+@pytest.mark.parametrize("text", ["A:\n", "experiment: x\nRange: 1\n", "Choices: [1]\n"])
+def test_capitalised_unknown_keys_are_named(text: str) -> None:
+    # Regression (found by hypothesis): a key starting with a capital letter was dropped from
+    # the error path like a union branch name, and the loader crashed with IndexError.
+    err = _err(text)
+    assert err.field in ("A", "Range", "Choices", "experiment")
+
+
 def test_error_names_the_line() -> None:
     err = _err("experiment: x\ntrials: 5\nspace:\n  bits: {choices: [8, 99]}\n")
     assert err.line == 4
