@@ -197,7 +197,8 @@ def _run(
     print(f"\n{finished} trials finished, {failed} failed in {wall:.0f} s. Pareto front:", file=out)
     if finished:
         print(pareto_table(front), file=out)
-    print(f"\nInspect: mlflow ui --backend-store-uri {redact_uri(uri)}", file=out)
+    inspect = "slimtune ui" if uri == resolve_tracking_uri(None, workdir) else redact_uri(uri)
+    print(f"\nInspect: {inspect}   (then open the experiment {spec.experiment!r})", file=out)
     return SearchOutcome(uri, exp_id, parent, finished, failed, front, wall)
 
 
