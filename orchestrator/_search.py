@@ -89,10 +89,11 @@ def run_search(
     check = check_task(task)
     seconds = sum(t for _, t in check.steps)
     print(f"task {check.task!r} passed its dry run in {seconds:.1f} s", file=out, flush=True)
-    probe_tracking(resolve_tracking_uri(spec.tracking.uri, workdir))
+    uri = resolve_tracking_uri(spec.tracking.uri, workdir)
+    probe_tracking(uri)
     _start_ray(spec, opts)
     try:
-        return _run(spec, opts, task, workdir, t0, out)
+        return _run(spec, opts, task, workdir, uri, t0, out)
     finally:
         import ray
 
@@ -120,9 +121,14 @@ def _start_ray(spec: SearchSpec, opts: SearchOptions) -> None:
 
 
 def _run(
-    spec: SearchSpec, opts: SearchOptions, task: Task, workdir: Path, t0: float, out: TextIO
+    spec: SearchSpec,
+    opts: SearchOptions,
+    task: Task,
+    workdir: Path,
+    uri: str,
+    t0: float,
+    out: TextIO,
 ) -> SearchOutcome:
-    uri = resolve_tracking_uri(spec.tracking.uri, workdir)
     client = MlflowClient(tracking_uri=uri)
     local_store = uri.startswith("sqlite:")
     exp_id = open_experiment(

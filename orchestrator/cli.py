@@ -12,7 +12,7 @@ from pathlib import Path
 
 from orchestrator._report_cmd import add_report_parser, run_report
 from orchestrator._select_cmd import add_select_options, run_select
-from searchspace import ConfigError, SlimtuneError
+from searchspace import ConfigError, SearchSpec, SlimtuneError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -120,30 +120,8 @@ def _search(args: argparse.Namespace) -> int:
     from searchspace import load_spec
 
     spec = load_spec(args.config)  # fails here, before anything is started or written
-    if args.trials is not None:
-        if args.trials < 1:
-            raise ConfigError(
-                field="--trials",
-                value=args.trials,
-                rule="must be >= 1",
-                fix="pass a whole number of trials >= 1",
-            )
-        spec = spec.model_copy(update={"trials": args.trials})
-    if args.concurrency is not None:
-        if args.concurrency < 1:
-            raise ConfigError(
-                field="--concurrency",
-                value=args.concurrency,
-                rule="must be >= 1",
-                fix="pass a whole number of concurrent trials >= 1",
-            )
-        spec = spec.model_copy(update={"concurrency": args.concurrency})
-
-    from trials import load_task
-
-    _quiet_torch()
-    load_task(spec.task)  # an unimportable task is a usage error, reported before Ray starts
-
+    spec = _with_counts(spec, trials=args.trials, concurrency=args.concurrency)
+    # The task is loaded and dry-run by run_search before Ray starts or MLflow is written.
     from orchestrator._search import SearchOptions, run_search
 
     outcome = run_search(
@@ -156,6 +134,22 @@ def _search(args: argparse.Namespace) -> int:
         ),
     )
     return EXIT_OK if outcome.finished > 0 else EXIT_FAILED
+
+
+def _with_counts(spec: SearchSpec, **counts: int | None) -> SearchSpec:
+    """Apply command-line overrides of whole-number fields (``--trials``, ``--concurrency``)."""
+    for name, value in counts.items():
+        if value is None:
+            continue
+        if value < 1:
+            raise ConfigError(
+                field=f"--{name}",
+                value=value,
+                rule="must be >= 1",
+                fix=f"pass a whole number >= 1 to --{name}",
+            )
+        spec = spec.model_copy(update={name: value})
+    return spec
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from trials._export_check import ExportClaim, check_export
 from trials._measure import measure_onnx, onnx_accuracy
 from trials._registry import BUILTIN_TASKS, load_task
 from trials._settings import Baseline, TrialResult, TrialSettings
-from trials._task import Task
+from trials._task import Split, SplitTask, Task
 from trials._trial import run_baseline, run_trial
 from trials.tasks import DigitsTask, Mnist1dTask
 
@@ -34,6 +34,8 @@ __all__ = [
     "Mnist1dTask",
     "PruningError",
     "QuantizationError",
+    "Split",
+    "SplitTask",
     "Task",
     "TaskCheck",
     "TaskCheckError",

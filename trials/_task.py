@@ -72,6 +72,37 @@ class Task(ABC):
         return hashlib.sha256(blob).hexdigest()
 
 
+Split = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+class SplitTask(Task):
+    """A Task whose data are one fixed train/validation split, made on first use and kept.
+
+    Implement ``make_split`` returning ``(train_x, train_y, val_x, val_y)``; ``train_data`` and
+    ``val_data`` serve it, and the split is built once per instance (a reused Ray actor keeps it
+    from one trial to the next).
+    """
+
+    _split: Split | None = None
+
+    @abstractmethod
+    def make_split(self) -> Split:
+        """``(train_x, train_y, val_x, val_y)``: float inputs, int64 labels."""
+
+    def train_data(self) -> tuple[Tensor, Tensor]:
+        x, y, _, _ = self._cached_split()
+        return x, y
+
+    def val_data(self) -> tuple[Tensor, Tensor]:
+        _, _, x, y = self._cached_split()
+        return x, y
+
+    def _cached_split(self) -> Split:
+        if self._split is None:
+            self._split = self.make_split()
+        return self._split
+
+
 def checked_data(task: Task, which: str) -> tuple[Tensor, Tensor]:
     """The task's train or val data, checked against the contract, inputs as float32."""
     x, y = task.train_data() if which == "train" else task.val_data()

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from trials import Task
+from trials import Split, SplitTask
 
 _SPLIT_SEED = 7  # the split belongs to the task: it never changes between trials
 
 
-class WineTask(Task):
+class WineTask(SplitTask):
     """178 wines, 13 chemical measurements, 3 cultivars; a fixed stratified 80/20 split,
     features standardised with the training split's mean and standard deviation."""
 
@@ -27,9 +27,6 @@ class WineTask(Task):
     baseline_epochs = 60
     baseline_lr = 3e-3
     baseline_batch_size = 16
-
-    def __init__(self) -> None:
-        self._split: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
     def build_model(self) -> nn.Module:
         return nn.Sequential(
@@ -40,34 +37,24 @@ class WineTask(Task):
             nn.Linear(128, 3),
         )
 
-    def train_data(self) -> tuple[Tensor, Tensor]:
-        x, y, _, _ = self._load()
-        return x, y
+    def make_split(self) -> Split:
+        from sklearn.datasets import load_wine
+        from sklearn.model_selection import train_test_split
 
-    def val_data(self) -> tuple[Tensor, Tensor]:
-        _, _, x, y = self._load()
-        return x, y
+        data = load_wine()
+        x_tr, x_va, y_tr, y_va = train_test_split(
+            data.data,
+            data.target,
+            test_size=0.2,
+            stratify=data.target,
+            random_state=_SPLIT_SEED,
+        )
+        mean, std = x_tr.mean(axis=0), x_tr.std(axis=0) + 1e-8
 
-    def _load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        if self._split is None:
-            from sklearn.datasets import load_wine
-            from sklearn.model_selection import train_test_split
+        def inputs(a: np.ndarray) -> Tensor:
+            return torch.from_numpy(((a - mean) / std).astype(np.float32))
 
-            data = load_wine()
-            x_tr, x_va, y_tr, y_va = train_test_split(
-                data.data,
-                data.target,
-                test_size=0.2,
-                stratify=data.target,
-                random_state=_SPLIT_SEED,
-            )
-            mean, std = x_tr.mean(axis=0), x_tr.std(axis=0) + 1e-8
+        def labels(a: np.ndarray) -> Tensor:
+            return torch.from_numpy(a.astype(np.int64))
 
-            def inputs(a: np.ndarray) -> Tensor:
-                return torch.from_numpy(((a - mean) / std).astype(np.float32))
-
-            def labels(a: np.ndarray) -> Tensor:
-                return torch.from_numpy(a.astype(np.int64))
-
-            self._split = (inputs(x_tr), labels(y_tr), inputs(x_va), labels(y_va))
-        return self._split
+        return (inputs(x_tr), labels(y_tr), inputs(x_va), labels(y_va))

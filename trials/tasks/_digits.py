@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from trials._task import Task
+from trials._task import Split, SplitTask
 
 # The train/val split is part of the task, not of a trial: its seed never changes.
 _SPLIT_SEED = 20240607
 _VAL_FRACTION = 0.2
 
 
-class DigitsTask(Task):
+class DigitsTask(SplitTask):
     """sklearn's ``load_digits`` (1797 images, 8x8, 10 classes): no download, ships with sklearn.
 
     Pixels are scaled to [0, 1] and shaped ``(N, 1, 8, 8)``; a fixed stratified 80/20 split gives
@@ -27,9 +27,6 @@ class DigitsTask(Task):
     baseline_epochs = 6
     baseline_lr = 1e-3
     baseline_batch_size = 32
-
-    def __init__(self) -> None:
-        self._split: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
     def build_model(self) -> nn.Module:
         return nn.Sequential(
@@ -49,33 +46,23 @@ class DigitsTask(Task):
             nn.Linear(256, 10),
         )
 
-    def train_data(self) -> tuple[Tensor, Tensor]:
-        x, y, _, _ = self._load()
-        return x, y
+    def make_split(self) -> Split:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
 
-    def val_data(self) -> tuple[Tensor, Tensor]:
-        _, _, x, y = self._load()
-        return x, y
-
-    def _load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        if self._split is None:
-            from sklearn.datasets import load_digits
-            from sklearn.model_selection import train_test_split
-
-            digits = load_digits()
-            images = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
-            labels = digits.target.astype(np.int64)
-            x_tr, x_va, y_tr, y_va = train_test_split(
-                images,
-                labels,
-                test_size=_VAL_FRACTION,
-                stratify=labels,
-                random_state=_SPLIT_SEED,
-            )
-            self._split = (
-                torch.from_numpy(np.ascontiguousarray(x_tr)),
-                torch.from_numpy(np.ascontiguousarray(y_tr)),
-                torch.from_numpy(np.ascontiguousarray(x_va)),
-                torch.from_numpy(np.ascontiguousarray(y_va)),
-            )
-        return self._split
+        digits = load_digits()
+        images = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
+        labels = digits.target.astype(np.int64)
+        x_tr, x_va, y_tr, y_va = train_test_split(
+            images,
+            labels,
+            test_size=_VAL_FRACTION,
+            stratify=labels,
+            random_state=_SPLIT_SEED,
+        )
+        return (
+            torch.from_numpy(np.ascontiguousarray(x_tr)),
+            torch.from_numpy(np.ascontiguousarray(y_tr)),
+            torch.from_numpy(np.ascontiguousarray(x_va)),
+            torch.from_numpy(np.ascontiguousarray(y_va)),
+        )
