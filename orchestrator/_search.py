@@ -13,9 +13,12 @@ from typing import Any, TextIO
 
 import optuna
 import pandas as pd
+import torch
+from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 from orchestrator._faults import FirstTrialsAllFail
+from orchestrator._latency import MeterRef, running_meter
 from orchestrator._live import LiveFrontCallback
 from orchestrator._progress import TrialLines, format_metrics, pareto_table
 from orchestrator._resources import check_resources
@@ -32,11 +35,20 @@ from orchestrator._tracking import (
     resolve_tracking_uri,
     resumable_search_run,
     start_search_run,
+    use_wal,
 )
-from orchestrator._trainable import TrialContext, make_trainable
+from orchestrator._trainable import EndAtReport, TrialBody, TrialContext, make_trainable
 from reports import publish_front
 from searchspace import SearchSpec, SlimtuneError, to_distributions
-from trials import Task, TrialSettings, check_task, ensure_baseline, load_task, run_baseline
+from trials import (
+    Task,
+    TrialSettings,
+    check_task,
+    ensure_baseline,
+    load_task,
+    run_baseline,
+    run_trial,
+)
 
 
 @dataclass(frozen=True)
@@ -74,9 +86,16 @@ def _local_env() -> None:
 
 
 def run_search(
-    spec: SearchSpec, opts: SearchOptions, *, out: TextIO | None = None
+    spec: SearchSpec,
+    opts: SearchOptions,
+    *,
+    out: TextIO | None = None,
+    trial_body: TrialBody = run_trial,
 ) -> SearchOutcome:
     """Run ``spec`` to the end and return where its records are.
+
+    ``trial_body`` is what each trial does inside its MLflow run (``trials.run_trial``); only
+    the orchestration benchmark replaces it.
 
     Order matters: the task's dry run and the cluster's resources are checked before anything
     is written to MLflow, so a search that cannot run leaves no half-made records.
@@ -93,7 +112,9 @@ def run_search(
     probe_tracking(uri)
     _start_ray(spec, opts)
     try:
-        return _run(spec, opts, task, workdir, uri, t0, out)
+        # Before MLflow: a latency meter that cannot start leaves no half-made records.
+        with running_meter(spec.latency) as meter:
+            return _run(spec, opts, task, workdir, uri, t0, out, trial_body, meter)
     finally:
         import ray
 
@@ -128,12 +149,16 @@ def _run(
     uri: str,
     t0: float,
     out: TextIO,
+    trial_body: TrialBody,
+    meter: MeterRef,
 ) -> SearchOutcome:
     client = MlflowClient(tracking_uri=uri)
     local_store = uri.startswith("sqlite:")
     exp_id = open_experiment(
         client, spec.experiment, artifact_root=workdir / "mlruns" if local_store else None
     )
+    if local_store and opts.address is None and not os.environ.get("RAY_ADDRESS"):
+        use_wal(uri)  # every writer is on this machine; see use_wal for what it saves
     if opts.resume:
         parent = resumable_search_run(client, exp_id, spec.experiment)
         client.update_run(parent, status="RUNNING")
@@ -158,6 +183,7 @@ def _run(
                     cache_dir=cache_dir,
                     runs_dir=runs_dir,
                     out=out,
+                    meter=meter,
                 )
             except SlimtuneError:
                 raise
@@ -178,8 +204,13 @@ def _run(
             latency_warmup=spec.latency.warmup,
             latency_repeats=spec.latency.repeats,
             latency_threads=spec.latency.threads,
+            spec=spec,
+            baseline_threads=torch.get_num_threads(),  # the baseline was trained here, above
+            latency_meter=meter,
         )
-        finished, failed, stopper = _tune(spec, ctx, runs_dir, out, resume=opts.resume)
+        finished, failed, stopper = _tune(
+            spec, ctx, runs_dir, out, resume=opts.resume, body=trial_body
+        )
         if stopper.triggered:
             raise SearchStopped(
                 f"stopped early: the first {stopper.n} trials all failed "
@@ -205,6 +236,12 @@ def _run(
         print(pareto_table(front), file=out)
     inspect = "slimtune ui" if uri == resolve_tracking_uri(None, workdir) else redact_uri(uri)
     print(f"\nInspect: {inspect}   (then open the experiment {spec.experiment!r})", file=out)
+    # MLflow 3 opens an experiment in its GenAI view; runs, tags and charts are under "Model
+    # training", which this query selects.
+    print(
+        f"  e.g. http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning",
+        file=out,
+    )
     return SearchOutcome(uri, exp_id, parent, finished, failed, front, wall)
 
 
@@ -217,10 +254,17 @@ def _baseline(
     cache_dir: Path,
     runs_dir: Path,
     out: TextIO,
+    meter: MeterRef,
 ) -> None:
-    """Train (or load) the dense model and measure its export: the reference for every trial."""
-    base = ensure_baseline(task, seed=spec.seed, cache_dir=cache_dir)
-    how = "loaded from cache" if base.cached else f"trained in {base.train_seconds:.0f} s"
+    """Train (or load) the dense model and measure its export: the reference for every trial.
+    Its latency is measured by the search's meter, as every trial's is."""
+    device = _baseline_device(spec, out)
+    base = ensure_baseline(task, seed=spec.seed, cache_dir=cache_dir, device=device)
+    how = (
+        "loaded from cache"
+        if base.cached
+        else f"trained on {base.device} in {base.train_seconds:.0f} s"
+    )
     work = runs_dir / "baseline"
     work.mkdir(parents=True, exist_ok=True)
     settings = TrialSettings(
@@ -231,11 +275,48 @@ def _baseline(
         latency_warmup=spec.latency.warmup,
         latency_repeats=spec.latency.repeats,
         latency_threads=spec.latency.threads,
+        latency_target_cv=spec.latency.target_cv,
+        latency_max_repeats=spec.latency.max_repeats,
     )
-    result = run_baseline(task, settings)
+    search_meter = meter.connect()
+    with search_meter.working():
+        result = run_baseline(task, settings, meter=search_meter)
     log_metrics(client, parent, {f"baseline_{k}": v for k, v in result.metrics.items()})
+    where = {f"baseline_{k}": v for k, v in result.tags.items() if k.startswith("latency_")}
+    client.log_batch(parent, tags=[RunTag(k, v) for k, v in where.items()])
     log_onnx(client, parent, result.onnx_path, "baseline")
     print(f"dense baseline ({how}): {format_metrics(result.metrics)}", file=out, flush=True)
+    print(_latency_place(result.tags), file=out, flush=True)
+
+
+def _baseline_device(spec: SearchSpec, out: TextIO) -> str:
+    """Where the driver trains the dense baseline: on the GPU when the trials train on GPUs
+    and this process sees one (one machine), else on its CPUs (e.g. a driver on a head node
+    without GPUs; the trials still fine-tune on theirs)."""
+    if spec.resources.gpu <= 0:
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    print(
+        "note: trials train on GPUs, but this process sees none: the dense baseline (if not "
+        "cached) trains on the CPU",
+        file=out,
+        flush=True,
+    )
+    return "cpu"
+
+
+def _latency_place(tags: dict[str, str]) -> str:
+    where = tags.get("latency_where", "inline")
+    node = tags.get("latency_node", "?")
+    ip = tags.get("latency_node_ip") or tags.get("latency_host", "")
+    gate = {"exclusive": "trials on that machine pause while it measures", "off": "no pause"}
+    return (
+        f"latency: measured {'by the search meter' if where == 'actor' else 'in each trial'} "
+        f"on node {node[:12]} ({ip}); {gate.get(tags.get('latency_gate', ''), 'gate timed out')}"
+    )
 
 
 class BaselineFailed(SlimtuneError):
@@ -247,7 +328,13 @@ class SearchStopped(SlimtuneError):
 
 
 def _tune(
-    spec: SearchSpec, ctx: TrialContext, runs_dir: Path, out: TextIO, *, resume: bool
+    spec: SearchSpec,
+    ctx: TrialContext,
+    runs_dir: Path,
+    out: TextIO,
+    *,
+    resume: bool,
+    body: TrialBody,
 ) -> tuple[int, int, FirstTrialsAllFail]:
     from ray import tune
 
@@ -261,7 +348,7 @@ def _tune(
         study, to_distributions(spec.space), spec.metric_names, max_trials=spec.trials
     )
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    trainable = tune.with_resources(make_trainable(ctx), resources)
+    trainable = tune.with_resources(make_trainable(ctx, body=body), resources)
     stopper = FirstTrialsAllFail(spec.faults.stop_after_failures)
     storage = spec.storage or str(runs_dir.parent.parent / "ray")
     name = f"search-{ctx.tracking.parent_run_id}"
@@ -290,10 +377,13 @@ def _tune(
                 name=name,
                 storage_path=storage,
                 verbose=0,
-                stop=stopper,
+                # FirstTrialsAllFail must see every result: CombinedStopper asks in order.
+                stop=tune.stopper.CombinedStopper(stopper, EndAtReport()),
                 callbacks=[
                     TrialLines(spec.trials, out=out),
-                    LiveFrontCallback(ctx.tracking.uri, ctx.tracking.parent_run_id, out=out),
+                    LiveFrontCallback(
+                        ctx.tracking.uri, ctx.tracking.parent_run_id, out=out, background=True
+                    ),
                 ],
                 failure_config=tune.FailureConfig(max_failures=spec.faults.max_retries),
             ),

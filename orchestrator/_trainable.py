@@ -15,7 +15,9 @@ Two kinds of failure are kept apart:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+import os
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
+from ray.tune import Stopper
 
+from orchestrator._latency import LatencyMeterUnavailable, MeterRef
 from orchestrator._searcher import TRIAL_NUMBER_KEY
 from orchestrator._tracking import (
     TrackingTarget,
@@ -32,8 +36,8 @@ from orchestrator._tracking import (
     finish_trial_run,
     start_trial_run,
 )
-from searchspace import SlimtuneError, TrialParams
-from trials import Task, TrialSettings, load_task, run_trial
+from searchspace import SearchSpec, SlimtuneError, TrialParams
+from trials import Task, TrialRecord, TrialResult, TrialSettings, load_task, run_trial
 
 FAILED_KEY = "trial_failed"
 ERROR_KEY = "trial_error"
@@ -45,7 +49,13 @@ class NonFiniteMetric(SlimtuneError):
 
 @dataclass(frozen=True)
 class TrialContext:
-    """Everything a trial needs besides its knob values; plain data, pickled to the workers."""
+    """Everything a trial needs besides its knob values; plain data, pickled to the workers.
+
+    ``spec`` (the search's validated config) and ``baseline_threads`` (the torch thread count of
+    the driver, which trains the dense baseline) go into each trial's rebuild record.
+    ``latency_meter`` says where the trial's latency is measured (``orchestrator._latency``);
+    ``None``: in the trial's process, with no coordination.
+    """
 
     task_ref: str
     tracking: TrackingTarget
@@ -57,8 +67,13 @@ class TrialContext:
     latency_warmup: int
     latency_repeats: int
     latency_threads: int
+    spec: SearchSpec
+    baseline_threads: int
+    latency_meter: MeterRef | None = None
 
     def settings(self, number: int) -> TrialSettings:
+        """Trial ``number`` seeds its own randomness with ``seed + number`` and compresses the
+        search's one dense baseline (``baseline_seed=seed``)."""
         work_dir = self.runs_dir / f"trial-{number:04d}"
         work_dir.mkdir(parents=True, exist_ok=True)
         return TrialSettings(
@@ -69,7 +84,23 @@ class TrialContext:
             latency_warmup=self.latency_warmup,
             latency_repeats=self.latency_repeats,
             latency_threads=self.latency_threads,
+            baseline_seed=self.seed,
+            latency_target_cv=self.spec.latency.target_cv,
+            latency_max_repeats=self.spec.latency.max_repeats,
+            int8_format=self.spec.quantization.int8_format,
+            device=self.device,
         )
+
+    @property
+    def device(self) -> str:
+        """Where trials train: ``"cuda"`` when each reserves GPUs (Ray makes the GPUs it gives
+        a trial, whole or a fraction, the only ones its process sees), else ``"cpu"``."""
+        return "cuda" if self.spec.resources.gpu > 0 else "cpu"
+
+
+# Trials this worker process has run (1 for its first): with reused actors, CUDA's set-up and
+# the task's data are paid by index 1 only (see trials._device).
+_trials_in_process = itertools.count(1)
 
 
 @functools.lru_cache(maxsize=4)
@@ -78,8 +109,37 @@ def _task(ref: str) -> Task:
     return load_task(ref)
 
 
-def make_trainable(ctx: TrialContext) -> Callable[[dict[str, Any]], None]:
-    """Return the Ray Tune function trainable bound to ``ctx``."""
+class EndAtReport(Stopper):
+    """Stop each trial at its report: the trial function reports once, at its very end.
+
+    Without it Ray Tune asks the function for a next result after that report, and learns only
+    one more driver round trip later that it returned: ~2 round trips per trial instead of 1
+    (benchmarks/BENCHMARKS.md). Stopping at a report ends the function inside ``tune.report``
+    (a clean ``SystemExit(0)`` that Ray expects), which is harmless: nothing follows it.
+    """
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return True
+
+    def stop_all(self) -> bool:
+        return False
+
+
+TrialBody = Callable[[Task, TrialParams, TrialSettings], TrialResult]
+"""What a trial does inside its MLflow run: :func:`trials.run_trial` in every search.
+
+A seam, not a switch: ``benchmarks/orchestration_overhead.py`` passes a fixed-cost workload here
+to measure the orchestration around it (Ray Tune, the searcher, MLflow, the live front)."""
+
+
+def make_trainable(
+    ctx: TrialContext, *, body: TrialBody = run_trial
+) -> Callable[[dict[str, Any]], None]:
+    """Return the Ray Tune function trainable bound to ``ctx``; each trial runs ``body``.
+
+    The function calls ``tune.report`` exactly once, when the trial's work and its MLflow run
+    are done (or its failure is recorded): run it with :class:`EndAtReport`.
+    """
 
     def slimtune_trial(config: dict[str, Any]) -> None:
         import torch
@@ -126,13 +186,25 @@ def make_trainable(ctx: TrialContext) -> Callable[[dict[str, Any]], None]:
                 extra_params={"seed": settings.seed, "epochs": settings.epochs},
             )
         try:
-            result = run_trial(_task(ctx.task_ref), params, settings)
+            result = _run_body(body, ctx.latency_meter, _task(ctx.task_ref), params, settings)
             bad = {k: v for k, v in result.metrics.items() if not math.isfinite(v)}
             if bad:
                 raise NonFiniteMetric(
                     f"trial {number} produced non-finite metrics {bad}; "
                     "lower the learning rate range (space.lr.high)"
                 )
+            record = TrialRecord.of(
+                ctx.spec,
+                number,
+                params,
+                settings,
+                result,
+                torch_threads=ctx.torch_threads,
+                baseline_threads=ctx.baseline_threads,
+            )
+        except LatencyMeterUnavailable as exc:  # the infrastructure's: Ray retries the trial
+            fail_run(client, run_id, f"{type(exc).__name__}: {exc}")
+            raise
         except Exception as exc:  # the trial's own failure: recorded, told, never retried
             fail_run(
                 client, run_id, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
@@ -150,7 +222,12 @@ def make_trainable(ctx: TrialContext) -> Callable[[dict[str, Any]], None]:
             fail_run(client, run_id, reason, status="KILLED" if _killed(exc) else "FAILED")
             raise
         finish_trial_run(
-            client, run_id, metrics=result.metrics, tags=result.tags, onnx_path=result.onnx_path
+            client,
+            run_id,
+            metrics={**result.metrics, "worker_trial_index": float(next(_trials_in_process))},
+            tags={**result.tags, "worker_pid": str(os.getpid())},
+            onnx_path=result.onnx_path,
+            record_json=record.to_json(),
         )
         tune.report(
             {
@@ -162,6 +239,23 @@ def make_trainable(ctx: TrialContext) -> Callable[[dict[str, Any]], None]:
         )
 
     return slimtune_trial
+
+
+def _run_body(
+    body: TrialBody,
+    meter_ref: MeterRef | None,
+    task: Task,
+    params: TrialParams,
+    settings: TrialSettings,
+) -> TrialResult:
+    """Run ``trials.run_trial`` inside this machine's measurement gate, its latency timed by
+    the search's meter. Any other body (the orchestration benchmark's fixed work) measures no
+    latency and runs as it is."""
+    if meter_ref is None or body is not run_trial:
+        return body(task, params, settings)
+    meter = meter_ref.connect()
+    with meter.working():
+        return run_trial(task, params, settings, meter=meter)
 
 
 def _same_params(run: Any, params: TrialParams) -> bool:

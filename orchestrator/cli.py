@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from orchestrator._rebuild_cmd import add_rebuild_parser, run_rebuild
 from orchestrator._report_cmd import add_report_parser, run_report
 from orchestrator._select_cmd import add_select_options, run_select
 from searchspace import ConfigError, SearchSpec, SlimtuneError
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--run-id", help="the search's parent run id (default: the latest search)")
     add_select_options(c)
     add_report_parser(sub)
+    add_rebuild_parser(sub)
     v = sub.add_parser(
         "validate", help="check a config and its task (one tiny batch end to end), run nothing"
     )
@@ -96,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _schema()
         if args.command == "report":
             return run_report(args)
+        if args.command == "rebuild":
+            return run_rebuild(args)
         if args.command == "validate":
             return _validate(args)
         if args.command == "ui":
@@ -193,6 +197,11 @@ def _ui(args: argparse.Namespace) -> int:
         cmd += ["--allowed-hosts", "*"]
         print(f"slimtune: serving on {args.host}: reachable from other machines", file=sys.stderr)
     print(f"MLflow UI for {redact_uri(uri)} at http://{args.host}:{args.port}", flush=True)
+    print(
+        "  (pick 'Model training' at the top left of an experiment to see its runs, Pareto tags "
+        "and charts)",
+        flush=True,
+    )
     sys.stdout.flush()
     os.execv(exe, cmd)  # the server replaces this process: signals and exit codes are its own
 

@@ -4,6 +4,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# The MLflow UI browser test (tests/orchestrator/test_ui_browser.py) drives Debian's chromium
+# through playwright's python package (never `playwright install`, which downloads a browser).
+if [ ! -x /usr/bin/chromium ] && [ -z "${SLIMTUNE_NO_CHROMIUM:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "slimtune: installing Debian's chromium for the MLflow UI browser test (apt-get)..."
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get update -qq >/dev/null &&
+      apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; } ||
+      echo "slimtune: apt-get could not install chromium: the MLflow UI browser test will fail" \
+        "until it is installed (apt-get install chromium)." >&2
+  else
+    echo "slimtune: /usr/bin/chromium is missing and this is not root with apt-get: the MLflow UI" \
+      "browser test will skip. Fix: sudo apt-get install chromium (or set SLIMTUNE_NO_CHROMIUM=1" \
+      "to silence this)." >&2
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi

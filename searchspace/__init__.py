@@ -4,17 +4,21 @@ from searchspace._distributions import to_distributions
 from searchspace._errors import ConfigError, SlimtuneError
 from searchspace._load import load_spec, parse_spec
 from searchspace._spec import (
+    INT8_FORMATS,
     KNOBS,
     METRICS,
     NAME_KNOBS,
     PRUNING_SCHEMES,
+    QUANT_SCHEMES,
     SAMPLERS,
+    SIMULATED_BITS,
     SUPPORTED_BITS,
     Choice,
     Faults,
     FloatRange,
     Latency,
     Objective,
+    Quantization,
     Resources,
     SamplerSpec,
     SearchSpec,
@@ -25,11 +29,14 @@ from searchspace._spec import (
 )
 
 __all__ = [
+    "INT8_FORMATS",
     "KNOBS",
     "METRICS",
     "NAME_KNOBS",
     "PRUNING_SCHEMES",
+    "QUANT_SCHEMES",
     "SAMPLERS",
+    "SIMULATED_BITS",
     "SUPPORTED_BITS",
     "Choice",
     "ConfigError",
@@ -37,6 +44,7 @@ __all__ = [
     "FloatRange",
     "Latency",
     "Objective",
+    "Quantization",
     "Resources",
     "SamplerSpec",
     "SearchSpec",

@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from searchspace._errors import ConfigError
-from searchspace._spec import SearchSpec
+from searchspace._spec import FIELD_FIXES, SearchSpec
 
 # Names pydantic puts in an error's path for the branch of a knob's tagged union (see _spec.Knob).
 _UNION_TAGS = frozenset({"Range", "Choices", "Fixed"})
@@ -131,6 +131,8 @@ def _user_path(loc: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _fix_for(loc: tuple[str, ...]) -> str:
+    if ".".join(loc[:2]) in FIELD_FIXES:
+        return FIELD_FIXES[".".join(loc[:2])]
     examples = {
         "space": "write a range as {low: 0.0, high: 0.9, log: false}, a list as "
         "{choices: [8, 32]}, or a fixed number",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -12,6 +12,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -25,21 +26,66 @@ METRICS: dict[str, Literal["maximize", "minimize"]] = {
     "latency_p90_ms": "minimize",
 }
 
-# Bit-widths a trial can produce. 32: fp32 ONNX; 16: fp16 ONNX (ORT's CPU provider computes it
-# in fp32); 8: real int8 QDQ in ONNX Runtime; 2-7: fake-quant fine-tuning, exported with baked
-# weights and tagged artifact=simulated.
+# Bit-widths a trial can produce (docs/quantization.md). 32: fp32 ONNX; 16: fp16 ONNX (ORT's CPU
+# provider computes it in fp32); 8: real int8 QDQ in ONNX Runtime; 4: real int4 weights
+# (MatMulNBits for Linear, int4 DequantizeLinear for Conv); 2, 3, 5-7: fake-quant fine-tuning,
+# exported with baked weights and tagged artifact=simulated.
 SUPPORTED_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 
 # Pruning schemes. unstructured: global magnitude with Zhu & Gupta's gradual cubic schedule;
 # structured: channels/neurons physically removed (torch-pruning), sparsity = channel ratio.
 PRUNING_SCHEMES: tuple[str, ...] = ("unstructured", "structured")
 
+# Quantization schemes (docs/quantization.md). qat: fake-quantized fine-tuning on the exported
+# weight grid; ptq: fine-tuning in float, then the weights rounded to that grid and the artifact
+# quantized (int8 activations calibrated) after training. 16 and 32 bits ignore the scheme.
+QUANT_SCHEMES: tuple[str, ...] = ("qat", "ptq")
+
+# Bit-widths with no ONNX Runtime format: they exist only as fake-quant fine-tuning (qat).
+SIMULATED_BITS: tuple[int, ...] = (2, 3, 5, 6, 7)
+
+# int8 formats of ONNX Runtime's static QDQ quantization: activations (u8 or s8), int8 weights
+# per output channel or per tensor; reduce-range: 7-bit weights. "auto" measures them.
+# Listed from the most precise weights to the coarsest: auto prefers the first among ties.
+Int8FormatSetting = Literal[
+    "auto",
+    "u8s8-per-channel",
+    "s8s8-per-channel",
+    "u8s8-per-channel-reduce-range",
+    "u8s8-per-tensor",
+    "s8s8-per-tensor",
+]
+INT8_FORMATS: tuple[str, ...] = tuple(f for f in get_args(Int8FormatSetting) if f != "auto")
+
+# Fixes for fields whose generic fix (by section) would not help; the loader looks them up.
+FIELD_FIXES: dict[str, str] = {
+    "space.quant_scheme": "write quant_scheme as qat, ptq or {choices: [qat, ptq]}; ptq goes "
+    "with bits 4, 8, 16, 32 only: remove 2, 3, 5, 6, 7 from space.bits, or keep quant_scheme: qat",
+    "quantization.int8_format": "write int8_format: auto (measured once per machine) or one of "
+    + ", ".join(INT8_FORMATS),
+    "latency.resources": "name custom Ray resources that the latency meter's node has, each "
+    "amount > 0, e.g. resources: {deploy_cpu: 1} (a node gets them from `ray start --resources "
+    "'{\"deploy_cpu\": 1}'`); they need where: actor",
+    "latency.cpus": "set cpus: 0 (the default: the meter reserves no CPU and trials pause while "
+    "it measures) or the CPUs the latency actor reserves; it needs where: actor",
+    "latency.max_repeats": "set max_repeats >= repeats, or leave it out (5 x repeats)",
+}
+
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 
-KNOBS = ("lr", "batch_size", "sparsity", "bits", "pruning", "distill_weight", "distill_temperature")
+KNOBS = (
+    "lr",
+    "batch_size",
+    "sparsity",
+    "bits",
+    "pruning",
+    "distill_weight",
+    "distill_temperature",
+    "quant_scheme",
+)
 
 # Knobs whose values are names (strings), not numbers.
-NAME_KNOBS = ("pruning",)
+NAME_KNOBS = ("pruning", "quant_scheme")
 
 
 class _Strict(BaseModel):
@@ -122,6 +168,31 @@ class Space(_Strict):
     # Distillation from the dense model during fine-tuning; weight 0 turns it off.
     distill_weight: Knob = 0.0
     distill_temperature: Knob = 2.0
+    # Declared after bits: its validator checks the bit-widths the scheme can produce.
+    quant_scheme: NameKnob = Choice(choices=["qat"])
+
+    @field_validator("quant_scheme")
+    @classmethod
+    def _quant_scheme(cls, v: Any, info: ValidationInfo) -> Any:
+        values = list(v.choices) if isinstance(v, Choice) else [v]
+        bad = [x for x in values if x not in QUANT_SCHEMES]
+        if bad:
+            raise ValueError(
+                f"quant_scheme must be one of {list(QUANT_SCHEMES)} (got {bad[0]!r}); "
+                "e.g. {choices: [qat, ptq]}"
+            )
+        bits = info.data.get("bits")  # absent when bits itself is invalid
+        if "ptq" in values and bits is not None:
+            widths = list(bits.choices) if isinstance(bits, Choice) else [bits]
+            simulated = sorted({int(b) for b in widths if int(b) in SIMULATED_BITS})
+            if simulated:
+                raise ValueError(
+                    f"quant_scheme 'ptq' cannot produce bits {simulated}: post-training "
+                    "quantization exports the real ONNX Runtime formats only (8 and 4 bits; 16 "
+                    f"and 32 ignore the scheme), and bits {list(SIMULATED_BITS)} exist only as "
+                    "fake-quant fine-tuning (qat)"
+                )
+        return v
 
     @field_validator("pruning")
     @classmethod
@@ -251,12 +322,87 @@ class Training(_Strict):
     epochs: Annotated[int, Field(ge=1, le=1000)] = 3
 
 
+# Ray's own resource names: the latency meter reserves CPUs with `cpus`, and nothing else.
+_RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
 class Latency(_Strict):
-    """How an artifact's batch-1 latency is measured in ONNX Runtime."""
+    """How an artifact's batch-1 latency is measured in ONNX Runtime, and where.
+
+    Timing: ``warmup`` untimed runs, then at least ``repeats`` timed runs in blocks; more blocks
+    while the block medians' coefficient of variation is above ``target_cv``, up to
+    ``max_repeats`` (``None``: 5 x ``repeats``); ``threads`` intra-op threads.
+
+    Place: ``where: actor`` (default) measures every artifact of a search, the baseline's
+    included, in one Ray actor that takes one measurement at a time; it reserves ``cpus`` CPUs
+    (0: none) and the custom Ray ``resources`` given, which pin it to the nodes that have them
+    (e.g. ``{deploy_cpu: 1}``). ``where: inline`` measures in each trial's own process.
+    ``pause_trials``: while a measurement runs, the trials on that machine wait at their next
+    training step (a lock on the node), so that they do not disturb it.
+    """
 
     warmup: Annotated[int, Field(ge=0)] = 20
     repeats: Annotated[int, Field(ge=5)] = 200
+    max_repeats: Annotated[int, Field(ge=5)] | None = None
+    target_cv: Annotated[float, Field(gt=0, le=1)] = 0.05
     threads: Annotated[int, Field(ge=1)] = 1
+    where: Literal["actor", "inline"] = "actor"
+    cpus: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    resources: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict
+    )
+    pause_trials: bool = True
+
+    @field_validator("max_repeats")
+    @classmethod
+    def _max_repeats(cls, v: int | None, info: ValidationInfo) -> int | None:
+        repeats = info.data.get("repeats")  # absent when repeats itself is invalid
+        if v is not None and repeats is not None and v < repeats:
+            raise ValueError(
+                f"max_repeats must be >= repeats ({repeats}) (got {v}); raise it, or leave it "
+                "out for 5 x repeats"
+            )
+        return v
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus(cls, v: float, info: ValidationInfo) -> float:
+        if v > 0 and info.data.get("where") == "inline":
+            raise ValueError(
+                f"cpus reserves CPUs for the latency actor, but where is 'inline' (got "
+                f"cpus={v:g}); set cpus: 0, or where: actor"
+            )
+        return v
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, v: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        for name in v:
+            if not name.strip():
+                raise ValueError("a resource name must not be empty; e.g. {deploy_cpu: 1}")
+            if name in _RAY_BUILTIN_RESOURCES:
+                raise ValueError(
+                    f"resources takes custom Ray resources (the ones a node is started with, "
+                    f"`ray start --resources '{{\"deploy_cpu\": 1}}'`), not {name!r}; "
+                    "reserve CPUs with latency.cpus"
+                )
+        if v and info.data.get("where") == "inline":
+            raise ValueError(
+                f"resources pin the latency actor to a node, but where is 'inline' (got {v}); "
+                "set where: actor, or remove resources"
+            )
+        return v
+
+
+class Quantization(_Strict):
+    """How quantized artifacts are made (the bit-width and scheme are knobs of ``space``).
+
+    ``int8_format``: the ONNX Runtime int8 format of 8-bit trials; ``auto`` measures each of
+    ``INT8_FORMATS`` on the task's dense model once per machine (batch 1, one thread) and takes
+    the fastest; qat fine-tunes on the weight grid of the format chosen.
+    """
+
+    int8_format: Int8FormatSetting = "auto"
 
 
 class Faults(_Strict):
@@ -302,6 +448,7 @@ class SearchSpec(_Strict):
     resources: Resources = Resources()
     training: Training = Training()
     latency: Latency = Latency()
+    quantization: Quantization = Quantization()
     tracking: Tracking = Tracking()
     faults: Faults = Faults()
     # Where Ray Tune keeps the search's state (for --resume). None: <workdir>/.slimtune/ray.
@@ -346,6 +493,7 @@ class TrialParams:
     pruning: str = "unstructured"
     distill_weight: float = 0.0
     distill_temperature: float = 2.0
+    quant_scheme: str = "qat"
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -372,6 +520,16 @@ class TrialParams:
                 f"`distill_temperature > 0` must hold, but got "
                 f"distill_temperature={self.distill_temperature}"
             )
+        if self.quant_scheme not in QUANT_SCHEMES:
+            raise ValueError(
+                f"quant_scheme must be one of {list(QUANT_SCHEMES)}, but got "
+                f"quant_scheme={self.quant_scheme!r}"
+            )
+        if self.quant_scheme == "ptq" and self.bits in SIMULATED_BITS:
+            raise ValueError(
+                f"quant_scheme 'ptq' cannot produce bits={self.bits} (simulated widths "
+                f"{list(SIMULATED_BITS)} exist only as fake-quant fine-tuning): use qat"
+            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialParams:
@@ -383,6 +541,7 @@ class TrialParams:
             pruning=str(d.get("pruning", "unstructured")),
             distill_weight=float(d.get("distill_weight", 0.0)),
             distill_temperature=float(d.get("distill_temperature", 2.0)),
+            quant_scheme=str(d.get("quant_scheme", "qat")),
         )
 
     def to_dict(self) -> dict[str, Any]:

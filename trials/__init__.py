@@ -16,24 +16,54 @@ from trials._errors import (
     TrainingDivergedError,
 )
 from trials._export_check import ExportClaim, check_export
-from trials._measure import measure_onnx, onnx_accuracy
+from trials._measure import (
+    InlineMeter,
+    LatencyMeter,
+    LatencyPlan,
+    LatencyReading,
+    LatencySession,
+    LatencyStats,
+    latency_plan,
+    measure_onnx,
+    onnx_accuracy,
+)
+from trials._record import (
+    RECORD_SCHEMA_VERSION,
+    RecordError,
+    TrialRecord,
+    VersionDrift,
+    file_sha256,
+    library_versions,
+    weights_sha256,
+)
 from trials._registry import BUILTIN_TASKS, load_task
-from trials._settings import Baseline, TrialResult, TrialSettings
+from trials._settings import Baseline, Lineage, PruningLog, TrialResult, TrialSettings
 from trials._task import Split, SplitTask, Task
 from trials._trial import run_baseline, run_trial
-from trials.tasks import DigitsTask, Mnist1dTask
+from trials.tasks import DigitsTask, Mnist1dLargeTask, Mnist1dTask
 
 __all__ = [
     "BUILTIN_TASKS",
+    "RECORD_SCHEMA_VERSION",
     "Baseline",
     "BaselineCacheError",
     "DigitsTask",
     "ExportClaim",
     "ExportClaimError",
     "ExportError",
+    "InlineMeter",
+    "LatencyMeter",
+    "LatencyPlan",
+    "LatencyReading",
+    "LatencySession",
+    "LatencyStats",
+    "Lineage",
+    "Mnist1dLargeTask",
     "Mnist1dTask",
     "PruningError",
+    "PruningLog",
     "QuantizationError",
+    "RecordError",
     "Split",
     "SplitTask",
     "Task",
@@ -41,14 +71,20 @@ __all__ = [
     "TaskCheckError",
     "TaskError",
     "TrainingDivergedError",
+    "TrialRecord",
     "TrialResult",
     "TrialSettings",
+    "VersionDrift",
     "check_export",
     "check_task",
     "ensure_baseline",
+    "file_sha256",
+    "latency_plan",
+    "library_versions",
     "load_task",
     "measure_onnx",
     "onnx_accuracy",
     "run_baseline",
     "run_trial",
+    "weights_sha256",
 ]

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from searchspace import ConfigError
+from trials._device import check_device_name, device_data, prepare_device, training_device
 from trials._errors import BaselineCacheError
 from trials._settings import Baseline
 from trials._task import Task, checked_data
@@ -24,7 +25,7 @@ from trials._train import fit, predict
 _FORMAT_VERSION = 1
 
 
-def ensure_baseline(task: Task, *, seed: int, cache_dir: Path) -> Baseline:
+def ensure_baseline(task: Task, *, seed: int, cache_dir: Path, device: str = "cpu") -> Baseline:
     """The task's dense model trained with its baseline settings, from ``cache_dir`` when it
     is there, else trained now and cached.
 
@@ -32,6 +33,11 @@ def ensure_baseline(task: Task, *, seed: int, cache_dir: Path) -> Baseline:
     processes) serialise on an ``fcntl`` lock file; the files are written under temporary names
     and renamed, so a reader never sees half a checkpoint. The first caller trains
     (``cached=False``), the others load (``cached=True``).
+
+    ``device`` is where it trains when it is not cached (``"cuda"``: on the GPU, bf16
+    autocast, the data kept there); the device is recorded with it (``Baseline.device``) but
+    is not part of the key: a search's trials find the baseline its driver trained, wherever
+    that was.
     """
     cache_dir = Path(cache_dir)
     if not cache_dir.is_absolute():
@@ -42,6 +48,7 @@ def ensure_baseline(task: Task, *, seed: int, cache_dir: Path) -> Baseline:
             fix=f"pass Path({str(cache_dir)!r}).resolve()",
             source="ensure_baseline",
         )
+    check_device_name(device, source="ensure_baseline")
     cache_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = task.fingerprint()
     stem = f"{_safe(task.name)}-{fingerprint[:16]}-seed{seed}"
@@ -55,7 +62,7 @@ def ensure_baseline(task: Task, *, seed: int, cache_dir: Path) -> Baseline:
         cached = _read(meta_path, state_path, fingerprint, seed)
         if cached is not None:
             return cached
-        model, accuracy, seconds = _train(task, seed)
+        model, accuracy, seconds = _train(task, seed, training_device(device))
         _atomic_write(state_path, lambda f: torch.save(model.state_dict(), f))
         meta = {
             "format_version": _FORMAT_VERSION,
@@ -67,10 +74,17 @@ def ensure_baseline(task: Task, *, seed: int, cache_dir: Path) -> Baseline:
             "epochs": task.baseline_epochs,
             "lr": task.baseline_lr,
             "batch_size": task.baseline_batch_size,
+            "device": device,
         }
         # The metadata file is written last: its presence marks a complete entry.
         _atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
-    return Baseline(state_path=state_path, accuracy=accuracy, train_seconds=seconds, cached=False)
+    return Baseline(
+        state_path=state_path,
+        accuracy=accuracy,
+        train_seconds=seconds,
+        cached=False,
+        device=device,
+    )
 
 
 def load_baseline_model(task: Task, baseline: Baseline) -> nn.Module:
@@ -81,8 +95,9 @@ def load_baseline_model(task: Task, baseline: Baseline) -> nn.Module:
     return model.eval()
 
 
-def _train(task: Task, seed: int) -> tuple[nn.Module, float, float]:
-    x_train, y_train = checked_data(task, "train")
+def _train(task: Task, seed: int, device: torch.device) -> tuple[nn.Module, float, float]:
+    prepare_device(device)
+    x_train, y_train = device_data(task, "train", device)
     x_val, y_val = checked_data(task, "val")
     # fork_rng: seed initialisation without touching the caller's global RNG state.
     with torch.random.fork_rng(devices=[]):
@@ -109,6 +124,7 @@ def _read(meta_path: Path, state_path: Path, fingerprint: str, seed: int) -> Bas
         meta = json.loads(meta_path.read_text())
         accuracy = float(meta["accuracy"])
         seconds = float(meta["train_seconds"])
+        device = str(meta.get("device", "cpu"))
         same = meta["fingerprint"] == fingerprint and meta["seed"] == seed
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BaselineCacheError(
@@ -123,7 +139,13 @@ def _read(meta_path: Path, state_path: Path, fingerprint: str, seed: int) -> Bas
             f"{fingerprint[:16]}, seed {seed}) and weights present={state_path.exists()}. "
             f"Fix: delete {meta_path}; the baseline is retrained on the next run."
         )
-    return Baseline(state_path=state_path, accuracy=accuracy, train_seconds=seconds, cached=True)
+    return Baseline(
+        state_path=state_path,
+        accuracy=accuracy,
+        train_seconds=seconds,
+        cached=True,
+        device=device,
+    )
 
 
 @contextmanager

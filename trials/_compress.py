@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from trials._errors import PruningError
+from trials._quantize import WeightGrid, weight_grid
 
 # Layers whose weights are pruned and quantized (per output channel, axis 0).
 Prunable = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear
@@ -33,7 +34,7 @@ def magnitude_masks(weights: list[Tensor], sparsity: float) -> list[Tensor]:
     """Keep-masks for ``weights`` pruning the ``sparsity`` fraction of smallest |w| over all of
     them together (see ``global_magnitude_masks``)."""
     scores = torch.cat([w.abs().flatten() for w in weights])
-    keep = torch.ones(scores.numel(), dtype=torch.bool)
+    keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
     n_pruned = round(sparsity * scores.numel())
     if n_pruned > 0:
         keep[torch.argsort(scores, stable=True)[:n_pruned]] = False
@@ -45,39 +46,55 @@ def magnitude_masks(weights: list[Tensor], sparsity: float) -> list[Tensor]:
     return masks
 
 
-def fake_quantize(weight: Tensor, bits: int) -> Tensor:
-    """Symmetric per-output-channel fake quantization to ``bits`` (grid ``[-q, q]`` with
-    ``q = 2**(bits-1) - 1``, scale ``max|w| / q``); the gradient passes straight through."""
-    qmax = 2 ** (bits - 1) - 1
-    dims = tuple(range(1, weight.dim()))
-    scale = (weight.detach().abs().amax(dim=dims) / qmax).clamp_min(1e-12).float()
-    zero_point = torch.zeros(scale.shape, dtype=torch.int32)
-    return torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0, -qmax, qmax)
+def fake_quantize(weight: Tensor, bits: int | WeightGrid) -> Tensor:
+    """Symmetric fake quantization on a grid (``WeightGrid``), or on the default grid of
+    ``bits`` (per output channel, ``[-q, q]`` with ``q = 2**(bits-1) - 1``, scale
+    ``max|w| / q``); the gradient passes straight through."""
+    grid = bits if isinstance(bits, WeightGrid) else weight_grid(bits)
+    return grid.fake_quantize(weight)
 
 
 class MaskedFakeQuant(nn.Module):
-    """Parametrization of a weight: ``fake_quantize(weight * mask, bits)`` (no fake quantization
-    above 8 bits: fp32 and fp16 are trained in fp32). Pruned weights stay zero through training
-    and quantization."""
+    """Parametrization of a weight: ``grid.fake_quantize(weight * mask)``, or only the mask when
+    ``grid`` is None (fp32 and fp16 train in fp32, and so does post-training quantization).
+    Pruned weights stay zero through training and quantization."""
 
     mask: Tensor
 
-    def __init__(self, mask: Tensor, bits: int) -> None:
+    def __init__(self, mask: Tensor, grid: WeightGrid | None) -> None:
         super().__init__()
         self.register_buffer("mask", mask.to(torch.float32))
-        self.bits = bits
+        self.grid = grid
 
     def forward(self, weight: Tensor) -> Tensor:
         weight = weight * self.mask
-        if self.bits <= 8:
-            weight = fake_quantize(weight, self.bits)
+        if self.grid is not None:
+            weight = self.grid.fake_quantize(weight)
         return weight
 
 
-def attach(layers: list[Prunable], masks: list[Tensor], bits: int) -> None:
-    """Parametrize each layer's weight with its mask and ``bits`` fake quantization."""
+def attach(
+    layers: list[Prunable],
+    masks: list[Tensor],
+    bits: int | None = None,
+    *,
+    grid: WeightGrid | None = None,
+) -> None:
+    """Parametrize each layer's weight with its mask and fake quantization on ``grid`` (default:
+    the grid of ``bits`` when ``bits <= 8``; none when both leave it open: training in float)."""
+    if grid is None and bits is not None and bits <= 8:
+        grid = weight_grid(bits)
     for layer, mask in zip(layers, masks, strict=True):
-        parametrize.register_parametrization(layer, "weight", MaskedFakeQuant(mask, bits))
+        parametrize.register_parametrization(layer, "weight", MaskedFakeQuant(mask, grid))
+
+
+def round_to_grid(layers: list[Prunable], grid: WeightGrid) -> None:
+    """Round each (plain, unparametrized) weight to ``grid`` in place: the weight half of
+    post-training quantization, done here so the PyTorch model holds exactly the weights the
+    exported artifact stores. Zeros stay zero (the grid is symmetric)."""
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight.copy_(grid.fake_quantize(layer.weight))
 
 
 def cubic_sparsity(step: int, ramp_steps: int, target: float) -> float:

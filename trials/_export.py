@@ -1,4 +1,5 @@
-"""Export to one self-contained ONNX file; static int8 QDQ quantization in ONNX Runtime; fp16."""
+"""Export to one self-contained ONNX file; static int8 QDQ quantization in ONNX Runtime (in one of
+the ``Int8Format``s); fp16. The int4 export is ``trials._quantize_int4``."""
 
 from __future__ import annotations
 
@@ -19,16 +20,15 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import Tensor, nn
 
 from trials._errors import ExportError, QuantizationError
+from trials._quantize import DEFAULT_INT8_FORMAT, Int8Format
+from trials._quantize_int4 import Int4Export, rewrite_int4
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
-# ONNX Runtime's static quantization: uint8 activations, int8 per-channel symmetric weights
-# (U8S8, the fast kernel on x86 without VNNI). reduce_range (7-bit weights) was measured on the
-# digits CNN: same latency, same accuracy within one sample; it stays off so that the weight grid
-# is the one fake quantization trained on (symmetric [-127, 127], scale max|w| / 127).
-INT8_FORMAT = "int8-qdq-u8s8-per-channel"
-_REDUCE_RANGE = False
+# The default int8 format's tag (uint8 activations, int8 per-channel symmetric weights); which
+# format a trial uses is chosen per machine (trials._quantize_auto) or set in the config.
+INT8_FORMAT = DEFAULT_INT8_FORMAT.tag
 
 
 def export_onnx(model: nn.Module, example: Tensor, path: Path, *, what: str) -> None:
@@ -63,9 +63,18 @@ def export_onnx(model: nn.Module, example: Tensor, path: Path, *, what: str) -> 
     _check_self_contained(path, what=what)
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *, what: str) -> None:
-    """Static QDQ int8 quantization of an fp32 ONNX file, calibrated (min-max) on the given
-    inputs. Raises if the result has no QuantizeLinear/DequantizeLinear nodes."""
+def quantize_int8(
+    fp32_path: Path,
+    out_path: Path,
+    calibration: np.ndarray,
+    *,
+    what: str,
+    fmt: Int8Format = DEFAULT_INT8_FORMAT,
+) -> None:
+    """Static QDQ int8 quantization of an fp32 ONNX file in format ``fmt`` (activation type,
+    per-channel or per-tensor symmetric weights, reduce_range), activations calibrated (min-max)
+    on the given inputs. The weights land on ``fmt.grid``, the grid qat fine-tunes on. Raises if
+    the result has no QuantizeLinear/DequantizeLinear nodes."""
     pre_path = out_path.with_name(out_path.stem + ".pre.onnx")
     try:
         quant_pre_process(str(fp32_path), str(pre_path))
@@ -74,17 +83,18 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *, w
             str(out_path),
             _Calibration(calibration),
             quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            reduce_range=_REDUCE_RANGE,
-            activation_type=QuantType.QUInt8,
+            per_channel=fmt.per_channel,
+            reduce_range=fmt.reduce_range,
+            activation_type=fmt.activation_type,
             weight_type=QuantType.QInt8,
+            extra_options={"WeightSymmetric": True},
             calibrate_method=CalibrationMethod.MinMax,
         )
     except Exception as exc:
         raise QuantizationError(
-            f"{what}: static int8 quantization in ONNX Runtime must succeed for bits=8, but it "
-            f"failed with {type(exc).__name__}: {_first_line(exc)}. Fix: search bits=32 or "
-            "bits<8 for this model; see the chained exception."
+            f"{what}: static int8 quantization in ONNX Runtime ({fmt.name}) must succeed for "
+            f"bits=8, but it failed with {type(exc).__name__}: {_first_line(exc)}. Fix: search "
+            "bits=32 or bits<8 for this model; see the chained exception."
         ) from exc
     finally:
         pre_path.unlink(missing_ok=True)
@@ -97,6 +107,16 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *, w
             "no Conv/Gemm/MatMul that ONNX Runtime quantizes; search bits=32 for it."
         )
     _check_self_contained(out_path, what=what)
+
+
+def quantize_int4(
+    fp32_path: Path, out_path: Path, *, what: str, matmulnbits: bool = True
+) -> Int4Export:
+    """The real int4 artifact of an fp32 ONNX file (``trials._quantize_int4``: MatMulNBits for
+    Linear, int4 DequantizeLinear for Conv, weights on ``INT4_GRID``), one self-contained file."""
+    summary = rewrite_int4(fp32_path, out_path, what=what, matmulnbits=matmulnbits)
+    _check_self_contained(out_path, what=what)
+    return summary
 
 
 FP16_FORMAT = "fp16"

@@ -1,23 +1,29 @@
 """The export check: does the ONNX artifact show the compression the trial claims?
 
-A trial claims a bit-width and, with structured pruning, a number of output units (Conv channels
-plus Gemm/MatMul neurons). The check reads the artifact's graph and initializers, never the
-PyTorch model: an artifact that does not show its claim raises ``ExportClaimError``, so the trial
-fails instead of reporting numbers it did not earn.
+A trial claims a bit-width (and at 8 bits an int8 format) and, with structured pruning, a number
+of output units (Conv channels plus Gemm/MatMul/MatMulNBits neurons). The check reads the
+artifact's graph and initializers, never the PyTorch model: an artifact that does not show its
+claim raises ``ExportClaimError``, so the trial fails instead of reporting numbers it did not earn.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from trials._errors import ExportClaimError
+from trials._quantize import INT4_GRID, int8_format
+from trials._quantize_int4 import unpack_matmulnbits
 
 _QDQ = {"QuantizeLinear", "DequantizeLinear"}
+_INT4_TYPES = (TensorProto.INT4, TensorProto.UINT4)
+_INT8_TYPES = (TensorProto.INT8, TensorProto.UINT8)
+_NBITS = "MatMulNBits"
 _INT_OPS = {"ConvInteger", "MatMulInteger", "MatMulNBits"}
 # Ops a weight may pass through between its initializer and the Conv/Gemm/MatMul using it.
 _PASS_THROUGH = {"DequantizeLinear", "Cast", "Identity"}
@@ -27,7 +33,10 @@ _PASS_THROUGH = {"DequantizeLinear", "Cast", "Identity"}
 class ExportClaim:
     """What a trial says its artifact is.
 
-    ``bits``: 32 fp32, 16 fp16 weights, 8 int8 QDQ/QOperator, 2-7 fp32 file holding weights on a
+    ``bits``: 32 fp32, 16 fp16 weights, 8 int8 QDQ/QOperator (in ``int8_format`` when given:
+    per-channel or per-tensor weight scales, uint8 or int8 activations, 7-bit weights with
+    reduce-range), 4 every Conv/Linear weight stored as int4 on ``[-7, 7]`` (MatMulNBits or an
+    INT4 initializer behind DequantizeLinear), 2, 3, 5-7 an fp32 file holding weights on a
     ``2**bits - 1``-level grid per output channel. ``units``/``dense_units``: output units of
     the Conv/Linear layers of the compressed and of the dense model; ``structured`` claims that
     channels were removed (``units < dense_units``, and the artifact must have ``units``).
@@ -37,12 +46,14 @@ class ExportClaim:
     units: int
     dense_units: int
     structured: bool = False
+    int8_format: str | None = None
 
 
 @dataclass(frozen=True)
 class _Weight:
     op: str
-    array: np.ndarray  # output units on axis 0
+    array: np.ndarray  # output units on axis 0; the stored integers for int4/int8 weights
+    stored: int  # TensorProto data type of the stored weight (INT4 for MatMulNBits)
 
 
 def check_export(path: Path, claim: ExportClaim, *, what: str) -> dict[str, str]:
@@ -58,15 +69,18 @@ def check_export(path: Path, claim: ExportClaim, *, what: str) -> dict[str, str]
         inits[n].data_type for n in inits if len(inits[n].dims) >= 2
     ]  # data types of matrix/kernel initializers
     n_fp16 = sum(1 for t in inits.values() if t.data_type == TensorProto.FLOAT16)
+    packed = {n.input[1] for n in graph.node if n.op_type == _NBITS and len(n.input) > 1}
     n_int8 = sum(
         1
         for t in inits.values()
-        if t.data_type in (TensorProto.INT8, TensorProto.UINT8) and len(t.dims) >= 2
+        if t.data_type in _INT8_TYPES and len(t.dims) >= 2 and t.name not in packed
     )
+    n_int4 = sum(1 for w in weights if w.stored in _INT4_TYPES)
     quant_ops = sorted((ops & (_QDQ | _INT_OPS)) | {o for o in ops if o.startswith("QLinear")})
     summary = (
         f"bits={claim.bits} units={units if not unresolved else '?'}/{claim.dense_units} "
-        f"quant_ops={'+'.join(quant_ops) or 'none'} int8_weights={n_int8} fp16_inits={n_fp16}"
+        f"quant_ops={'+'.join(quant_ops) or 'none'} int8_weights={n_int8} "
+        f"int4_weights={n_int4} fp16_inits={n_fp16}"
     )
 
     def fail(rule: str, fix: str) -> ExportClaimError:
@@ -82,11 +96,21 @@ def check_export(path: Path, claim: ExportClaim, *, what: str) -> dict[str, str]
                 "an 8-bit artifact has QuantizeLinear/DequantizeLinear or QLinear* ops",
                 slimtune_bug,
             )
-        if n_int8 == 0:
-            raise fail("an 8-bit artifact stores int8/uint8 weight initializers", slimtune_bug)
+        if n_int8 == 0 or n_int4:
+            raise fail(
+                "an 8-bit artifact stores int8/uint8 weight initializers and no int4 ones",
+                slimtune_bug,
+            )
+        if claim.int8_format is not None:
+            _check_int8_format(graph, inits, claim.int8_format, fail)
+    elif claim.bits == 4:
+        _check_int4(graph, weights, unresolved, fail)
     else:
-        if quant_ops:
-            raise fail(f"a {claim.bits}-bit artifact has no quantization ops", slimtune_bug)
+        if quant_ops or n_int4:
+            raise fail(
+                f"a {claim.bits}-bit artifact has no quantization ops and no int4 weights",
+                slimtune_bug,
+            )
         if claim.bits == 16:
             if n_fp16 == 0 or TensorProto.FLOAT in float_weights:
                 raise fail(
@@ -121,22 +145,107 @@ def check_export(path: Path, claim: ExportClaim, *, what: str) -> dict[str, str]
     return {"export_check": "ok", "export_check_summary": summary}
 
 
+def _check_int4(
+    graph: onnx.GraphProto,
+    weights: list[_Weight],
+    unresolved: int,
+    fail: Callable[[str, str], ExportClaimError],
+) -> None:
+    """Every Conv/Linear weight int4, symmetric, on ``[-7, 7]``: MatMulNBits with ``bits=4``
+    and no zero points, or an INT4 initializer behind a DequantizeLinear with zero point 0."""
+    bug = "report this as a slimtune bug; the trial's numbers are not trustworthy"
+    floats = sorted({w.op for w in weights if w.stored not in _INT4_TYPES})
+    if unresolved or not weights or floats:
+        raise fail(
+            "a 4-bit artifact stores every Conv/Linear weight as int4 (MatMulNBits with bits=4, "
+            "or an INT4 initializer behind DequantizeLinear)"
+            + (f"; {floats} layers keep other weights" if floats else ""),
+            bug,
+        )
+    inits = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == _NBITS and (attrs.get("bits") != 4 or _input(node, 3)):
+            raise fail("a 4-bit artifact's MatMulNBits have bits=4 and no zero points", bug)
+        if node.op_type == "DequantizeLinear" and _asymmetric_int4(node, inits):
+            raise fail("a 4-bit artifact's int4 weights are symmetric (zero point 0)", bug)
+    lowest = min(int(w.array.min()) for w in weights)
+    highest = max(int(w.array.max()) for w in weights)
+    if lowest < -INT4_GRID.qmax or highest > INT4_GRID.qmax:
+        raise fail(
+            f"a 4-bit artifact's weights lie on the grid fine-tuning used, {INT4_GRID.describe()} "
+            f"(seen [{lowest}, {highest}])",
+            bug,
+        )
+
+
+def _check_int8_format(
+    graph: onnx.GraphProto,
+    inits: dict[str, TensorProto],
+    name: str,
+    fail: Callable[[str, str], ExportClaimError],
+) -> None:
+    """The int8 format claimed: weight scales per channel or per tensor, weights within
+    ``[-64, 64]`` exactly when reduce-range, activations of the claimed type."""
+    fmt = int8_format(name)
+    bug = "report this as a slimtune bug; the trial's numbers are not trustworthy"
+    peaks: list[int] = []
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            w = inits[node.input[0]]
+            if w.data_type not in _INT8_TYPES or len(w.dims) < 2 or _input(node, 1) not in inits:
+                continue
+            scales = int(np.prod(inits[node.input[1]].dims))
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            expected = int(w.dims[axis]) if fmt.per_channel else 1
+            if scales != expected:
+                raise fail(
+                    f"format {fmt.name} has {'per-channel' if fmt.per_channel else 'per-tensor'} "
+                    f"weight scales ({expected} for {node.input[0]}, seen {scales})",
+                    bug,
+                )
+            peaks.append(int(np.abs(numpy_helper.to_array(w).astype(np.int32)).max()))
+        if node.op_type == "QuantizeLinear":
+            zero = _input(node, 2)
+            kind = inits[zero].data_type if zero in inits else TensorProto.UINT8
+            want = TensorProto.UINT8 if fmt.activations == "u8" else TensorProto.INT8
+            if kind != want:
+                raise fail(
+                    f"format {fmt.name} quantizes activations to "
+                    f"{TensorProto.DataType.Name(want).lower()}",
+                    bug,
+                )
+    if peaks and (max(peaks) > fmt.grid.qmax or (not fmt.reduce_range and max(peaks) <= 64)):
+        raise fail(
+            f"format {fmt.name} stores weights on {fmt.grid.describe()} (largest |q| seen "
+            f"{max(peaks)})",
+            bug,
+        )
+
+
 def _layer_weights(
     graph: onnx.GraphProto, inits: dict[str, TensorProto]
 ) -> tuple[list[_Weight], int]:
-    """The weight of each Conv/Gemm/MatMul-with-constant-weight node, output units on axis 0;
-    and how many such nodes have a weight the graph computes (not readable here)."""
+    """The weight of each Conv/Gemm/MatMul-with-constant-weight and MatMulNBits node, output
+    units on axis 0 (stored integers for int weights); and how many such nodes have a weight the
+    graph computes (not readable here)."""
     producer = {out: node for node in graph.node for out in node.output}
     weights: list[_Weight] = []
     unresolved = 0
     for node in graph.node:
+        if node.op_type == _NBITS:
+            weights.append(_nbits_weight(node, inits))
+            continue
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
             continue
-        array = _constant(node.input[1], inits, producer)
-        if array is None:
+        tensor = _constant(node.input[1], inits, producer)
+        if tensor is None:
             # A MatMul between two activations is no layer; a Conv/Gemm weight should resolve.
             unresolved += node.op_type != "MatMul"
             continue
+        array = numpy_helper.to_array(tensor)
+        if tensor.data_type in _INT4_TYPES:
+            array = array.astype(np.int8)
         if node.op_type == "Gemm":
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
             array = array if trans_b else array.T
@@ -144,16 +253,42 @@ def _layer_weights(
             if array.ndim != 2:
                 continue
             array = array.T
-        weights.append(_Weight(node.op_type, array))
+        weights.append(_Weight(node.op_type, array, tensor.data_type))
     return weights, unresolved
+
+
+def _nbits_weight(node: onnx.NodeProto, inits: dict[str, TensorProto]) -> _Weight:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    n, k, bits = int(attrs["N"]), int(attrs["K"]), int(attrs.get("bits", 4))
+    if bits != 4 or node.input[1] not in inits:
+        return _Weight(_NBITS, np.zeros((n, 0), dtype=np.int8), TensorProto.UINT8)
+    codes = unpack_matmulnbits(numpy_helper.to_array(inits[node.input[1]]), k)
+    return _Weight(_NBITS, codes, TensorProto.INT4)
+
+
+def _asymmetric_int4(node: onnx.NodeProto, inits: dict[str, TensorProto]) -> bool:
+    """A DequantizeLinear of an INT4/UINT4 initializer with a zero point that is not all 0."""
+    source, zero = node.input[0], _input(node, 2)
+    if source not in inits or inits[source].data_type not in _INT4_TYPES:
+        return False
+    if inits[source].data_type == TensorProto.UINT4:
+        return True
+    if not zero:
+        return False
+    return zero not in inits or bool(numpy_helper.to_array(inits[zero]).astype(np.int8).any())
+
+
+def _input(node: onnx.NodeProto, index: int) -> str:
+    """The name of input ``index`` of ``node``, or "" when it is absent."""
+    return node.input[index] if len(node.input) > index else ""
 
 
 def _constant(
     name: str, inits: dict[str, TensorProto], producer: dict[str, onnx.NodeProto]
-) -> np.ndarray | None:
+) -> TensorProto | None:
     for _ in range(8):
         if name in inits:
-            return numpy_helper.to_array(inits[name])
+            return inits[name]
         node = producer.get(name)
         if node is None or node.op_type not in _PASS_THROUGH:
             return None

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from searchspace import ConfigError
+from searchspace import INT8_FORMATS, ConfigError
+from trials._device import check_device_name
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,11 @@ class TrialSettings:
 
     Paths must be absolute: Ray runs each trial in its own working directory. ``epochs=0`` is
     allowed and means post-training compression (prune and quantize without fine-tuning).
+
+    ``seed`` seeds the trial's own randomness (shuffling, calibration samples, dropout);
+    ``baseline_seed`` picks the dense baseline it compresses (``None``: ``seed``). A search
+    passes its own seed there, so that every trial starts from the one baseline the search
+    measured, while each trial's ``seed`` differs.
     """
 
     epochs: int
@@ -24,6 +30,17 @@ class TrialSettings:
     latency_repeats: int = 200
     latency_threads: int = 1
     calibration_samples: int = 256
+    baseline_seed: int | None = None
+    # Latency: more timed runs, in blocks, until the block medians' CV is at most
+    # latency_target_cv, up to latency_max_repeats (None: 5 x latency_repeats). See LatencyPlan.
+    latency_target_cv: float = 0.05
+    latency_max_repeats: int | None = None
+    # Where fine-tuning (and a baseline not yet cached) trains: "cpu", "cuda" or "cuda:N".
+    # Export and measurement run on the CPU whatever it is. See trials._device.
+    device: str = "cpu"
+    # The ONNX Runtime int8 format of 8-bit trials: one of searchspace.INT8_FORMATS, or "auto"
+    # (measured on the dense model once per machine, cached in cache_dir; trials._quantize_auto).
+    int8_format: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("cache_dir", "work_dir"):
@@ -56,6 +73,14 @@ class TrialSettings:
                     fix=f"set {name} to an integer >= {low}",
                     source="TrialSettings",
                 )
+        if self.int8_format != "auto" and self.int8_format not in INT8_FORMATS:
+            raise ConfigError(
+                field="int8_format",
+                value=self.int8_format,
+                rule=f"it must be auto or one of {list(INT8_FORMATS)}",
+                fix="pass int8_format='auto' (measured once per machine) or a format name",
+                source="TrialSettings",
+            )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(
                 field="seed",
@@ -64,6 +89,41 @@ class TrialSettings:
                 fix="pass an int seed",
                 source="TrialSettings",
             )
+        base = self.baseline_seed
+        if base is not None and (isinstance(base, bool) or not isinstance(base, int)):
+            raise ConfigError(
+                field="baseline_seed",
+                value=base,
+                rule="it must be an integer or None",
+                fix="pass the search's int seed, or None to use `seed`",
+                source="TrialSettings",
+            )
+        cap = self.latency_max_repeats
+        if cap is not None and (
+            isinstance(cap, bool) or not isinstance(cap, int) or cap < self.latency_repeats
+        ):
+            raise ConfigError(
+                field="latency_max_repeats",
+                value=cap,
+                rule=f"it must be None or an integer >= latency_repeats ({self.latency_repeats})",
+                fix=f"set latency_max_repeats to at least {self.latency_repeats}, or None",
+                source="TrialSettings",
+            )
+        cv = self.latency_target_cv
+        if isinstance(cv, bool) or not isinstance(cv, int | float) or not 0 < cv <= 1:
+            raise ConfigError(
+                field="latency_target_cv",
+                value=cv,
+                rule="it must be a number in (0, 1]",
+                fix="set latency_target_cv to e.g. 0.05",
+                source="TrialSettings",
+            )
+        check_device_name(self.device, source="TrialSettings")
+
+    @property
+    def dense_seed(self) -> int:
+        """The seed of the dense baseline this trial compresses."""
+        return self.seed if self.baseline_seed is None else self.baseline_seed
 
 
 @dataclass(frozen=True)
@@ -72,20 +132,56 @@ class Baseline:
 
     ``state_path`` holds a plain ``state_dict`` (``torch.load(path, weights_only=True)``);
     ``accuracy`` is the PyTorch model's metric on the validation data; ``train_seconds`` is the
-    time it took to train (when it was trained, also for a cached baseline).
+    time it took to train (when it was trained, also for a cached baseline); ``device`` is
+    where it was trained (``"cpu"`` or ``"cuda"``).
     """
 
     state_path: Path
     accuracy: float
     train_seconds: float
     cached: bool
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class PruningLog:
+    """What pruning did in one trial, as data (the tags ``pruning_*`` say it as text).
+
+    ``scheme`` and ``target`` are the knobs; for gradual unstructured pruning ``total_steps``,
+    ``ramp_steps`` and ``every`` give the cubic schedule and ``history`` each mask update as
+    ``(step, sparsity)``; for structured pruning ``widths`` are the Conv/Linear output widths left.
+    """
+
+    scheme: str
+    target: float
+    total_steps: int = 0
+    ramp_steps: int = 0
+    every: int = 0
+    history: tuple[tuple[int, float], ...] = ()
+    widths: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a trial's model came from, as fingerprints a rebuild can check: the dense baseline
+    it started from (its seed and the SHA-256 of its weights), the SHA-256 of the compressed
+    model's weights just before export, and what pruning did. See ``trials.weights_sha256``.
+    ``int8_format``: the int8 format an 8-bit trial used (``auto`` resolved; None otherwise)."""
+
+    baseline_seed: int
+    baseline_sha256: str
+    weights_sha256: str
+    pruning: PruningLog
+    int8_format: str | None = None
 
 
 @dataclass(frozen=True)
 class TrialResult:
     """What a trial measured on its exported artifact (metrics), how to read it (tags), and the
-    artifact itself (``onnx_path``, one self-contained file)."""
+    artifact itself (``onnx_path``, one self-contained file). ``lineage`` (set by ``run_trial``)
+    fingerprints how the model was made, for rebuilding it."""
 
     metrics: dict[str, float]
     tags: dict[str, str]
     onnx_path: Path
+    lineage: Lineage | None = None

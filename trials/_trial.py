@@ -3,14 +3,16 @@ compared against."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from searchspace import TrialParams
+from searchspace import SIMULATED_BITS, TrialParams
 from trials._baseline import ensure_baseline, load_baseline_model
 from trials._compress import (
     GradualPruning,
@@ -20,14 +22,32 @@ from trials._compress import (
     packed_size_bytes,
     param_counts,
     prunable_layers,
+    round_to_grid,
     weight_sparsity,
     zero_weights,
 )
+from trials._device import device_data, device_description, prepare_device, training_device
 from trials._errors import PruningError, TaskError
-from trials._export import FP16_FORMAT, INT8_FORMAT, convert_fp16, export_onnx, quantize_int8
+from trials._export import (
+    FP16_FORMAT,
+    convert_fp16,
+    export_onnx,
+    quantize_int4,
+    quantize_int8,
+)
 from trials._export_check import ExportClaim, check_export
-from trials._measure import measure_onnx
-from trials._settings import TrialResult, TrialSettings
+from trials._measure import LatencyMeter, measure_onnx
+from trials._quantize import (
+    DEFAULT_INT8_FORMAT,
+    INT4_COMPUTE,
+    INT4_FORMAT,
+    INT4_GRID,
+    WeightGrid,
+    weight_grid,
+)
+from trials._quantize_auto import Int8Choice, choose_int8_format
+from trials._record import weights_sha256
+from trials._settings import Baseline, Lineage, PruningLog, TrialResult, TrialSettings
 from trials._structured import StructuredPruning, output_units, prune_structured
 from trials._task import Task, checked_data
 from trials._train import Distillation, fit, predict, steps_per_epoch
@@ -36,7 +56,13 @@ TRIAL_ONNX = "model.onnx"
 BASELINE_ONNX = "baseline.onnx"
 
 
-def run_trial(task: Task, params: TrialParams, settings: TrialSettings) -> TrialResult:
+def run_trial(
+    task: Task,
+    params: TrialParams,
+    settings: TrialSettings,
+    *,
+    meter: LatencyMeter | None = None,
+) -> TrialResult:
     """Compress the task's baseline as ``params`` say and measure the exported artifact.
 
     1. Load the cached dense baseline (training it first if needed).
@@ -48,17 +74,25 @@ def run_trial(task: Task, params: TrialParams, settings: TrialSettings) -> Trial
        - ``structured``: ``params.sparsity`` of the output channels/neurons of every Conv/Linear
          layer but the last are removed (torch-pruning, uniform per layer) before fine-tuning.
     3. Fine-tune ``settings.epochs`` epochs with Adam (``params.lr``, ``params.batch_size``,
-       shuffling seeded by ``settings.seed``); at 2-8 bits weights are fake-quantized per
-       output channel with straight-through gradients; with ``params.distill_weight > 0`` the
-       dense baseline is the teacher of a distillation term.
-    4. Bake masks and quantized weights into plain weights; check the pruned ones are zero.
+       shuffling seeded by ``settings.seed``); at 2-8 bits with ``params.quant_scheme`` qat the
+       weights are fake-quantized on the exported grid (at 8 bits the int8 format's, chosen
+       first: ``settings.int8_format``, ``auto`` measured once per machine) with
+       straight-through gradients, with ptq they train in float; with
+       ``params.distill_weight > 0`` the dense baseline is the teacher of a distillation term.
+    4. Bake masks and quantized weights into plain weights (ptq: round them to the grid now);
+       check the pruned ones are zero.
     5. Export: 32 bits -> fp32 ONNX; 16 -> fp16 ONNX (fp32 inputs/outputs); 8 -> ONNX Runtime
-       static QDQ int8 (real); 2-7 -> fp32 ONNX holding the fake-quantized weights
-       (``artifact=simulated``).
+       static QDQ int8 in the chosen format (real); 4 -> int4 weights, MatMulNBits for Linear
+       and int4 DequantizeLinear for Conv (real); 2, 3, 5-7 -> fp32 ONNX holding the
+       fake-quantized weights (``artifact=simulated``). See docs/quantization.md.
     6. Check that the artifact shows the claimed compression (``check_export``; a mismatch
-       raises ``ExportClaimError``), then measure it in ONNX Runtime (``measure_onnx``).
+       raises ``ExportClaimError``), then measure it in ONNX Runtime (``measure_onnx``); its
+       latency is timed by ``meter`` (default: in this process, ``trials.InlineMeter``), whose
+       ``pause_point`` is called before every training step.
 
-    The ONNX file is ``settings.work_dir / "model.onnx"``.
+    The ONNX file is ``settings.work_dir / "model.onnx"``. The result's ``lineage`` holds the
+    SHA-256 of the baseline's and of the compressed weights and the pruning log: on CPU, the
+    same task, knobs, settings and torch thread count give bit-identical weights.
     """
     start = time.perf_counter()
     what = (
@@ -66,17 +100,36 @@ def run_trial(task: Task, params: TrialParams, settings: TrialSettings) -> Trial
         f"batch_size={params.batch_size}, sparsity={params.sparsity:g}, bits={params.bits})"
     )
     settings.work_dir.mkdir(parents=True, exist_ok=True)
-    baseline = ensure_baseline(task, seed=settings.seed, cache_dir=settings.cache_dir)
-    x_train, y_train = checked_data(task, "train")
+    # Once per process: CUDA's set-up and the training data's copy on the device (~0 s after).
+    device = training_device(settings.device)
+    device_init_seconds = prepare_device(device)
+    data_start = time.perf_counter()
+    x_fit, y_fit = device_data(task, "train", device)
+    data_seconds = time.perf_counter() - data_start
+    baseline = ensure_baseline(
+        task, seed=settings.dense_seed, cache_dir=settings.cache_dir, device=settings.device
+    )
+    x_train, _ = checked_data(task, "train")
     example = task.example_input().float()
-    tags: dict[str, str] = {"pruning": params.pruning}
-    extra: dict[str, float] = {}
+    tags: dict[str, str] = {
+        "pruning": params.pruning,
+        "device": device.type,
+        "device_name": device_description(device),
+    }
+    extra: dict[str, float] = {
+        "device_init_seconds": device_init_seconds,
+        "data_seconds": data_seconds,
+    }
+    int8 = _int8_choice(task, params, settings, baseline, x_train, example, what=what)
+    grid = _export_grid(params.bits, int8)
+    train_grid = grid if params.quant_scheme == "qat" else None  # ptq fine-tunes in float
 
     # fork_rng: anything random in the model (dropout) is seeded without touching the caller's
     # global RNG state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         model = load_baseline_model(task, baseline)
+        baseline_sha256 = weights_sha256(model)
         if not prunable_layers(model):
             raise TaskError(
                 f"{what}: the model must have Conv or Linear layers to prune and quantize, but "
@@ -91,11 +144,11 @@ def run_trial(task: Task, params: TrialParams, settings: TrialSettings) -> Trial
         masks = [torch.ones_like(layer.weight, dtype=torch.bool) for layer in layers]
         schedule: GradualPruning | None = None
         if params.pruning == "unstructured" and params.sparsity > 0:
-            attach(layers, masks, params.bits)
+            attach(layers, masks, grid=train_grid)
             total_steps = settings.epochs * steps_per_epoch(len(x_train), params.batch_size)
             schedule = GradualPruning(layers, params.sparsity, total_steps)
-        elif params.bits <= 8:
-            attach(layers, masks, params.bits)
+        elif train_grid is not None:
+            attach(layers, masks, grid=train_grid)
         distill = None
         if params.distill_weight > 0:
             distill = Distillation(
@@ -106,14 +159,14 @@ def run_trial(task: Task, params: TrialParams, settings: TrialSettings) -> Trial
             tags["distill"] = f"weight={params.distill_weight:g},T={params.distill_temperature:g}"
         train_seconds = fit(
             model,
-            x_train,
-            y_train,
+            x_fit,
+            y_fit,
             epochs=settings.epochs,
             lr=params.lr,
             batch_size=params.batch_size,
             seed=settings.seed,
             what=what,
-            on_step=schedule,
+            on_step=_step_hook(schedule, meter),
             distill=distill,
         )
         if schedule is not None:
@@ -123,7 +176,16 @@ def run_trial(task: Task, params: TrialParams, settings: TrialSettings) -> Trial
             )
             tags["pruning_history"] = ",".join(f"{st}:{sp:.3f}" for st, sp in schedule.history)
     bake(layers, masks)
+    if grid is not None and train_grid is None:
+        round_to_grid(layers, grid)  # ptq: the weight half of post-training quantization
     _check_sparsity(layers, masks, params.sparsity if schedule else 0.0, what=what)
+    lineage = Lineage(
+        baseline_seed=settings.dense_seed,
+        baseline_sha256=baseline_sha256,
+        weights_sha256=weights_sha256(model),
+        pruning=_pruning_log(params, settings, len(x_train), schedule, structured),
+        int8_format=int8.fmt.name if int8 is not None else None,
+    )
     units = output_units(model)
     extra.update(
         output_units=float(units),
@@ -133,44 +195,21 @@ def run_trial(task: Task, params: TrialParams, settings: TrialSettings) -> Trial
 
     onnx_path = settings.work_dir / TRIAL_ONNX
     export_start = time.perf_counter()
-    if params.bits in (8, 16):
-        fp32_path = settings.work_dir / "model.fp32.onnx"
-        try:
-            export_onnx(model, example, fp32_path, what=what)
-            if params.bits == 8:
-                quantize_int8(fp32_path, onnx_path, _calibration(x_train, settings), what=what)
-            else:
-                convert_fp16(fp32_path, onnx_path, what=what)
-        finally:
-            fp32_path.unlink(missing_ok=True)
-        if params.bits == 8:
-            tags.update(artifact="real", format=INT8_FORMAT, quantization="static-qdq")
-        else:
-            tags.update(
-                artifact="real",
-                format=FP16_FORMAT,
-                quantization="fp16",
-                fp16_compute="ONNX Runtime's CPU provider casts fp16 to fp32 and computes in fp32",
-            )
-    else:
-        export_onnx(model, example, onnx_path, what=what)
-        if params.bits == 32:
-            tags.update(artifact="real", format="fp32", quantization="none")
-        else:
-            tags.update(
-                artifact="simulated",
-                format=f"fp32-baked-{params.bits}bit",
-                quantization="fake-quant-baked",
-            )
+    tags.update(
+        _export_artifact(
+            model, example, onnx_path, params, int8, _calibration(x_train, settings), what=what
+        )
+    )
     claim = ExportClaim(
         bits=params.bits,
         units=units,
         dense_units=dense_units,
         structured=structured is not None and structured.removed > 0,
+        int8_format=int8.fmt.name if int8 is not None else None,
     )
     tags.update(check_export(onnx_path, claim, what=what))
     export_seconds = time.perf_counter() - export_start
-    return _measured(
+    result = _measured(
         model,
         task,
         settings,
@@ -181,17 +220,24 @@ def run_trial(task: Task, params: TrialParams, settings: TrialSettings) -> Trial
         export_seconds=export_seconds,
         start=start,
         extra=extra,
+        meter=meter,
     )
+    return dataclasses.replace(result, lineage=lineage)
 
 
-def run_baseline(task: Task, settings: TrialSettings) -> TrialResult:
+def run_baseline(
+    task: Task, settings: TrialSettings, *, meter: LatencyMeter | None = None
+) -> TrialResult:
     """The dense fp32 baseline, exported and measured like a trial: the reference every trial
     is compared against. Its ONNX file is ``settings.work_dir / "baseline.onnx"``;
     ``train_seconds`` is the time the baseline took to train (also when it came from the cache).
+    A search passes the ``meter`` its trials use, so that all latencies are comparable.
     """
     start = time.perf_counter()
     settings.work_dir.mkdir(parents=True, exist_ok=True)
-    baseline = ensure_baseline(task, seed=settings.seed, cache_dir=settings.cache_dir)
+    baseline = ensure_baseline(
+        task, seed=settings.seed, cache_dir=settings.cache_dir, device=settings.device
+    )
     model = load_baseline_model(task, baseline)
     onnx_path = settings.work_dir / BASELINE_ONNX
     export_start = time.perf_counter()
@@ -204,6 +250,7 @@ def run_baseline(task: Task, settings: TrialSettings) -> TrialResult:
         "quantization": "none",
         "pruning": "none",
         "baseline_cached": str(baseline.cached).lower(),
+        "device": baseline.device,
         **check_export(onnx_path, ExportClaim(bits=32, units=units, dense_units=units), what=what),
     }
     export_seconds = time.perf_counter() - export_start
@@ -222,6 +269,7 @@ def run_baseline(task: Task, settings: TrialSettings) -> TrialResult:
             "dense_output_units": float(units),
             "channel_sparsity_achieved": 0.0,
         },
+        meter=meter,
     )
 
 
@@ -237,12 +285,13 @@ def _measured(
     export_seconds: float,
     start: float,
     extra: dict[str, float],
+    meter: LatencyMeter | None,
 ) -> TrialResult:
     x_val, y_val = checked_data(task, "val")
     torch_accuracy = float(task.metric(predict(model, x_val), y_val.numpy()))
     layers = prunable_layers(model)
     nonzero, total = param_counts(model)
-    metrics, onnx_tags = measure_onnx(onnx_path, task, settings)
+    metrics, onnx_tags = measure_onnx(onnx_path, task, settings, meter=meter)
     metrics.update(
         torch_accuracy=torch_accuracy,
         nonzero_params=float(nonzero),
@@ -261,6 +310,142 @@ def _measured(
         "exporter": "torch.onnx.export(dynamo=True)",
     }
     return TrialResult(metrics=metrics, tags=all_tags, onnx_path=onnx_path)
+
+
+def _step_hook(
+    schedule: GradualPruning | None, meter: LatencyMeter | None
+) -> Callable[[int, int], None] | None:
+    """Before each training step: the pruning schedule, then the meter's pause point (where a
+    latency measurement on this machine may hold the trial)."""
+    if meter is None:
+        return schedule
+
+    def hook(step: int, total_steps: int) -> None:
+        if schedule is not None:
+            schedule(step, total_steps)
+        meter.pause_point()
+
+    return hook
+
+
+def _pruning_log(
+    params: TrialParams,
+    settings: TrialSettings,
+    n_train: int,
+    schedule: GradualPruning | None,
+    structured: StructuredPruning | None,
+) -> PruningLog:
+    log = PruningLog(scheme=params.pruning, target=params.sparsity)
+    if schedule is not None:
+        log = dataclasses.replace(
+            log,
+            total_steps=settings.epochs * steps_per_epoch(n_train, params.batch_size),
+            ramp_steps=schedule.ramp_steps,
+            every=schedule.every,
+            history=tuple(schedule.history),
+        )
+    if structured is not None:
+        log = dataclasses.replace(log, widths=structured.widths)
+    return log
+
+
+def _int8_choice(
+    task: Task,
+    params: TrialParams,
+    settings: TrialSettings,
+    baseline: Baseline,
+    x_train: torch.Tensor,
+    example: torch.Tensor,
+    *,
+    what: str,
+) -> Int8Choice | None:
+    """The int8 format of an 8-bit trial (``settings.int8_format``; ``auto`` is measured on the
+    dense model once per machine and cached), before fine-tuning: qat trains on its grid."""
+    if params.bits != 8:
+        return None
+    return choose_int8_format(
+        settings.int8_format,
+        task_name=task.name,
+        dense=load_baseline_model(task, baseline),
+        example=example,
+        calibration=_calibration(x_train, settings),
+        cache_dir=settings.cache_dir,
+        what=what,
+    )
+
+
+def _export_grid(bits: int, int8: Int8Choice | None) -> WeightGrid | None:
+    """The weight grid of the exported artifact (and of qat's fake quantization): the int8
+    format's at 8 bits, ``INT4_GRID`` at 4, the default grid of 2, 3, 5-7; None above 8."""
+    if bits == 8 and int8 is not None:
+        return int8.fmt.grid
+    if bits == 4:
+        return INT4_GRID
+    return weight_grid(bits) if bits < 8 else None
+
+
+def _export_artifact(
+    model: nn.Module,
+    example: torch.Tensor,
+    onnx_path: Path,
+    params: TrialParams,
+    int8: Int8Choice | None,
+    calibration: np.ndarray,
+    *,
+    what: str,
+) -> dict[str, str]:
+    """Write the trial's artifact for ``params.bits`` and return the tags that say what it is:
+    ``artifact`` (real or simulated), ``format``, ``quantization``, ``quant_scheme`` (qat, ptq;
+    none at 16 and 32 bits), and what the CPU kernel computes in where that is not the format."""
+    scheme = params.quant_scheme if params.bits <= 8 else "none"
+    if params.bits in (32, *SIMULATED_BITS):
+        export_onnx(model, example, onnx_path, what=what)
+        if params.bits == 32:
+            return {
+                "artifact": "real",
+                "format": "fp32",
+                "quantization": "none",
+                "quant_scheme": scheme,
+            }
+        return {
+            "artifact": "simulated",
+            "format": f"fp32-baked-{params.bits}bit",
+            "quantization": "fake-quant-baked",
+            "quant_scheme": scheme,
+        }
+    fp32_path = onnx_path.with_name(onnx_path.stem + ".fp32.onnx")
+    try:
+        export_onnx(model, example, fp32_path, what=what)
+        if params.bits == 8:
+            fmt = int8.fmt if int8 is not None else DEFAULT_INT8_FORMAT
+            quantize_int8(fp32_path, onnx_path, calibration, what=what, fmt=fmt)
+            return {
+                "artifact": "real",
+                "format": fmt.tag,
+                "quantization": "static-qdq",
+                "quant_scheme": scheme,
+                **(int8.tags() if int8 is not None else {"int8_format": fmt.name}),
+            }
+        if params.bits == 4:
+            written = quantize_int4(fp32_path, onnx_path, what=what)
+            return {
+                "artifact": "real",
+                "format": INT4_FORMAT,
+                "quantization": "int4-weight-only",
+                "quant_scheme": scheme,
+                "int4_layers": f"matmulnbits={written.matmulnbits},dequantize={written.dequantize}",
+                "int4_compute": INT4_COMPUTE,
+            }
+        convert_fp16(fp32_path, onnx_path, what=what)
+        return {
+            "artifact": "real",
+            "format": FP16_FORMAT,
+            "quantization": "fp16",
+            "quant_scheme": scheme,
+            "fp16_compute": "ONNX Runtime's CPU provider casts fp16 to fp32 and computes in fp32",
+        }
+    finally:
+        fp32_path.unlink(missing_ok=True)
 
 
 def _check_sparsity(

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,56 +14,20 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from reports import download_model_version, load_search
+from tests.orchestrator.conftest import E2E_TRIALS, E2ESearch, cli
 from trials import DigitsTask, onnx_accuracy
 
 pytestmark = pytest.mark.e2e
 
-Search = tuple[Path, subprocess.CompletedProcess[str]]
-
-TRIALS = 6
-CONFIG = f"""
-experiment: e2e
-task: digits
-seed: 0
-trials: {TRIALS}
-concurrency: 2
-objectives:
-  - {{metric: accuracy, direction: maximize}}
-  - {{metric: size_gzip_bytes, direction: minimize}}
-  - {{metric: latency_ms, direction: minimize}}
-space:
-  lr: {{low: 1.0e-4, high: 3.0e-3, log: true}}
-  batch_size: {{choices: [64, 128]}}
-  sparsity: {{low: 0.0, high: 0.8}}
-  bits: {{choices: [4, 8, 32]}}
-sampler: {{name: tpe, seed: 0, startup_trials: 4}}
-training: {{epochs: 1}}
-latency: {{warmup: 5, repeats: 30, threads: 1}}
-"""
+Search = E2ESearch
+TRIALS = E2E_TRIALS
+_cli = cli
 
 
-def _cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_AUTH_MODE": "disabled"}
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-@pytest.fixture(scope="module")
-def search(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    work = tmp_path_factory.mktemp("search")
-    (work / "c.yaml").write_text(CONFIG)
-    proc = _cli("search", "c.yaml", cwd=work)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return work, proc
+@pytest.fixture
+def search(e2e_search: Search) -> Search:
+    """The session's one finished search (tests/orchestrator/conftest.py), shared with UI tests."""
+    return e2e_search
 
 
 def _uri(work: Path) -> str:
@@ -107,7 +68,7 @@ def test_mlflow_holds_one_parent_and_a_child_per_trial(search: Search) -> None:
         assert 0 < m["size_gzip_bytes"] < m["size_bytes"]
         assert 0 < m["latency_ms"] <= m["latency_p90_ms"]
         bits = int(c.data.params["bits"])
-        expected = "simulated" if bits < 8 else "real"
+        expected = "simulated" if bits in (2, 3, 5, 6, 7) else "real"
         assert c.data.tags["artifact"] == expected
 
 
@@ -202,8 +163,9 @@ def test_hypervolume_is_logged_live_one_point_per_finished_trial(search: Search)
     assert 0 < values[-1] <= 1
     sizes = client.get_metric_history(parent.info.run_id, "pareto_size")
     assert sorted(m.step for m in sizes) == list(range(1, TRIALS + 1))
-    # The live callback ran once per trial and logged its own cost.
-    assert parent.data.metrics["live_updates"] == TRIALS
+    # The live callback ran after the trials (in the background, merging updates due at the
+    # same time: the backfilled history above has a point per trial) and logged its own cost.
+    assert 1 <= parent.data.metrics["live_updates"] <= TRIALS
     assert 0 < parent.data.metrics["live_update_ms_mean"] < 2000
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"hypervolume.png", "trials.html"} <= artifacts

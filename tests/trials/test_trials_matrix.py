@@ -37,10 +37,11 @@ BITS = (32, 16, 8, 4)
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
 
 # ORT accuracy vs the PyTorch model it was exported from, on 360 validation images:
-# fp32 and baked low-bit weights compute the same arithmetic up to float rounding (1 image may
-# flip); fp16 rounds every weight to 11 significant bits (3 images); int8 also quantizes
-# activations (5 points).
-TOLERANCE = {32: 1.5 / 360, 4: 1.5 / 360, 16: 3.5 / 360, 8: 0.05}
+# fp32 computes the same arithmetic up to float rounding (1 image may flip); int4 stores the
+# fake-quantized weights exactly, but MatMulNBits (accuracy_level 4) quantizes the Linear
+# layers' activations to int8 per block (3 images); fp16 rounds every weight to 11 significant
+# bits (3 images); int8 also quantizes every activation (5 points).
+TOLERANCE = {32: 1.5 / 360, 4: 3.5 / 360, 16: 3.5 / 360, 8: 0.05}
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +116,7 @@ def test_combination_end_to_end(
     # The claim is checked and logged.
     assert tags["export_check"] == "ok" and f"bits={bits}" in tags["export_check_summary"]
     assert tags["pruning"] == scheme
+    assert tags["quant_scheme"] == ("qat" if bits <= 8 else "none")  # 16/32 ignore the scheme
     # Op and initializer types match the bit-width's claim.
     ops, types = _ops(result), _init_types(result)
     if bits == 8:
@@ -127,9 +129,14 @@ def test_combination_end_to_end(
     elif bits == 32:
         assert not ops & QDQ and types == {onnx.TensorProto.FLOAT}
         assert (tags["artifact"], tags["format"]) == ("real", "fp32")
-    else:
-        assert not ops & QDQ and types == {onnx.TensorProto.FLOAT}
-        assert (tags["artifact"], tags["format"]) == ("simulated", "fp32-baked-4bit")
+    else:  # real int4: MatMulNBits for the Linear layers, int4 DequantizeLinear for the Convs
+        assert {"MatMulNBits", "DequantizeLinear"} <= ops and "QuantizeLinear" not in ops
+        # 2-D initializers: int4 Conv kernels, MatMulNBits' packed codes (uint8) and scales.
+        T = onnx.TensorProto
+        assert types == {T.INT4, T.UINT8, T.FLOAT}
+        assert (tags["artifact"], tags["format"]) == ("real", "int4-matmulnbits-dqconv")
+        assert tags["int4_layers"] == "matmulnbits=2,dequantize=2"
+        assert "fp32" in tags["int4_compute"]
     # Pruning shows where it should.
     dense = results("dense", 32)
     if scheme == "structured":
@@ -152,10 +159,10 @@ def test_sizes_are_ordered(scheme: str, results: Callable[[str, int], TrialResul
     # The graph's fixed overhead (~4 kB) is a larger share of the small structured files.
     assert size[8] < 0.5 * size[32]
     assert 0.45 < size[16] / size[32] < 0.66  # fp16: about half
-    # Below 8 bits the artifact is simulated: the file is the fp32 one, the packed size is not.
-    assert size[4] == pytest.approx(size[32], rel=0.01)
+    # Real int4 halves the int8 file again, up to the scales and the graph's fixed overhead.
+    assert size[4] < 0.65 * size[8]
     packed = results(scheme, 4).metrics["size_packed_bytes"]
-    assert packed < 0.2 * size[4]
+    assert packed <= size[4]
 
 
 @pytest.mark.parametrize("bits", BITS)
@@ -181,7 +188,9 @@ def test_export_check_rejects_forged_claims(results: Callable[[str, int], TrialR
     forged = [
         (fp32, ExportClaim(bits=8, units=units, dense_units=units), "QuantizeLinear"),
         (fp32, ExportClaim(bits=16, units=units, dense_units=units), "float16"),
-        (fp32, ExportClaim(bits=4, units=units, dense_units=units), "levels"),
+        (fp32, ExportClaim(bits=3, units=units, dense_units=units), "levels"),
+        (fp32, ExportClaim(bits=4, units=units, dense_units=units), "int4"),
+        (int8, ExportClaim(bits=4, units=units, dense_units=units), "int4"),
         (fp16, ExportClaim(bits=32, units=units, dense_units=units), "float16"),
         (int8, ExportClaim(bits=32, units=units, dense_units=units), "quantization ops"),
         (

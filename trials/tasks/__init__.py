@@ -2,5 +2,6 @@
 
 from trials.tasks._digits import DigitsTask
 from trials.tasks._mnist1d import Mnist1dTask
+from trials.tasks._mnist1d_large import Mnist1dLargeTask
 
-__all__ = ["DigitsTask", "Mnist1dTask"]
+__all__ = ["DigitsTask", "Mnist1dLargeTask", "Mnist1dTask"]

@@ -1,0 +1,392 @@
+"""Where a search measures latency, and how it keeps concurrent trials from disturbing it.
+
+Two mechanisms, both chosen by the config's ``latency:`` section:
+
+- **One meter per search** (``where: actor``, the default): a Ray actor that takes one
+  measurement at a time (``max_concurrency=1``) and times every artifact of the search, the
+  dense baseline's included, on one machine. Its ``cpus`` and custom ``resources`` pin it to
+  the intended hardware on a mixed cluster (e.g. ``resources: {deploy_cpu: 1}``). Trials send it
+  the artifact's bytes and the example input. ``where: inline`` measures in each trial's own
+  process instead.
+- **A measurement gate** (``pause_trials: true``, the default): a reader/writer lock between
+  the processes of one machine, on two lock files in a node-local directory. Trials hold it
+  shared while they work and offer it at each training step (``pause_point``); a measurement
+  takes it exclusive, so the trials on that machine pause at their next step until it is done
+  (a few tenths of a second). A turnstile keeps new readers out while a measurement waits, so
+  it is never starved. Without it a trial training beside a measurement shares the cores and
+  the caches with it; reserving a CPU for the meter (``cpus: 1``) does not pin it to a core
+  and, on a 2-core laptop, halves the trials that can run at once.
+
+``benchmarks/latency_contention.py`` measures how well each keeps a median undisturbed.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+
+from searchspace import Latency, SlimtuneError
+from trials import LatencyPlan, LatencyReading, LatencySession
+
+GATE_DIR_ENV = "SLIMTUNE_GATE_DIR"
+NAMESPACE = "slimtune"
+# A measurement waits at most this long for the trials on its machine to pause (a trial offers
+# the gate at every training step; export and quantization of a large model can take longer).
+# Past it the measurement runs anyway and is tagged latency_gate=timeout.
+GATE_TIMEOUT_S = 120.0
+# How long a search waits for its latency actor to start on a node that can hold it.
+PLACEMENT_TIMEOUT_S = 300.0
+
+
+class LatencyMeterError(SlimtuneError):
+    """The latency meter of a search could not be started or reached."""
+
+
+class LatencyMeterUnavailable(LatencyMeterError):
+    """The search's meter actor stayed unreachable (lost with its node and not back yet): an
+    infrastructure failure, so the trial is retried by Ray rather than recorded as failed."""
+
+
+# A meter lost with its node restarts elsewhere (max_restarts=-1); a trial keeps asking it for
+# this long before it gives up and lets Ray retry the whole trial.
+METER_RETRY_S = 120.0
+
+
+def default_gate_dir() -> Path:
+    """The node-local directory of the gate's lock files: ``$SLIMTUNE_GATE_DIR``, else
+    ``<tmp>/slimtune-<uid>/`` (one gate per user and machine, shared by all searches)."""
+    configured = os.environ.get(GATE_DIR_ENV)
+    if configured:
+        return Path(configured)
+    return Path(tempfile.gettempdir()) / f"slimtune-{os.getuid()}"
+
+
+@dataclass(frozen=True)
+class GateClaim:
+    """What a measurement got from the gate: ``quiet`` when it held it exclusively (every
+    trial on the machine paused), and how long it waited for that."""
+
+    quiet: bool
+    wait_s: float
+
+
+class MeasureGate:
+    """A reader/writer lock between the processes of one machine (``fcntl.flock`` on two files
+    in ``directory``): trials are readers, a latency measurement is the writer.
+
+    ``working()`` holds it shared; ``pause_point()`` (cheap: one non-blocking probe) lets a
+    waiting measurement through; ``stepped_aside()`` releases it around a wait for the meter;
+    ``exclusive()`` is the measurement's side. The kernel drops a dead process's locks.
+    One object per process and thread; it is not re-entrant across threads.
+    """
+
+    def __init__(self, directory: Path | None = None, *, poll_s: float = 0.001) -> None:
+        self.directory = directory or default_gate_dir()
+        self._poll_s = poll_s
+        self._fds: tuple[int, int] | None = None
+        self._held = False
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        """Hold the gate shared for the block (a no-op when already held)."""
+        if self._held:
+            yield
+            return
+        self._enter()
+        try:
+            yield
+        finally:
+            self._leave()
+
+    def pause_point(self) -> None:
+        """If a measurement waits for this machine, release the gate until it is done."""
+        if not self._held:
+            return
+        turnstile, _ = self._files()
+        try:
+            fcntl.flock(turnstile, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise
+            self._leave()
+            self._enter()
+            return
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def stepped_aside(self) -> Iterator[None]:
+        """Release a shared hold for the block (this process waits for a measurement)."""
+        if not self._held:
+            yield
+            return
+        self._leave()
+        try:
+            yield
+        finally:
+            self._enter()
+
+    @contextlib.contextmanager
+    def exclusive(self, *, timeout_s: float = GATE_TIMEOUT_S) -> Iterator[GateClaim]:
+        """Hold the gate alone: wait for the trials to reach a pause point (at most
+        ``timeout_s``; then go on with ``quiet=False``). New readers wait from the start."""
+        if self._held:
+            raise RuntimeError("a process holding the gate shared cannot take it exclusive")
+        turnstile, main = self._files()
+        start = time.perf_counter()
+        fcntl.flock(turnstile, fcntl.LOCK_EX)  # other measurements queue here
+        quiet = False
+        try:
+            deadline = start + timeout_s
+            while True:
+                try:
+                    fcntl.flock(main, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    quiet = True
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                        raise
+                if time.perf_counter() >= deadline:
+                    break
+                time.sleep(self._poll_s)
+            yield GateClaim(quiet=quiet, wait_s=time.perf_counter() - start)
+        finally:
+            if quiet:
+                fcntl.flock(main, fcntl.LOCK_UN)
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Release everything and close the lock files."""
+        if self._fds is not None:
+            for fd in self._fds:
+                os.close(fd)  # closing drops this process's locks on the file
+            self._fds = None
+        self._held = False
+
+    def _enter(self) -> None:
+        turnstile, main = self._files()
+        fcntl.flock(turnstile, fcntl.LOCK_SH)  # waits while a measurement holds or awaits it
+        try:
+            fcntl.flock(main, fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        self._held = True
+
+    def _leave(self) -> None:
+        _, main = self._files()
+        fcntl.flock(main, fcntl.LOCK_UN)
+        self._held = False
+
+    def _files(self) -> tuple[int, int]:
+        if self._fds is None:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+            self._fds = (
+                os.open(self.directory / "latency-turnstile.lock", flags, 0o600),
+                os.open(self.directory / "latency-gate.lock", flags, 0o600),
+            )
+        return self._fds
+
+
+def node_tags() -> dict[str, str]:
+    """Where this process runs: ``latency_node`` (the Ray node id, or the host name outside
+    Ray), ``latency_node_ip`` and ``latency_host``."""
+    host = socket.gethostname()
+    tags = {"latency_node": host, "latency_node_ip": "", "latency_host": host}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            tags["latency_node"] = ray.get_runtime_context().get_node_id()
+            tags["latency_node_ip"] = ray.util.get_node_ip_address()
+    except ImportError:  # pragma: no cover - ray is a dependency of the orchestrator
+        pass
+    return tags
+
+
+def timed(
+    model: Path | bytes,
+    example: np.ndarray,
+    plan: LatencyPlan,
+    *,
+    gate: MeasureGate | None,
+    tags: dict[str, str],
+) -> LatencyReading:
+    """Time ``model`` as ``plan`` says, holding ``gate`` exclusive while it runs (the session
+    is built before, so the machine is held only for the warm-up and the timed runs)."""
+    session = LatencySession(model, threads=plan.threads)
+    if gate is None:
+        return LatencyReading(session.time(example, plan), {**tags, "latency_gate": "off"})
+    with gate.exclusive() as claim:
+        stats = session.time(example, plan)
+    return LatencyReading(
+        stats,
+        {**tags, "latency_gate": "exclusive" if claim.quiet else "timeout"},
+        {"latency_gate_wait_ms": claim.wait_s * 1e3},
+    )
+
+
+class LatencyMeterActor:
+    """The search's latency meter, run as a Ray actor with ``max_concurrency=1``: measures one
+    artifact at a time, on the node its resources pin it to."""
+
+    def __init__(self, pause_trials: bool) -> None:
+        self._gate = MeasureGate() if pause_trials else None
+        self._tags = {"latency_where": "actor", **node_tags()}
+
+    def node(self) -> dict[str, str]:
+        """Where the meter runs (its tags)."""
+        return dict(self._tags)
+
+    def measure(self, model: bytes, example: np.ndarray, plan: LatencyPlan) -> LatencyReading:
+        return timed(model, example, plan, gate=self._gate, tags=self._tags)
+
+
+class SearchMeter(abc.ABC):
+    """A trial's side of the search's latency measurement (``trials.LatencyMeter``): it holds
+    the machine's gate shared while the trial works (``working()``), offers it at each
+    training step, and steps aside while it waits for its own measurement."""
+
+    def __init__(self, gate: MeasureGate | None) -> None:
+        self._gate = gate
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        if self._gate is None:
+            yield
+            return
+        try:
+            with self._gate.working():
+                yield
+        finally:
+            self._gate.close()
+
+    def pause_point(self) -> None:
+        if self._gate is not None:
+            self._gate.pause_point()
+
+    def measure(self, onnx_path: Path, example: np.ndarray, plan: LatencyPlan) -> LatencyReading:
+        aside = self._gate.stepped_aside() if self._gate else contextlib.nullcontext()
+        with aside:
+            return self._measure(onnx_path, example, plan)
+
+    @abc.abstractmethod
+    def _measure(self, onnx_path: Path, example: np.ndarray, plan: LatencyPlan) -> LatencyReading:
+        """Take the measurement (the gate is not held by this process)."""
+
+
+class InlineSearchMeter(SearchMeter):
+    """``where: inline``: times the artifact in the trial's own process, holding the machine's
+    gate exclusive (when ``pause_trials``)."""
+
+    def _measure(self, onnx_path: Path, example: np.ndarray, plan: LatencyPlan) -> LatencyReading:
+        tags = {"latency_where": "inline", **node_tags()}
+        return timed(onnx_path, example, plan, gate=self._gate, tags=tags)
+
+
+class ActorSearchMeter(SearchMeter):
+    """``where: actor``: sends the artifact's bytes to the search's meter actor and waits."""
+
+    def __init__(self, actor_name: str, namespace: str, gate: MeasureGate | None) -> None:
+        super().__init__(gate)
+        self._name = actor_name
+        self._namespace = namespace
+
+    def _measure(self, onnx_path: Path, example: np.ndarray, plan: LatencyPlan) -> LatencyReading:
+        import ray
+        from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+        payload = onnx_path.read_bytes()
+        feed = np.ascontiguousarray(example)
+        deadline = time.monotonic() + METER_RETRY_S
+        delay = 0.5
+        while True:
+            try:
+                actor: Any = ray.get_actor(self._name, namespace=self._namespace)
+                return cast(LatencyReading, ray.get(actor.measure.remote(payload, feed, plan)))
+            except (ActorUnavailableError, ActorDiedError, ValueError) as exc:
+                # ValueError: the name is not registered (yet) while the actor restarts.
+                if time.monotonic() + delay > deadline:
+                    raise LatencyMeterUnavailable(
+                        f"the search's latency meter (Ray actor {self._name!r} in namespace "
+                        f"{self._namespace!r}) stayed unreachable for {METER_RETRY_S:g} s: "
+                        f"{type(exc).__name__}: {exc}. Ray retries the trial (faults."
+                        "max_retries); if it keeps failing, check the nodes that hold "
+                        "latency.resources, or run the search again with --resume."
+                    ) from exc
+                time.sleep(delay)
+                delay = min(2 * delay, 5.0)
+
+
+@dataclass(frozen=True)
+class MeterRef:
+    """How a trial reaches its search's latency meter; plain data, pickled to the workers."""
+
+    where: Literal["actor", "inline"]
+    pause_trials: bool
+    actor_name: str | None = None
+    namespace: str = NAMESPACE
+
+    def connect(self, gate_dir: Path | None = None) -> SearchMeter:
+        """This process's meter (one per trial: it owns the process's gate files)."""
+        gate = MeasureGate(gate_dir) if self.pause_trials else None
+        if self.where == "actor":
+            if self.actor_name is None:
+                raise LatencyMeterError("an actor meter needs the actor's name")
+            return ActorSearchMeter(self.actor_name, self.namespace, gate)
+        return InlineSearchMeter(gate)
+
+
+@contextlib.contextmanager
+def running_meter(
+    latency: Latency, *, timeout_s: float = PLACEMENT_TIMEOUT_S
+) -> Iterator[MeterRef]:
+    """Start the search's latency meter as ``latency`` says, wait until it runs, and yield how
+    trials reach it; the meter is stopped when the block ends. Needs ``ray.init()`` first (for
+    ``where: actor``). The driver holds the actor's handle for the whole block: Ray stops an
+    actor once no handle to it is left."""
+    if latency.where == "inline":
+        yield MeterRef(where="inline", pause_trials=latency.pause_trials)
+        return
+    import ray
+
+    name = f"slimtune-latency-{uuid.uuid4().hex[:12]}"
+    options: dict[str, Any] = {
+        "name": name,
+        "namespace": NAMESPACE,
+        "num_cpus": latency.cpus,
+        "max_concurrency": 1,
+        "max_restarts": -1,  # a meter lost with its node starts again on another that fits
+        "max_task_retries": 3,
+    }
+    if latency.resources:
+        options["resources"] = dict(latency.resources)
+    actor: Any = ray.remote(LatencyMeterActor).options(**options).remote(latency.pause_trials)
+    try:
+        ready, _ = ray.wait([actor.node.remote()], timeout=timeout_s)
+        if not ready:
+            raise LatencyMeterError(
+                f"the latency meter (cpus={latency.cpus:g}, resources={dict(latency.resources)}) "
+                f"did not start within {timeout_s:g} s: the nodes that can hold it are busy. "
+                "Fix: free them, or lower latency.cpus / latency.resources."
+            )
+        yield MeterRef(where="actor", pause_trials=latency.pause_trials, actor_name=name)
+    finally:
+        with contextlib.suppress(Exception):  # already gone with its node or the cluster
+            ray.kill(actor)

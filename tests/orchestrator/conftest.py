@@ -1,0 +1,62 @@
+"""The one real end-to-end search the orchestrator tests share (real Ray, real MLflow SQLite).
+
+It takes about 90 s on 2 cores, so it runs once per test session, on first use, and every test that
+reads a finished search (tests/orchestrator/test_e2e_search.py, test_ui_browser.py) reads this one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+E2E_EXPERIMENT = "e2e"
+E2E_TRIALS = 6
+E2E_CONFIG = f"""
+experiment: {E2E_EXPERIMENT}
+task: digits
+seed: 0
+trials: {E2E_TRIALS}
+concurrency: 2
+objectives:
+  - {{metric: accuracy, direction: maximize}}
+  - {{metric: size_gzip_bytes, direction: minimize}}
+  - {{metric: latency_ms, direction: minimize}}
+space:
+  lr: {{low: 1.0e-4, high: 3.0e-3, log: true}}
+  batch_size: {{choices: [64, 128]}}
+  sparsity: {{low: 0.0, high: 0.8}}
+  bits: {{choices: [4, 8, 32]}}
+sampler: {{name: tpe, seed: 0, startup_trials: 4}}
+training: {{epochs: 1}}
+latency: {{warmup: 5, repeats: 30, threads: 1}}
+"""
+
+E2ESearch = tuple[Path, subprocess.CompletedProcess[str]]
+
+
+def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run `slimtune ARGS` in `cwd` as a user would, and return the finished process."""
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_AUTH_MODE": "disabled"}
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def e2e_search(tmp_path_factory: pytest.TempPathFactory) -> E2ESearch:
+    """The work directory of a finished `slimtune search` of E2E_CONFIG, and its process."""
+    work = tmp_path_factory.mktemp("search")
+    (work / "c.yaml").write_text(E2E_CONFIG)
+    proc = cli("search", "c.yaml", cwd=work)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return work, proc

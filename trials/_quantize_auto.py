@@ -1,0 +1,247 @@
+"""Choose the int8 format by measurement (``quantization.int8_format: auto``).
+
+ONNX Runtime's int8 formats can differ by up to ~2x in latency from one CPU to the next (U8S8 with
+reduce_range vs S8S8 without VNNI, per-tensor vs per-channel). ``auto`` quantizes the task's
+dense fp32 model in every candidate format, times each at batch 1 on one thread, and takes the
+fastest (the most precise one among those within 5 % of it, see ``pick``). The result is
+cached in the trial cache directory, keyed by task, model shapes, CPU and ONNX Runtime version,
+under a file lock: concurrent trials of a search measure once per machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+from torch import Tensor, nn
+
+from trials._export import INPUT_NAME, export_onnx, quantize_int8
+from trials._quantize import Int8Format, int8_format, int8_formats
+
+CACHE_SUBDIR = "int8-format"
+# Latencies within 5 % (or 5 us) of the fastest count as ties (see ``pick``). Single-thread
+# medians moved +-10 % under contention on a shared 2-core box; interleaved rounds keep ratios
+# within a few %; a model that runs in tens of microseconds is all overhead.
+TIE = 0.05
+TIE_MS = 0.005
+# ISA features that change which int8 kernel ONNX Runtime's MLAS picks.
+_ISA_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_int8",
+    "asimddp",
+    "i8mm",
+    "sve",
+)
+
+
+@dataclass(frozen=True)
+class Int8Choice:
+    """The int8 format a trial uses and how it was chosen: ``config`` (named in the config),
+    ``measured`` (by this trial) or ``cached`` (measured earlier on this machine).
+    ``latencies_ms``: each candidate's median batch-1 latency on the dense model (empty for
+    ``config``)."""
+
+    fmt: Int8Format
+    source: Literal["config", "measured", "cached"]
+    latencies_ms: dict[str, float] = field(default_factory=dict)
+
+    def tags(self) -> dict[str, str]:
+        tags = {"int8_format": self.fmt.name, "int8_format_source": self.source}
+        if self.latencies_ms:
+            tags["int8_format_latencies_ms"] = json.dumps(
+                {k: round(v, 4) for k, v in self.latencies_ms.items()}
+            )
+        return tags
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How candidates are timed: ``rounds`` interleaved rounds (every format once per round, so
+    a burst of load hits them alike) of ``warmup`` untimed and ``runs`` timed batch-1 runs; a
+    format's figure is the median over rounds of each round's median."""
+
+    rounds: int = 5
+    warmup: int = 10
+    runs: int = 50
+
+
+def choose_int8_format(
+    setting: str,
+    *,
+    task_name: str,
+    dense: nn.Module,
+    example: Tensor,
+    calibration: np.ndarray,
+    cache_dir: Path,
+    what: str,
+    timing: Timing = Timing(),
+) -> Int8Choice:
+    """The format named by ``setting``, or for ``auto`` the fastest candidate on ``dense``
+    (measured once per machine and task; see the module docstring)."""
+    if setting != "auto":
+        return Int8Choice(int8_format(setting), "config")
+    key = machine_key(task_name, dense)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_dir / CACHE_SUBDIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{_slug(task_name)}-{digest}.json"
+    with _locked(folder / f"{path.stem}.lock"):
+        cached = _read(path, key)
+        if cached is not None:
+            return Int8Choice(int8_format(pick(cached)), "cached", cached)
+        latencies = measure_int8_formats(
+            dense, example, calibration, folder, what=what, timing=timing
+        )
+        _write(path, key, latencies, timing)
+    return Int8Choice(int8_format(pick(latencies)), "measured", latencies)
+
+
+def measure_int8_formats(
+    dense: nn.Module,
+    example: Tensor,
+    calibration: np.ndarray,
+    scratch: Path,
+    *,
+    what: str,
+    timing: Timing = Timing(),
+) -> dict[str, float]:
+    """Median batch-1 latency (ms, one thread) of ``dense`` quantized in each int8 format."""
+    x = example[:1].float().numpy()
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="measure-") as tmp:
+        fp32 = Path(tmp) / "dense.onnx"
+        export_onnx(dense, example[:1], fp32, what=what)
+        sessions: dict[str, ort.InferenceSession] = {}
+        for fmt in int8_formats():
+            path = Path(tmp) / f"{fmt.name}.onnx"
+            quantize_int8(fp32, path, calibration, what=f"{what} (int8 format {fmt.name})", fmt=fmt)
+            sessions[fmt.name] = _session(path)
+        rounds: dict[str, list[float]] = {name: [] for name in sessions}
+        for _ in range(timing.rounds):
+            for name, session in sessions.items():
+                rounds[name].append(_median_ms(session, x, timing))
+    return {name: statistics.median(values) for name, values in rounds.items()}
+
+
+def machine_key(task_name: str, dense: nn.Module) -> dict[str, Any]:
+    """What a measurement depends on: the task and its model's layer shapes, the CPU (model name,
+    int8-relevant ISA features, architecture) and the ONNX Runtime version."""
+    shapes = [[name, list(t.shape)] for name, t in dense.state_dict().items()]
+    model, flags = _cpu()
+    return {
+        "task": task_name,
+        "model_shapes": hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16],
+        "cpu": model,
+        "cpu_isa": flags,
+        "machine": platform.machine(),
+        "onnxruntime": ort.__version__,
+    }
+
+
+def _cpu() -> tuple[str, list[str]]:
+    model = platform.processor() or platform.machine()
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            name, _, value = line.partition(":")
+            name = name.strip().lower()
+            if name in ("model name", "cpu model", "hardware") and value.strip():
+                model = value.strip()
+            elif name in ("flags", "features"):
+                flags.update(value.split())
+    return model, sorted(flags & set(_ISA_FLAGS))
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _median_ms(session: ort.InferenceSession, x: np.ndarray, timing: Timing) -> float:
+    feed = {INPUT_NAME: x}
+    for _ in range(timing.warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(timing.runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def pick(latencies: dict[str, float]) -> str:
+    """The most precise format (first in ``searchspace.INT8_FORMATS``) whose latency is within
+    ``TIE`` (or ``TIE_MS``) of the fastest: smaller differences are within the noise of a shared
+    machine and do not pay for coarser weights (reduce-range 7-bit, per-tensor)."""
+    bound = min(latencies.values())
+    bound = max(bound * (1 + TIE), bound + TIE_MS)
+    return next(
+        fmt.name for fmt in int8_formats() if fmt.name in latencies and latencies[fmt.name] <= bound
+    )
+
+
+def _read(path: Path, key: dict[str, Any]) -> dict[str, float] | None:
+    """The cached latencies for ``key``, or None when absent, for another key, or unreadable
+    (then the caller measures again and overwrites it)."""
+    try:
+        data = json.loads(path.read_text())
+        latencies = {str(k): float(v) for k, v in data["latencies_ms"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    names = {fmt.name for fmt in int8_formats()}
+    if data.get("key") != key or set(latencies) != names:
+        return None
+    return latencies
+
+
+def _write(path: Path, key: dict[str, Any], latencies: dict[str, float], timing: Timing) -> None:
+    record = {
+        "key": key,
+        "latencies_ms": latencies,
+        "chosen": pick(latencies),
+        "timing": {"rounds": timing.rounds, "warmup": timing.warmup, "runs": timing.runs},
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (``fcntl.flock``) held for the block; where fcntl does not
+    exist (Windows) there is no lock and two trials may measure the same thing once each."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield
+        return
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "task"

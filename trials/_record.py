@@ -1,0 +1,422 @@
+"""The record of one trial: everything needed to rebuild its model exactly, versioned.
+
+A search logs it with each trial (``trial/record.json`` in MLflow); ``slimtune rebuild`` reads it
+back, runs the trial again with :func:`trials.run_trial` and compares. It holds the search's
+validated config (task, training, latency, ...), the trial's knobs, number and seeds, the torch
+thread count (CPU results depend on it, bit for bit), what pruning did, fingerprints of the dense
+baseline, of the compressed weights and of the ONNX file, and the versions of the libraries that
+shape the artifact. It is plain JSON, a few kilobytes.
+
+Schema versions: ``RECORD_SCHEMA_VERSION`` is what this slimtune writes and the newest it reads.
+A change that an older reader would misread raises it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import platform
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from searchspace import ConfigError, SearchSpec, SlimtuneError, TrialParams
+from trials._settings import Lineage, PruningLog, TrialResult, TrialSettings
+
+RECORD_SCHEMA_VERSION = 1
+RECORD_KIND = "slimtune.trial-record"
+
+# Distributions whose versions shape a trial's artifact, by import name -> distribution names
+# tried in order (a GPU image may ship onnxruntime as onnxruntime-gpu).
+_VERSIONED: dict[str, tuple[str, ...]] = {
+    "slimtune": ("slimtune",),
+    "torch": ("torch",),
+    "onnx": ("onnx",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "onnxscript": ("onnxscript",),
+    "torch-pruning": ("torch-pruning",),
+    "onnxconverter-common": ("onnxconverter-common",),
+    "numpy": ("numpy",),
+}
+# The settings a record carries: every TrialSettings field but the two machine paths.
+_PATH_FIELDS = ("cache_dir", "work_dir")
+
+
+class RecordError(SlimtuneError):
+    """A trial record cannot be used. The message names the field, the value, the rule and the
+    fix."""
+
+    def __init__(self, *, source: str, field: str, value: object, rule: str, fix: str) -> None:
+        self.field = field
+        self.value = value
+        super().__init__(
+            f"trial record of {source}: field '{field}' is invalid: {rule}; got {value!r}. "
+            f"Fix: {fix}"
+        )
+
+
+@dataclass(frozen=True)
+class VersionDrift:
+    """A library whose version here differs from the one the trial ran with."""
+
+    name: str
+    recorded: str
+    here: str
+
+    def pin(self) -> str:
+        """The requirement that restores the recorded version."""
+        return f"{self.name}=={self.recorded}"
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of Python and of the libraries in ``_VERSIONED`` in this process."""
+    out = {"python": platform.python_version()}
+    for name, dists in _VERSIONED.items():
+        out[name] = _version(dists)
+    return out
+
+
+def _version(dists: tuple[str, ...]) -> str:
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "absent"
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 over a model's ``state_dict``: each entry's name, dtype, shape and raw bytes, in
+    order. Two models have the same digest exactly when their weights are bit-identical (the
+    file format they are saved in does not enter)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """How one trial of a search ran; ``rebuild_settings`` and ``trial_params`` run it again.
+
+    ``settings`` holds every ``TrialSettings`` field but the paths (``seed`` is the trial's own:
+    the search's seed plus the trial number; ``baseline_seed`` the search's). ``torch_threads``
+    is the intra-op thread count the trial trained with; ``baseline_threads`` that of the process
+    that trained the dense baseline (the search's driver), used only if a rebuild must train the
+    baseline again. ``onnx_sha256`` and ``size_bytes`` fingerprint the logged ONNX file.
+    """
+
+    spec: SearchSpec
+    number: int
+    params: TrialParams
+    settings: dict[str, Any]
+    torch_threads: int
+    baseline_threads: int
+    baseline_cache_dir: str
+    lineage: Lineage | None
+    onnx_sha256: str
+    size_bytes: int
+    versions: dict[str, str]
+    schema_version: int = RECORD_SCHEMA_VERSION
+
+    @classmethod
+    def of(
+        cls,
+        spec: SearchSpec,
+        number: int,
+        params: TrialParams,
+        settings: TrialSettings,
+        result: TrialResult,
+        *,
+        torch_threads: int,
+        baseline_threads: int,
+    ) -> TrialRecord:
+        """The record of a trial that just ran (``result`` is what ``run_trial`` returned)."""
+        kept = _settings_json(settings)
+        kept["baseline_seed"] = settings.dense_seed
+        if result.lineage is not None and result.lineage.int8_format is not None:
+            # `auto` is resolved by timing on the machine: rebuild with what the trial used.
+            kept["int8_format"] = result.lineage.int8_format
+        return cls(
+            spec=spec,
+            number=number,
+            params=params,
+            settings=kept,
+            torch_threads=torch_threads,
+            baseline_threads=baseline_threads,
+            baseline_cache_dir=str(settings.cache_dir),
+            lineage=result.lineage,
+            onnx_sha256=file_sha256(result.onnx_path),
+            size_bytes=result.onnx_path.stat().st_size,
+            versions=library_versions(),
+        )
+
+    @property
+    def slimtune_version(self) -> str:
+        return self.versions.get("slimtune", "unknown")
+
+    def rebuild_settings(
+        self, *, work_dir: Path, cache_dir: Path, device: str | None = None
+    ) -> TrialSettings:
+        """The trial's settings with this machine's paths (and another ``device`` if given:
+        then the weights need not match bit for bit)."""
+        values = _settings_values(self.settings)
+        if device is not None:
+            values["device"] = device
+        return TrialSettings(cache_dir=cache_dir, work_dir=work_dir, **values)
+
+    @property
+    def device(self) -> str:
+        """Where the trial trained (``cpu`` for records of searches before GPU training)."""
+        return str(self.settings.get("device") or "cpu")
+
+    def version_drift(self, here: Mapping[str, str] | None = None) -> list[VersionDrift]:
+        """The recorded libraries whose version differs in this process (or in ``here``)."""
+        now = dict(here) if here is not None else library_versions()
+        return [
+            VersionDrift(name, recorded, now.get(name, "absent"))
+            for name, recorded in sorted(self.versions.items())
+            if now.get(name, "absent") != recorded
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        lineage = self.lineage
+        return {
+            "schema_version": self.schema_version,
+            "kind": RECORD_KIND,
+            "slimtune_version": self.slimtune_version,
+            "versions": dict(self.versions),
+            "search": self.spec.model_dump(mode="json"),
+            "trial": {
+                "number": self.number,
+                "params": self.params.to_dict(),
+                "settings": dict(self.settings),
+                "torch_threads": self.torch_threads,
+            },
+            "baseline": {
+                "seed": self.settings.get("baseline_seed"),
+                "torch_threads": self.baseline_threads,
+                "cache_dir": self.baseline_cache_dir,
+                "sha256": lineage.baseline_sha256 if lineage else None,
+            },
+            "pruning": dataclasses.asdict(lineage.pruning) if lineage else None,
+            "outcome": {
+                "int8_format": lineage.int8_format if lineage else None,
+                "weights_sha256": lineage.weights_sha256 if lineage else None,
+                "onnx_sha256": self.onnx_sha256,
+                "size_bytes": self.size_bytes,
+            },
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str) -> TrialRecord:
+        """Read and validate a record. Raises ``RecordError`` naming the field and the fix."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise RecordError(
+                source=source,
+                field="<file>",
+                value=str(exc),
+                rule="the record must be JSON",
+                fix="the record was damaged; rebuild from another trial or re-run the search",
+            ) from None
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str) -> TrialRecord:
+        r = _Reader(data, source)
+        r.check_version()
+        versions = r.mapping("versions")
+        spec = r.spec()
+        trial = r.mapping("trial")
+        baseline = r.mapping("baseline")
+        outcome = r.mapping("outcome")
+        settings = r.settings(trial)
+        lineage = None
+        if baseline.get("sha256") is not None:
+            lineage = Lineage(
+                baseline_seed=r.integer(baseline, "baseline.seed"),
+                baseline_sha256=r.text(baseline, "baseline.sha256"),
+                weights_sha256=r.text(outcome, "outcome.weights_sha256"),
+                pruning=r.pruning(),
+                int8_format=r.optional_text(outcome, "outcome.int8_format"),
+            )
+        return cls(
+            spec=spec,
+            number=r.integer(trial, "trial.number"),
+            params=r.params(trial),
+            settings=settings,
+            torch_threads=r.integer(trial, "trial.torch_threads"),
+            baseline_threads=r.integer(baseline, "baseline.torch_threads"),
+            baseline_cache_dir=r.text(baseline, "baseline.cache_dir"),
+            lineage=lineage,
+            onnx_sha256=r.text(outcome, "outcome.onnx_sha256"),
+            size_bytes=r.integer(outcome, "outcome.size_bytes"),
+            versions={str(k): str(v) for k, v in versions.items()},
+            schema_version=RECORD_SCHEMA_VERSION,
+        )
+
+
+def _settings_json(settings: TrialSettings) -> dict[str, Any]:
+    """Every ``TrialSettings`` field but the paths, as JSON values (a dataclass-valued field,
+    such as a latency plan, as its fields)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(settings):
+        if f.name in _PATH_FIELDS:
+            continue
+        value = getattr(settings, f.name)
+        is_object = dataclasses.is_dataclass(value) and not isinstance(value, type)
+        out[f.name] = dataclasses.asdict(value) if is_object else value
+    return out
+
+
+def _settings_values(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of ``_settings_json``: objects become the dataclass the field is typed as."""
+    hints = typing.get_type_hints(TrialSettings)
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        cls = _dataclass_of(hints.get(name))
+        out[name] = cls(**value) if cls is not None and isinstance(value, dict) else value
+    return out
+
+
+def _dataclass_of(hint: Any) -> Any:
+    candidates = [hint, *typing.get_args(hint)]
+    return next((c for c in candidates if dataclasses.is_dataclass(c)), None)
+
+
+class _Reader:
+    """Field-by-field validation of a record's JSON, every failure a ``RecordError``."""
+
+    def __init__(self, data: Any, source: str) -> None:
+        self.source = source
+        if not isinstance(data, dict):
+            self.fail("<root>", type(data).__name__, "the record must be a JSON object", _REDO)
+        self.data: dict[str, Any] = data
+
+    def fail(self, field: str, value: object, rule: str, fix: str) -> NoReturn:
+        raise RecordError(source=self.source, field=field, value=value, rule=rule, fix=fix)
+
+    def check_version(self) -> None:
+        version = self.data.get("schema_version")
+        writer = self.data.get("slimtune_version", "unknown")
+        if isinstance(version, bool) or not isinstance(version, int):
+            self.fail(
+                "schema_version",
+                version,
+                f"it must be a whole number (1 to {RECORD_SCHEMA_VERSION})",
+                _REDO,
+            )
+        if version > RECORD_SCHEMA_VERSION:
+            self.fail(
+                "schema_version",
+                version,
+                f"this slimtune reads trial records up to schema {RECORD_SCHEMA_VERSION}; the "
+                f"record was written by slimtune {writer}",
+                f"upgrade slimtune to {writer} or later (pip install 'slimtune>={writer}')",
+            )
+        if version < 1:
+            self.fail("schema_version", version, "trial record schemas start at 1", _REDO)
+        if self.data.get("kind") != RECORD_KIND:
+            self.fail("kind", self.data.get("kind"), f"it must be {RECORD_KIND!r}", _REDO)
+
+    def mapping(self, name: str) -> dict[str, Any]:
+        value = self.data.get(name)
+        if not isinstance(value, dict):
+            self.fail(name, value, "it must be a JSON object", _REDO)
+        return value
+
+    def integer(self, where: Mapping[str, Any], field: str) -> int:
+        value = where.get(field.rsplit(".", 1)[-1])
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(field, value, "it must be a whole number", _REDO)
+        return value
+
+    def text(self, where: Mapping[str, Any], field: str) -> str:
+        value = where.get(field.rsplit(".", 1)[-1])
+        if not isinstance(value, str) or not value:
+            self.fail(field, value, "it must be a non-empty string", _REDO)
+        return value
+
+    def optional_text(self, where: Mapping[str, Any], field: str) -> str | None:
+        return None if where.get(field.rsplit(".", 1)[-1]) is None else self.text(where, field)
+
+    def spec(self) -> SearchSpec:
+        try:
+            return SearchSpec.model_validate(self.mapping("search"))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(["search", *(str(p) for p in err["loc"])])
+            self.fail(field, err.get("input"), str(err["msg"]), _REDO)
+
+    def params(self, trial: Mapping[str, Any]) -> TrialParams:
+        raw = trial.get("params")
+        try:
+            if not isinstance(raw, dict):
+                raise TypeError("it must be a JSON object")
+            return TrialParams.from_dict(raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.fail("trial.params", raw, str(exc), _REDO)
+
+    def settings(self, trial: Mapping[str, Any]) -> dict[str, Any]:
+        raw = trial.get("settings")
+        if not isinstance(raw, dict):
+            self.fail("trial.settings", raw, "it must be a JSON object", _REDO)
+        known = {f.name for f in dataclasses.fields(TrialSettings)} - set(_PATH_FIELDS)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            self.fail(
+                f"trial.settings.{unknown[0]}",
+                raw[unknown[0]],
+                f"this slimtune knows the settings {sorted(known)}",
+                "upgrade slimtune to the version that wrote the record (slimtune_version)",
+            )
+        for name in ("epochs", "seed"):
+            if name not in raw:
+                self.fail(f"trial.settings.{name}", None, "this field is required", _REDO)
+        try:  # TrialSettings' own rules (epochs >= 0, repeats >= 5, ...), with stand-in paths
+            TrialSettings(cache_dir=Path("/"), work_dir=Path("/"), **_settings_values(raw))
+        except ConfigError as exc:
+            self.fail(f"trial.settings.{exc.field}", exc.value, exc.rule, _REDO)
+        except TypeError as exc:
+            self.fail("trial.settings", raw, str(exc), _REDO)
+        return dict(raw)
+
+    def pruning(self) -> PruningLog:
+        raw = self.mapping("pruning")
+        try:
+            return PruningLog(
+                scheme=str(raw["scheme"]),
+                target=float(raw["target"]),
+                total_steps=int(raw.get("total_steps", 0)),
+                ramp_steps=int(raw.get("ramp_steps", 0)),
+                every=int(raw.get("every", 0)),
+                history=tuple((int(s), float(p)) for s, p in raw.get("history", ())),
+                widths=tuple(int(w) for w in raw.get("widths", ())),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            self.fail("pruning", raw, f"it must hold scheme, target and numbers ({exc})", _REDO)
+
+
+_REDO = (
+    "the record was edited or damaged; use the trial/record.json that the search logged, or "
+    "re-run the search to log a new one"
+)
