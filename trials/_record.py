@@ -14,6 +14,7 @@ A change that an older reader would misread raises it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -77,7 +78,15 @@ class VersionDrift:
 
 
 def library_versions() -> dict[str, str]:
-    """The versions of Python and of the libraries in ``_VERSIONED`` in this process."""
+    """The versions of Python and of the libraries in ``_VERSIONED`` in this process (a copy:
+    callers may change it)."""
+    return dict(_library_versions())
+
+
+@functools.cache
+def _library_versions() -> dict[str, str]:
+    # Read once per process: the installed versions do not change under a running process, and
+    # reading package metadata costs 2-6 ms, which a reused worker would pay every trial.
     out = {"python": platform.python_version()}
     for name, dists in _VERSIONED.items():
         out[name] = _version(dists)

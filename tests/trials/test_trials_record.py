@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.metadata
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -171,3 +172,11 @@ def test_a_damaged_or_newer_record_is_refused_naming_field_and_fix(
 def test_text_that_is_not_json_is_refused() -> None:
     with pytest.raises(RecordError, match=r"field '<file>'.*must be JSON.*Fix:"):
         TrialRecord.from_json("{not json", source="run abc")
+
+
+def test_library_versions_are_read_once_and_handed_out_as_copies() -> None:
+    first = library_versions()
+    first["torch"] = "0.0.0"  # a caller's change must not leak into later records
+    again = library_versions()
+    assert again["torch"] == importlib.metadata.version("torch")
+    assert again is not first
