@@ -141,15 +141,12 @@ def run_job(job: Job) -> dict[str, Any]:
 
     spec = _spec(job.config)
     work_dir = Path(tempfile.mkdtemp(prefix=f"t{job.number:04d}-", dir=job.work_root))
-    settings = TrialSettings(
-        epochs=spec.training.epochs,
+    settings = TrialSettings.for_search(
+        spec,
         seed=spec.seed + job.number,
         baseline_seed=spec.seed,
         cache_dir=Path(job.cache_dir),
         work_dir=work_dir,
-        latency_warmup=spec.latency.warmup,
-        latency_repeats=spec.latency.repeats,
-        latency_threads=spec.latency.threads,
     )
     t0 = time.perf_counter()
     out: dict[str, Any]
@@ -193,15 +190,7 @@ def measure_baseline(spec: SearchSpec, cache_dir: Path, work: Path) -> dict[str,
 
     task = load_task(spec.task)
     ensure_baseline(task, seed=spec.seed, cache_dir=cache_dir)
-    settings = TrialSettings(
-        epochs=spec.training.epochs,
-        seed=spec.seed,
-        cache_dir=cache_dir,
-        work_dir=work,
-        latency_warmup=spec.latency.warmup,
-        latency_repeats=spec.latency.repeats,
-        latency_threads=spec.latency.threads,
-    )
+    settings = TrialSettings.for_search(spec, seed=spec.seed, cache_dir=cache_dir, work_dir=work)
     return dict(run_baseline(task, settings).metrics)
 
 

@@ -132,14 +132,11 @@ def _setup(config: Path, workdir: Path, wal: bool) -> Setup:
     task = load_task(spec.task)
     cache_dir = workdir / ".slimtune" / "cache"
     ensure_baseline(task, seed=spec.seed, cache_dir=cache_dir)
-    settings = TrialSettings(
-        epochs=spec.training.epochs,
+    settings = TrialSettings.for_search(
+        spec,
         seed=spec.seed,
         cache_dir=cache_dir,
         work_dir=workdir / ".slimtune" / "runs" / parent / "baseline",
-        latency_warmup=spec.latency.warmup,
-        latency_repeats=spec.latency.repeats,
-        latency_threads=spec.latency.threads,
     )
     result = run_baseline(task, settings)
     log_metrics(client, parent, {f"baseline_{k}": v for k, v in result.metrics.items()})
@@ -172,16 +169,9 @@ def run_trials(config: Path, workdir: Path, setup: Setup, trials: int) -> list[T
     runs_dir = workdir / ".slimtune" / "runs" / setup.parent_run_id
     # As orchestrator._search._run builds it for a local search (latency measured in-process).
     ctx = TrialContext(
-        task_ref=spec.task,
         tracking=TrackingTarget(setup.tracking_uri, setup.experiment_id, setup.parent_run_id),
         runs_dir=runs_dir,
         cache_dir=workdir / ".slimtune" / "cache",
-        epochs=spec.training.epochs,
-        seed=spec.seed,
-        torch_threads=max(1, int(spec.resources.cpu)),
-        latency_warmup=spec.latency.warmup,
-        latency_repeats=spec.latency.repeats,
-        latency_threads=spec.latency.threads,
         spec=spec,
         baseline_threads=torch.get_num_threads(),
     )

@@ -194,16 +194,9 @@ def _run(
                     f"Fix: run `slimtune validate` on the config and correct the task."
                 ) from exc
         ctx = TrialContext(
-            task_ref=spec.task,
             tracking=target,
             runs_dir=runs_dir,
             cache_dir=cache_dir,
-            epochs=spec.training.epochs,
-            seed=spec.seed,
-            torch_threads=max(1, int(spec.resources.cpu)),
-            latency_warmup=spec.latency.warmup,
-            latency_repeats=spec.latency.repeats,
-            latency_threads=spec.latency.threads,
             spec=spec,
             baseline_threads=torch.get_num_threads(),  # the baseline was trained here, above
             latency_meter=meter,
@@ -267,17 +260,7 @@ def _baseline(
     )
     work = runs_dir / "baseline"
     work.mkdir(parents=True, exist_ok=True)
-    settings = TrialSettings(
-        epochs=spec.training.epochs,
-        seed=spec.seed,
-        cache_dir=cache_dir,
-        work_dir=work,
-        latency_warmup=spec.latency.warmup,
-        latency_repeats=spec.latency.repeats,
-        latency_threads=spec.latency.threads,
-        latency_target_cv=spec.latency.target_cv,
-        latency_max_repeats=spec.latency.max_repeats,
-    )
+    settings = TrialSettings.for_search(spec, seed=spec.seed, cache_dir=cache_dir, work_dir=work)
     search_meter = meter.connect()
     with search_meter.working():
         result = run_baseline(task, settings, meter=search_meter)

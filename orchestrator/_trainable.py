@@ -57,16 +57,9 @@ class TrialContext:
     ``None``: in the trial's process, with no coordination.
     """
 
-    task_ref: str
     tracking: TrackingTarget
     runs_dir: Path
     cache_dir: Path
-    epochs: int
-    seed: int
-    torch_threads: int
-    latency_warmup: int
-    latency_repeats: int
-    latency_threads: int
     spec: SearchSpec
     baseline_threads: int
     latency_meter: MeterRef | None = None
@@ -76,20 +69,23 @@ class TrialContext:
         search's one dense baseline (``baseline_seed=seed``)."""
         work_dir = self.runs_dir / f"trial-{number:04d}"
         work_dir.mkdir(parents=True, exist_ok=True)
-        return TrialSettings(
-            epochs=self.epochs,
-            seed=self.seed + number,
+        return TrialSettings.for_search(
+            self.spec,
+            seed=self.spec.seed + number,
+            baseline_seed=self.spec.seed,
             cache_dir=self.cache_dir,
             work_dir=work_dir,
-            latency_warmup=self.latency_warmup,
-            latency_repeats=self.latency_repeats,
-            latency_threads=self.latency_threads,
-            baseline_seed=self.seed,
-            latency_target_cv=self.spec.latency.target_cv,
-            latency_max_repeats=self.spec.latency.max_repeats,
-            int8_format=self.spec.quantization.int8_format,
             device=self.device,
         )
+
+    @property
+    def task_ref(self) -> str:
+        return self.spec.task
+
+    @property
+    def torch_threads(self) -> int:
+        """Torch threads of a trial: the CPUs it reserves (at least one)."""
+        return max(1, int(self.spec.resources.cpu))
 
     @property
     def device(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from searchspace import INT8_FORMATS, ConfigError
+from searchspace import INT8_FORMATS, ConfigError, SearchSpec
 from trials._device import check_device_name
 
 
@@ -41,6 +41,34 @@ class TrialSettings:
     # The ONNX Runtime int8 format of 8-bit trials: one of searchspace.INT8_FORMATS, or "auto"
     # (measured on the dense model once per machine, cached in cache_dir; trials._quantize_auto).
     int8_format: str = "auto"
+
+    @classmethod
+    def for_search(
+        cls,
+        spec: SearchSpec,
+        *,
+        seed: int,
+        cache_dir: Path,
+        work_dir: Path,
+        baseline_seed: int | None = None,
+        device: str = "cpu",
+    ) -> TrialSettings:
+        """The settings a search's config fixes for its trials and its baseline (fine-tuning
+        epochs, latency measurement, int8 format), with this trial's seed and paths."""
+        return cls(
+            epochs=spec.training.epochs,
+            seed=seed,
+            cache_dir=cache_dir,
+            work_dir=work_dir,
+            latency_warmup=spec.latency.warmup,
+            latency_repeats=spec.latency.repeats,
+            latency_threads=spec.latency.threads,
+            baseline_seed=baseline_seed,
+            latency_target_cv=spec.latency.target_cv,
+            latency_max_repeats=spec.latency.max_repeats,
+            device=device,
+            int8_format=spec.quantization.int8_format,
+        )
 
     def __post_init__(self) -> None:
         for name in ("cache_dir", "work_dir"):

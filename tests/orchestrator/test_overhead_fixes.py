@@ -151,18 +151,14 @@ def test_trainable_runs_an_injected_body_inside_its_mlflow_run(
     tmp_path: Path, recwarn: Any
 ) -> None:
     client, target = _target(tmp_path)
-    spec = parse_spec("experiment: seam\ntrials: 1\n")
+    spec = parse_spec(
+        "experiment: seam\ntask: digits\ntrials: 1\nseed: 0\ntraining: {epochs: 1}\n"
+        "resources: {cpu: 1}\nlatency: {warmup: 0, repeats: 5, threads: 1}\n"
+    )
     ctx = TrialContext(
-        task_ref="digits",
         tracking=target,
         runs_dir=tmp_path / "runs",
         cache_dir=tmp_path / "cache",
-        epochs=1,
-        seed=0,
-        torch_threads=1,
-        latency_warmup=0,
-        latency_repeats=5,
-        latency_threads=1,
         spec=spec,
         baseline_threads=1,
     )
