@@ -49,7 +49,7 @@ def _models(task: str) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     if task == "digits":
         return DigitsTask().build_model().eval(), torch.randn(1, 1, 8, 8)
-    return Mnist1dTask.build_model(None).eval(), torch.randn(1, 1, 40)  # type: ignore[arg-type]
+    return Mnist1dTask().build_model().eval(), torch.randn(1, 1, 40)
 
 
 def _on_grid(model: nn.Module, grid: WeightGrid | None) -> nn.Module:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import trials.tasks._mnist1d as mnist1d_module
-from trials import BUILTIN_TASKS, Mnist1dTask, load_task
+from trials import BUILTIN_TASKS, Mnist1dLargeTask, Mnist1dTask, TaskError, load_task
 
 SMALL = {"num_samples": 200}
 
@@ -71,3 +71,27 @@ def test_builtin_and_model_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     model = task.build_model()
     assert model(torch.randn(3, 1, 40)).shape == (3, 10)
     assert 1_000_000 < sum(p.numel() for p in model.parameters()) < 3_000_000
+
+
+def test_width_factor_scales_every_hidden_width_and_nothing_else(tmp_path: Path) -> None:
+    small = Mnist1dTask(data_dir=tmp_path).build_model().state_dict()
+    large = Mnist1dLargeTask(data_dir=tmp_path).build_model().state_dict()
+    assert list(small) == list(large)
+
+    def doubled(dim: int, n: int) -> int:
+        # Conv kernel sizes (dim 2), the input channel (1) and the 10 classes stay.
+        return n if dim == 2 or n in (1, 10) else 2 * n
+
+    for key, tensor in small.items():
+        expected = [doubled(dim, n) for dim, n in enumerate(tensor.shape)]
+        assert list(large[key].shape) == expected, key
+    assert sum(t.numel() for t in large.values()) == 8_070_666
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_width_factor_must_be_a_positive_int(tmp_path: Path, bad: object) -> None:
+    class Wider(Mnist1dTask):
+        width_factor = bad  # type: ignore[assignment]
+
+    with pytest.raises(TaskError, match=r"'width_factor' attribute of Wider must be an int >= 1"):
+        Wider(data_dir=tmp_path)

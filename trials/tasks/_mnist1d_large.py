@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from trials.tasks._mnist1d import DEFAULT_ARGS, Mnist1dTask
 
 # 40000 samples generated like the default 5000 (same seed and transforms), split 95/5:
@@ -31,26 +29,7 @@ class Mnist1dLargeTask(Mnist1dTask):
     baseline_epochs = 10
     baseline_lr = 1e-3
     baseline_batch_size = 128
+    width_factor = 2
 
     def __init__(self, data_dir: Path | None = None, args: dict[str, Any] | None = None) -> None:
         super().__init__(data_dir, {**LARGE_ARGS, **(args or {})})
-
-    def build_model(self) -> nn.Module:
-        return nn.Sequential(
-            nn.Conv1d(1, 256, 5, padding=2),
-            nn.ReLU(),
-            nn.Conv1d(256, 512, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv1d(512, 512, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool1d(2),
-            nn.Conv1d(512, 768, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv1d(768, 768, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool1d(2),
-            nn.Flatten(),
-            nn.Linear(768 * 10, 512),
-            nn.ReLU(),
-            nn.Linear(512, 10),
-        )
