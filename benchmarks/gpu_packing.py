@@ -189,8 +189,16 @@ class Packing:
 
 
 def search_config(
-    base: dict[str, Any], *, per_gpu: int, trials: int, cpus: float, smoke: bool
+    base: dict[str, Any],
+    *,
+    per_gpu: int,
+    trials: int,
+    cpus: float,
+    smoke: bool,
+    pause_trials: bool | None = None,
 ) -> dict[str, Any]:
+    """The benchmark's search config for one packing; ``pause_trials`` overrides the config's
+    ``latency.pause_trials`` when given (``--pause-trials``)."""
     cfg = json.loads(json.dumps(base))
     cfg.update(
         experiment=f"gpu-packing-{per_gpu}",
@@ -202,6 +210,8 @@ def search_config(
     if smoke:
         cfg.update(task="digits", training={"epochs": 1})
         cfg["latency"] = {"warmup": 5, "repeats": 30, "threads": 1}
+    if pause_trials is not None:
+        cfg["latency"] = {**cfg.get("latency", {}), "pause_trials": pause_trials}
     cfg.setdefault("tracking", {})["uri"] = None
     return cfg
 
@@ -432,7 +442,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--no-warmup", dest="warmup", action="store_false", help="skip the warm-up search"
     )
+    p.add_argument(
+        "--pause-trials",
+        choices=["true", "false"],
+        help="set latency.pause_trials in every search (default: as the config says)",
+    )
     a = p.parse_args(argv)
+    pause = None if a.pause_trials is None else a.pause_trials == "true"
     command = "python benchmarks/gpu_packing.py " + " ".join(
         shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])
     )
@@ -445,7 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.warmup:
         # Not measured: makes the data, the dense baseline and the int8 format choice (each once
         # per machine and cached), so that no packing pays them.
-        cfg = search_config(base, per_gpu=1, trials=1, cpus=a.cpus, smoke=a.smoke)
+        cfg = search_config(
+            base, per_gpu=1, trials=1, cpus=a.cpus, smoke=a.smoke, pause_trials=pause
+        )
         cfg.update(experiment="gpu-packing-warmup")
         cfg["space"] = {**cfg["space"], "bits": {"choices": [8]}}
         warm_s = run_packing(cfg, workdir, 1, a.sample_s, a.timeout_s).wall_s
@@ -453,7 +471,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     packings, rows = [], []
     for per_gpu in a.per_gpu:
         cfg = search_config(
-            base, per_gpu=per_gpu, trials=a.rounds * per_gpu, cpus=a.cpus, smoke=a.smoke
+            base,
+            per_gpu=per_gpu,
+            trials=a.rounds * per_gpu,
+            cpus=a.cpus,
+            smoke=a.smoke,
+            pause_trials=pause,
         )
         t0 = time.perf_counter()
         packing = run_packing(cfg, workdir, per_gpu, a.sample_s, a.timeout_s)

@@ -33,6 +33,7 @@ import argparse
 import hashlib
 import io
 import itertools
+import json
 import os
 import platform
 import shlex
@@ -243,7 +244,7 @@ class TreeCpu:
     ``every`` seconds. A process that ends keeps its last sample (Ray's processes end at
     ``ray.shutdown``); :meth:`between` gives what each kind used in a window of time."""
 
-    def __init__(self, root: int, *, every: float = 0.5) -> None:
+    def __init__(self, root: int, *, every: float = 1.0) -> None:
         self.root = root
         self.every = every
         self.samples: list[tuple[float, dict[str, float]]] = []
@@ -328,6 +329,112 @@ class _StampedLines(io.StringIO):
         return next((t for t, line in self.lines if line.startswith(prefix)), None)
 
 
+def _timeline_callback(path: Path) -> Any:
+    """A Ray Tune callback that writes when the driver saw each trial start, report and
+    complete (Unix seconds) to ``path`` as JSON lines when the experiment ends. The Tuner
+    pickles its callbacks, so the events go through a file, not this object."""
+    from ray.tune import Callback
+
+    class TuneTimeline(Callback):
+        def __init__(self) -> None:
+            self.events: list[tuple[str, str, float]] = []
+
+        def on_trial_start(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
+            self.events.append(("start", trial.trial_id, time.time()))
+
+        def on_trial_result(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
+            self.events.append(("result", trial.trial_id, time.time()))
+
+        def on_trial_complete(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
+            self.events.append(("complete", trial.trial_id, time.time()))
+
+        def on_experiment_end(self, trials: Any, **info: Any) -> None:
+            path.write_text("".join(json.dumps(e) + "\n" for e in self.events))
+
+    return TuneTimeline()
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One worker going from trial ``prev`` to trial ``next``: Unix seconds of each step."""
+
+    work_end: float  # prev's workload returned (worker)
+    run_end: float  # prev's MLflow run terminated (worker; MLflow keeps milliseconds)
+    result: float  # the driver saw prev's report (Tune callback)
+    complete: float  # the driver completed prev
+    start: float  # the driver started next on a reused worker
+    run_start: float  # next's MLflow run created (worker)
+    work_start: float  # next's workload started (worker)
+
+    STEPS = (
+        (
+            "MLflow after the workload (worker: metrics, tags, artifacts, end of run)",
+            "work_end",
+            "run_end",
+        ),
+        ("report reaches the driver (worker -> driver)", "run_end", "result"),
+        (
+            "driver: result -> trial complete (stopper, callbacks, Optuna tell)",
+            "result",
+            "complete",
+        ),
+        ("driver: complete -> next trial started (Optuna ask, actor reuse)", "complete", "start"),
+        (
+            "next trial's function starts, run lookup, run created (driver -> worker)",
+            "start",
+            "run_start",
+        ),
+        ("MLflow before the workload (worker: params)", "run_start", "work_start"),
+    )
+
+
+def transitions(runs: Sequence[Any], events_path: Path) -> list[Transition]:
+    """Pair each trial's MLflow run with the next trial in the same worker process."""
+    seen: dict[tuple[str, str], float] = {}
+    for line in events_path.read_text().splitlines():
+        kind, trial_id, at = json.loads(line)
+        seen.setdefault((kind, trial_id), at)  # first time each
+    by_worker: dict[int, list[Any]] = {}
+    for run in runs:
+        by_worker.setdefault(int(run.data.metrics["bench_pid"]), []).append(run)
+    out: list[Transition] = []
+    for rs in by_worker.values():
+        rs.sort(key=lambda r: r.data.metrics["bench_start"])
+        for a, b in itertools.pairwise(rs):
+            ida, idb = a.data.tags["slimtune.trial_id"], b.data.tags["slimtune.trial_id"]
+            keys = [("result", ida), ("complete", ida), ("start", idb)]
+            if any(k not in seen for k in keys):
+                continue
+            out.append(
+                Transition(
+                    work_end=a.data.metrics["bench_end"],
+                    run_end=a.info.end_time / 1000,
+                    result=seen[keys[0]],
+                    complete=seen[keys[1]],
+                    start=seen[keys[2]],
+                    run_start=b.info.start_time / 1000,
+                    work_start=b.data.metrics["bench_start"],
+                )
+            )
+    return out
+
+
+def timeline_table(ts: Sequence[Transition]) -> list[str]:
+    """Median and mean of each step of the gap between two workloads in one worker."""
+    if not ts:
+        return ["(no transition between two trials in one worker was seen)"]
+    rows = ["| step of the gap | median (ms) | mean (ms) |", "| --- | ---: | ---: |"]
+    total = [1000 * (t.work_start - t.work_end) for t in ts]
+    for name, a, b in Transition.STEPS:
+        ms = [1000 * (getattr(t, b) - getattr(t, a)) for t in ts]
+        rows.append(f"| {name} | {statistics.median(ms):.1f} | {statistics.fmean(ms):.1f} |")
+    rows.append(
+        f"| **whole gap** ({len(ts)} transitions) | **{statistics.median(total):.1f}** | "
+        f"**{statistics.fmean(total):.1f}** |"
+    )
+    return rows
+
+
 @dataclass
 class SlimtuneRun:
     overhead: Overhead
@@ -337,6 +444,7 @@ class SlimtuneRun:
     mlflow_before_ms: float = float("nan")
     mlflow_after_ms: float = float("nan")
     live_update_ms: float = float("nan")
+    timeline: list[Transition] = field(default_factory=list)
 
 
 def run_slimtune(
@@ -356,6 +464,7 @@ def run_slimtune(
 
         cloudpickle.register_pickle_by_value(sys.modules[FixedWork.__module__])
     console = _StampedLines(echo)
+    events = workdir / "tune-timeline.jsonl"
     with TreeCpu(os.getpid()) as cpu:
         t0 = time.time()
         outcome = run_search(
@@ -363,6 +472,7 @@ def run_slimtune(
             SearchOptions(config_path=config.resolve(), workdir=workdir),
             out=console,
             trial_body=FixedWork(passes),
+            tune_callbacks=[_timeline_callback(events)],
         )
         t_end = time.time()
     client = MlflowClient(tracking_uri=outcome.tracking_uri)
@@ -372,10 +482,9 @@ def run_slimtune(
         max_results=10_000,
     )
     runs, before, after = [], [], []
+    children = [c for c in children if "bench_start" in c.data.metrics]
     for c in children:
         m = c.data.metrics
-        if "bench_start" not in m:
-            continue
         runs.append(
             Timed(m["bench_start"], m["bench_end"], str(int(m["bench_pid"])), m["bench_cpu"])
         )
@@ -408,6 +517,7 @@ def run_slimtune(
         mlflow_before_ms=1000 * statistics.median(before),
         mlflow_after_ms=1000 * statistics.median(after),
         live_update_ms=parent.get("live_update_ms_mean", float("nan")),
+        timeline=transitions(children, events),
     )
 
 
@@ -527,6 +637,11 @@ def report(
             f"{slim.mlflow_before_ms:.0f} ms; workload ends -> run terminated "
             f"{slim.mlflow_after_ms:.0f} ms. Live front update in the driver: "
             f"{slim.live_update_ms:.0f} ms per trial (mean).",
+            "",
+            "Where the gap between two workloads in one worker goes (the driver's Tune events, "
+            "the worker's MLflow run times and workload times; one clock):",
+            "",
+            *timeline_table(slim.timeline),
         ]
     if plain:
         lines.append(

@@ -17,15 +17,15 @@ from typing import Any, TextIO
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from ray.tune import Callback
+from ray.tune import Callback, Stopper
 
 from orchestrator._tracking import log_metrics
-from reports import update_front
+from reports import FrontTracker
 from searchspace import SlimtuneError
 
 # A search's background updates: each waits this long after a trial finished (for Ray Tune to
-# start the next trial first), and together they use at most this share of one core (an update
-# re-reads every trial, so it grows with the search; the driver shares the cores with the trials).
+# start the next trial first), and together they use at most this share of one core (the driver
+# shares the cores with the trials).
 BACKGROUND_DELAY_S = 0.2
 BACKGROUND_MAX_SHARE = 0.02
 
@@ -33,11 +33,12 @@ BACKGROUND_MAX_SHARE = 0.02
 class LiveFront:
     """Keep the front of a running search up to date in MLflow.
 
-    ``update()`` calls :func:`reports.update_front` (tags ``pareto``/``pareto_rank`` rewritten
-    where they changed, ``hypervolume`` and ``pareto_size`` logged at step = finished trials)
-    and records how long it took. A failure to update is reported once on ``out`` and does not
-    stop the search: the trials' own records are already safe, and the final
-    ``publish_front`` recomputes everything.
+    ``update()`` brings the front up to date through a :class:`reports.FrontTracker` (tags
+    ``pareto``/``pareto_rank`` rewritten where they changed, ``hypervolume`` and
+    ``pareto_size`` logged at step = finished trials; each update reads only the runs that
+    ended since the last one) and records how long it took. A failure to update is reported
+    once on ``out`` and does not stop the search: the trials' own records are already safe,
+    and the final ``publish_front`` recomputes everything.
     """
 
     def __init__(self, tracking_uri: str, parent_run_id: str, *, out: TextIO | None = None):
@@ -46,11 +47,23 @@ class LiveFront:
         self.out = out or sys.stderr
         self.seconds: list[float] = []
         self.errors = 0
+        self._tracker: FrontTracker | None = None  # made at the first update, in the driver
+        self._ended: set[str] = set()
+        self._lock = threading.Lock()
+
+    def ended(self, run_id: str) -> None:
+        """The trial of child run ``run_id`` ended: the next update reads that run."""
+        with self._lock:
+            self._ended.add(run_id)
 
     def update(self) -> None:
         start = time.perf_counter()
+        with self._lock:
+            ended, self._ended = self._ended, set()
         try:
-            update_front(self.tracking_uri, self.parent_run_id, backfill=True)
+            if self._tracker is None:
+                self._tracker = FrontTracker(self.tracking_uri, self.parent_run_id)
+            self._tracker.update(ended, backfill=True)
         except (SlimtuneError, MlflowException, OSError, ValueError) as exc:
             self.errors += 1
             if self.errors == 1:
@@ -61,6 +74,15 @@ class LiveFront:
                     flush=True,
                 )
         self.seconds.append(time.perf_counter() - start)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The tracker's MLflow client and the lock stay in their process.
+        return {**self.__dict__, "_tracker": None, "_lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A search resumed from an older slimtune's saved state lacks the newer attributes.
+        defaults: dict[str, Any] = {"_tracker": None, "_ended": set(), "seconds": [], "errors": 0}
+        self.__dict__.update({**defaults, **state, "_lock": threading.Lock()})
 
     def log_cost(self) -> None:
         """Log on the parent what the live updates cost: ``live_update_ms_{mean,max}``."""
@@ -147,8 +169,11 @@ class LiveFrontCallback(Callback):
     With ``background=True`` the updates run in a :class:`Coalesced` thread, off the Tune loop,
     using at most ``BACKGROUND_MAX_SHARE`` of a core: trials that finish close together get one
     update (the hypervolume history is backfilled, a point per trial all the same), and the end
-    of the experiment waits for the last one. The thread starts with the first finished trial
-    (the Tuner pickles its callbacks when it is made, and a thread does not pickle).
+    of the experiment waits for the last one. The thread starts when the experiment does (the
+    Tuner pickles its callbacks when it is made, and a thread does not pickle) with a first
+    update: it reads the runs recorded so far and pays the first query's set-up (~0.3-0.4 s)
+    while Ray starts the trials' workers, instead of at the first finished trial, where it held
+    the driver's GIL while Ray Tune handled the next result.
     """
 
     def __init__(
@@ -163,10 +188,26 @@ class LiveFrontCallback(Callback):
         self.background = background
         self._updates: Coalesced | None = None
 
+    def setup(
+        self,
+        stop: Stopper | None = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
+        if self.background:
+            self._background().request()
+
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        run_id = (getattr(trial, "last_result", None) or {}).get("mlflow_run_id")
+        if run_id:
+            self.live.ended(str(run_id))
         if not self.background:
             self.live.update()
             return
+        self._background().request()
+
+    def _background(self) -> Coalesced:
         if self._updates is None:
             self._updates = Coalesced(
                 self.live.update,
@@ -174,7 +215,7 @@ class LiveFrontCallback(Callback):
                 delay_s=BACKGROUND_DELAY_S,
                 max_share=BACKGROUND_MAX_SHARE,
             )
-        self._updates.request()
+        return self._updates
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         if self._updates is not None:
@@ -184,3 +225,8 @@ class LiveFrontCallback(Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_updates": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # `--resume` restores callbacks from the search's saved state, perhaps written by an
+        # older slimtune whose callback had fewer attributes: those get today's defaults.
+        self.__dict__.update({"background": True, "_updates": None, **state})

@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -16,12 +17,15 @@ import pandas as pd
 import torch
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+from ray.tune.logger import JsonLoggerCallback
 
 from orchestrator._faults import FirstTrialsAllFail
 from orchestrator._latency import MeterRef, running_meter
 from orchestrator._live import LiveFrontCallback
 from orchestrator._progress import TrialLines, format_metrics, pareto_table
 from orchestrator._resources import check_resources
+from orchestrator._resume import check_resume_config
 from orchestrator._samplers import build_sampler
 from orchestrator._searcher import OptunaAskTell
 from orchestrator._tracking import (
@@ -37,7 +41,13 @@ from orchestrator._tracking import (
     start_search_run,
     use_wal,
 )
-from orchestrator._trainable import EndAtReport, TrialBody, TrialContext, make_trainable
+from orchestrator._trainable import (
+    EndAtReport,
+    TrialBody,
+    TrialContext,
+    TrialCounts,
+    make_trainable,
+)
 from reports import publish_front
 from searchspace import SearchSpec, SlimtuneError, to_distributions
 from trials import (
@@ -81,6 +91,10 @@ def _local_env() -> None:
     # Save the search's state (trials, the sampler's study) every second, so that a driver
     # killed mid-search loses at most a second of bookkeeping; --resume restores from it.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # Ray Tune's default per-trial loggers (CSV, JSON, TensorBoard) run in its loop at every
+    # trial's start, result and end (~5 ms per trial, a TensorBoard writer thread each) and
+    # duplicate what MLflow records; the search adds back only the JSON one (see _tune).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # torch configures its loggers when imported (by now): keep the exporter's notices quiet.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 
@@ -91,11 +105,13 @@ def run_search(
     *,
     out: TextIO | None = None,
     trial_body: TrialBody = run_trial,
+    tune_callbacks: Sequence[Callback] = (),
 ) -> SearchOutcome:
     """Run ``spec`` to the end and return where its records are.
 
-    ``trial_body`` is what each trial does inside its MLflow run (``trials.run_trial``); only
-    the orchestration benchmark replaces it.
+    ``trial_body`` is what each trial does inside its MLflow run (``trials.run_trial``) and
+    ``tune_callbacks`` are Ray Tune callbacks added to the search's own; only the orchestration
+    benchmark sets them (a fixed workload, and a timeline of the driver's trial events).
 
     Order matters: the task's dry run and the cluster's resources are checked before anything
     is written to MLflow, so a search that cannot run leaves no half-made records.
@@ -110,11 +126,15 @@ def run_search(
     print(f"task {check.task!r} passed its dry run in {seconds:.1f} s", file=out, flush=True)
     uri = resolve_tracking_uri(spec.tracking.uri, workdir)
     probe_tracking(uri)
+    if opts.resume:
+        # Before Ray and before MLflow is written: a config other than the one the search
+        # started with is refused with nothing recorded altered.
+        check_resume_config(MlflowClient(tracking_uri=uri), spec, out=out)
     _start_ray(spec, opts)
     try:
         # Before MLflow: a latency meter that cannot start leaves no half-made records.
         with running_meter(spec.latency) as meter:
-            return _run(spec, opts, task, workdir, uri, t0, out, trial_body, meter)
+            return _run(spec, opts, task, workdir, uri, t0, out, meter, trial_body, tune_callbacks)
     finally:
         import ray
 
@@ -149,8 +169,9 @@ def _run(
     uri: str,
     t0: float,
     out: TextIO,
-    trial_body: TrialBody,
     meter: MeterRef,
+    trial_body: TrialBody,
+    tune_callbacks: Sequence[Callback],
 ) -> SearchOutcome:
     client = MlflowClient(tracking_uri=uri)
     local_store = uri.startswith("sqlite:")
@@ -202,7 +223,13 @@ def _run(
             latency_meter=meter,
         )
         finished, failed, stopper = _tune(
-            spec, ctx, runs_dir, out, resume=opts.resume, body=trial_body
+            spec,
+            ctx,
+            runs_dir,
+            out,
+            resume=opts.resume,
+            body=trial_body,
+            extra_callbacks=tune_callbacks,
         )
         if stopper.triggered:
             raise SearchStopped(
@@ -318,6 +345,7 @@ def _tune(
     *,
     resume: bool,
     body: TrialBody,
+    extra_callbacks: Sequence[Callback] = (),
 ) -> tuple[int, int, FirstTrialsAllFail]:
     from ray import tune
 
@@ -363,15 +391,17 @@ def _tune(
                 # FirstTrialsAllFail must see every result: CombinedStopper asks in order.
                 stop=tune.stopper.CombinedStopper(stopper, EndAtReport()),
                 callbacks=[
+                    # result.json per trial: what Ray Tune's own ResultGrid reads back.
+                    JsonLoggerCallback(),
                     TrialLines(spec.trials, out=out),
                     LiveFrontCallback(
                         ctx.tracking.uri, ctx.tracking.parent_run_id, out=out, background=True
                     ),
+                    *extra_callbacks,
                 ],
                 failure_config=tune.FailureConfig(max_failures=spec.faults.max_retries),
             ),
         )
     grid = tuner.fit()
-    results = [grid[i] for i in range(len(grid))]
-    ok = sum(1 for r in results if r.metrics and "accuracy" in r.metrics)
-    return ok, len(grid) - ok, stopper
+    counts = TrialCounts.of((grid[i] for i in range(len(grid))), spec.metric_names)
+    return counts.finished, counts.failed, stopper

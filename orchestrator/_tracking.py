@@ -25,6 +25,9 @@ from mlflow.tracking import MlflowClient
 from searchspace import SearchSpec, SlimtuneError, TrialParams
 
 ROLE_TAG = "slimtune.role"
+# On the search run: the name of its config file among the run's artifacts (what --resume
+# compares the config it is given with).
+CONFIG_ARTIFACT_TAG = "slimtune.config_artifact"
 MAX_TAG_CHARS = 5000
 # Each finished trial's record (trials.TrialRecord as JSON): what `slimtune rebuild` reads.
 RECORD_ARTIFACT = "trial/record.json"
@@ -112,6 +115,15 @@ def redact_uri(uri: str) -> str:
 
 def open_experiment(client: MlflowClient, name: str, *, artifact_root: Path | None) -> str:
     """Return the experiment's id, creating it (with a local artifact root if given)."""
+    found = find_experiment(client, name)
+    if found is not None:
+        return found
+    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+    return str(client.create_experiment(name, artifact_location=location))
+
+
+def find_experiment(client: MlflowClient, name: str) -> str | None:
+    """The id of experiment ``name``, or ``None`` when there is none; creates nothing."""
     try:
         exp = client.get_experiment_by_name(name)
     except Exception as exc:
@@ -120,15 +132,14 @@ def open_experiment(client: MlflowClient, name: str, *, artifact_root: Path | No
             f"{type(exc).__name__}. "
             "Fix: start the tracking server or correct `tracking.uri` in the config."
         ) from exc
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            raise TrackingError(
-                f"MLflow experiment {name!r} is deleted; restore it in the MLflow UI or choose "
-                "another `experiment` name"
-            )
-        return str(exp.experiment_id)
-    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
-    return str(client.create_experiment(name, artifact_location=location))
+    if exp is None:
+        return None
+    if exp.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"MLflow experiment {name!r} is deleted; restore it in the MLflow UI or choose "
+            "another `experiment` name"
+        )
+    return str(exp.experiment_id)
 
 
 def start_search_run(
@@ -138,7 +149,12 @@ def start_search_run(
     run = client.create_run(
         experiment_id,
         run_name=f"search-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={ROLE_TAG: "search", "slimtune.objectives": objectives, "slimtune.task": spec.task},
+        tags={
+            ROLE_TAG: "search",
+            "slimtune.objectives": objectives,
+            "slimtune.task": spec.task,
+            CONFIG_ARTIFACT_TAG: config_path.name,
+        },
     )
     run_id = str(run.info.run_id)
     params = {

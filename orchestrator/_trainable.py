@@ -19,13 +19,13 @@ import itertools
 import math
 import os
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
-from ray.tune import Stopper
+from ray.tune import Result, Stopper
 
 from orchestrator._latency import LatencyMeterUnavailable, MeterRef
 from orchestrator._searcher import TRIAL_NUMBER_KEY
@@ -121,6 +121,34 @@ class EndAtReport(Stopper):
         return False
 
 
+@dataclass(frozen=True)
+class TrialCounts:
+    """How many of a search's trials finished and how many failed, from Ray Tune's results.
+
+    A trial finished when Ray ended it without an error and its last report carries every
+    objective and no failure. Anything else failed: a trial whose own work failed (it reports
+    ``FAILED_KEY``), one Ray ended with an error (a trial restored by ``--resume`` that fails
+    again keeps the result it reported before, objectives included), one that never reported.
+    """
+
+    finished: int
+    failed: int
+
+    @classmethod
+    def of(cls, results: Iterable[Result], metric_names: Sequence[str]) -> TrialCounts:
+        done = [_finished(r, metric_names) for r in results]
+        return cls(finished=sum(done), failed=len(done) - sum(done))
+
+
+def _finished(result: Result, metric_names: Sequence[str]) -> bool:
+    metrics = result.metrics or {}
+    return (
+        result.error is None
+        and not metrics.get(FAILED_KEY)
+        and all(name in metrics for name in metric_names)
+    )
+
+
 TrialBody = Callable[[Task, TrialParams, TrialSettings], TrialResult]
 """What a trial does inside its MLflow run: :func:`trials.run_trial` in every search.
 
@@ -147,14 +175,12 @@ def make_trainable(
         trial_id = tune.get_context().get_trial_id() or f"trial-{number}"
         client = MlflowClient(tracking_uri=ctx.tracking.uri)
         existing = find_trial_run(client, ctx.tracking, trial_id, number)
-        if (
-            existing is not None
-            and existing.info.status == "FINISHED"
-            and not _same_params(existing, params)
-        ):
+        differ = _differing_params(existing, params) if existing is not None else {}
+        if existing is not None and existing.info.status == "FINISHED" and differ:
             raise RuntimeError(  # a restored study never re-proposes a finished number otherwise
-                f"trial number {number} is already recorded with other parameters "
-                f"(run {existing.info.run_id}); the search state and MLflow disagree"
+                f"trial number {number} is already recorded with other parameters (run "
+                f"{existing.info.run_id}: {_describe(differ)}); the search state and MLflow "
+                "disagree. Fix: start a new search without --resume."
             )
         if existing is not None and existing.info.status == "FINISHED":
             # Finished before the driver went down (resume): report the record, do not re-run.
@@ -254,9 +280,27 @@ def _run_body(
         return run_trial(task, params, settings, meter=meter)
 
 
-def _same_params(run: Any, params: TrialParams) -> bool:
-    logged = run.data.params
-    return all(str(k) in logged and _close(logged[str(k)], v) for k, v in params.to_dict().items())
+# A knob's default is what slimtune did before the knob existed (quant_scheme: qat, the only
+# scheme there was): a run recorded by an older slimtune lacks the knob and ran with it.
+_KNOB_DEFAULTS = {f.name: str(f.default) for f in fields(TrialParams) if f.default is not MISSING}
+
+
+def _differing_params(run: Any, params: TrialParams) -> dict[str, tuple[str | None, Any]]:
+    """The knobs whose value ``run`` logged differs from ``params``: name -> (logged, now).
+
+    A knob the run did not log compares as its default, so that ``--resume`` of a search
+    recorded before that knob was searchable matches its finished trials (they ran with it).
+    """
+    logged = {**_KNOB_DEFAULTS, **run.data.params}
+    return {
+        k: (logged.get(k), v)
+        for k, v in params.to_dict().items()
+        if k not in logged or not _close(logged[k], v)
+    }
+
+
+def _describe(differ: dict[str, tuple[str | None, Any]]) -> str:
+    return ", ".join(f"{k} logged {old!r}, proposed {new!r}" for k, (old, new) in differ.items())
 
 
 def _close(logged: str, value: Any) -> bool:

@@ -12,6 +12,7 @@ from reports._decision import (
 from reports._errors import ReportError, SearchNotFound
 from reports._interactive import interactive_figure, plot_interactive
 from reports._mlflow import (
+    FrontTracker,
     FrontUpdate,
     SearchRuns,
     download_model,
@@ -54,6 +55,7 @@ __all__ = [
     "REFERENCE_FACTOR",
     "Band",
     "Constraints",
+    "FrontTracker",
     "FrontUpdate",
     "NoFeasibleTrial",
     "ReportError",

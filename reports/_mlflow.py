@@ -6,7 +6,8 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -158,25 +159,22 @@ def update_front(tracking_uri: str, parent_run_id: str, *, backfill: bool = True
     return _update(client, search, backfill=backfill)
 
 
-def _update(client: MlflowClient, search: SearchRuns, *, backfill: bool) -> FrontUpdate:
+def _update(
+    client: MlflowClient, search: SearchRuns, *, backfill: bool, last_step: int | None = None
+) -> FrontUpdate:
+    """``last_step``: the last ``pareto_size`` step logged on the parent, when the caller knows
+    it (:class:`FrontTracker`); ``None`` reads it from the store."""
     trials = search.trials
     ranked = pareto_ranks(trials, search.objectives)
     finished_mask = ranked["status"] == "FINISHED"
     finished = ranked[finished_mask]
 
     written = 0
-    for idx, row in finished.iterrows():
-        want: dict[str, str] = {"pareto": "true" if row["pareto"] else "false"}
-        if not pd.isna(row["pareto_rank"]):
-            want["pareto_rank"] = str(int(row["pareto_rank"]))
-        have: dict[str, str] = {}
-        if "pareto" in trials.columns and not pd.isna(trials.at[idx, "pareto"]):
-            have["pareto"] = "true" if bool(trials.at[idx, "pareto"]) else "false"
-        if "pareto_rank" in trials.columns and not pd.isna(trials.at[idx, "pareto_rank"]):
-            have["pareto_rank"] = str(int(trials.at[idx, "pareto_rank"]))
-        changed = [RunTag(k, v) for k, v in want.items() if have.get(k) != v]
+    have = _rank_tags(trials.loc[finished.index])  # as logged
+    for run_id, want in _rank_tags(finished).items():
+        changed = [RunTag(k, v) for k, v in want.items() if have[run_id].get(k) != v]
         if changed:
-            client.log_batch(str(row["run_id"]), tags=changed)
+            client.log_batch(run_id, tags=changed)
             written += 1
 
     reference: dict[str, float] | None = None
@@ -187,8 +185,10 @@ def _update(client: MlflowClient, search: SearchRuns, *, backfill: bool) -> Fron
         reference_error = str(exc)
 
     n = len(finished)
-    history = client.get_metric_history(search.parent_run_id, "pareto_size")
-    last = max((int(m.step) for m in history), default=0)
+    if last_step is None:
+        history = client.get_metric_history(search.parent_run_id, "pareto_size")
+        last_step = max((int(m.step) for m in history), default=0)
+    last = last_step
     steps = list(range(last + 1, n + 1)) if backfill else ([n] if n > last else [])
     if steps:
         now = int(time.time() * 1000)
@@ -218,6 +218,109 @@ def _update(client: MlflowClient, search: SearchRuns, *, backfill: bool) -> Fron
         tags_written=written,
         steps_logged=steps,
     )
+
+
+# Run ids per search_runs query when a tracker fetches runs by id.
+_IDS_PER_QUERY = 100
+
+
+class FrontTracker:
+    """Keeps one search's front up to date while it runs: :func:`update_front`, incrementally.
+
+    The first :meth:`update` reads the parent run (objectives, baseline) and every child run;
+    later ones read only the runs named in ``ended`` (the runs whose trials ended since: the
+    search's driver knows them from Ray Tune) and merge them with those it has. The
+    ``pareto``/``pareto_rank`` tags and the last ``pareto_size`` step are remembered as written
+    rather than read back. An update then costs about the same at trial 1000 as at trial 10,
+    where re-reading every run grows with the search. Meant for the one process that writes a
+    search's front; :func:`publish_front` recomputes everything from the store at the end.
+    ``last_fetched`` is how many child runs the last update read.
+    """
+
+    def __init__(self, tracking_uri: str, parent_run_id: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.parent_run_id = parent_run_id
+        self.last_fetched = 0
+        self._client = MlflowClient(tracking_uri=tracking_uri)
+        self._parent: Run | None = None
+        self._experiment = ""
+        self._runs: dict[str, Run] = {}
+        self._tags: dict[str, dict[str, str]] = {}
+        self._last_step: int | None = None
+
+    def update(self, ended: Collection[str] = (), *, backfill: bool = True) -> FrontUpdate:
+        """Bring the front up to date, as :func:`update_front` does, reading the runs ``ended``
+        (ids of child runs that ended since the last update; ignored by the first update)."""
+        if self._parent is None:
+            self._parent = _get_parent(self._client, self.parent_run_id, self.tracking_uri)
+            exp = self._client.get_experiment(self._parent.info.experiment_id)
+            self._experiment = exp.name if exp is not None else ""
+            fetched = _child_runs(self._client, self._parent)
+        else:
+            fetched = _runs_by_id(self._client, self._parent, sorted(set(ended)))
+        self.last_fetched = len(fetched)
+        self._runs.update((r.info.run_id, r) for r in fetched)
+        search = _search_runs(self._parent, list(self._runs.values()), experiment=self._experiment)
+        search = replace(search, trials=_with_tags(search.trials, self._tags))
+        update = _update(self._client, search, backfill=backfill, last_step=self._last_step)
+        if update.steps_logged:  # else unchanged (None: read from the store next time too)
+            self._last_step = update.steps_logged[-1]
+        self._tags.update(_rank_tags(update.trials[update.trials["status"] == "FINISHED"]))
+        return update
+
+
+def _runs_by_id(client: MlflowClient, parent: Run, run_ids: list[str]) -> list[Run]:
+    """The child runs of ``parent`` among ``run_ids`` (others are ignored)."""
+    runs: list[Run] = []
+    for i in range(0, len(run_ids), _IDS_PER_QUERY):
+        chunk = ", ".join(f"'{r}'" for r in run_ids[i : i + _IDS_PER_QUERY])
+        runs += client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=(
+                f"tags.mlflow.parentRunId = '{parent.info.run_id}' "
+                f"and attributes.run_id IN ({chunk})"
+            ),
+            max_results=_IDS_PER_QUERY,
+        )
+    return runs
+
+
+def _rank_tags(trials: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """Run id -> the ``pareto``/``pareto_rank`` tag values that the table's columns hold (a
+    missing column or value: no tag)."""
+    n = len(trials)
+    pareto = trials["pareto"].tolist() if "pareto" in trials.columns else [None] * n
+    rank = trials["pareto_rank"].tolist() if "pareto_rank" in trials.columns else [None] * n
+    out: dict[str, dict[str, str]] = {}
+    for run_id, p, r in zip(trials["run_id"].tolist(), pareto, rank, strict=True):
+        tags = {}
+        if p is not None and not pd.isna(p):
+            tags["pareto"] = "true" if bool(p) else "false"
+        if r is not None and not pd.isna(r):
+            tags["pareto_rank"] = str(int(r))
+        out[str(run_id)] = tags
+    return out
+
+
+def _with_tags(trials: pd.DataFrame, tags: dict[str, dict[str, str]]) -> pd.DataFrame:
+    """``trials`` with the ``pareto``/``pareto_rank`` columns set from ``tags`` (run id ->
+    tags as last written) where the fetched runs are older than those writes."""
+    if not tags or trials.empty:
+        return trials
+    out = trials.copy()
+    known = out["run_id"].map(tags)
+    has = known.notna()
+    if not has.any():
+        return out
+    pareto = known[has].map(lambda t: t.get("pareto") == "true")
+    rank = known[has].map(lambda t: int(t["pareto_rank"]) if "pareto_rank" in t else None)
+    if "pareto" not in out.columns:
+        out["pareto"] = pd.Series([pd.NA] * len(out), dtype="boolean")
+    if "pareto_rank" not in out.columns:
+        out["pareto_rank"] = pd.Series([pd.NA] * len(out), dtype="Int64")
+    out.loc[has, "pareto"] = pareto.astype("boolean")
+    out.loc[has, "pareto_rank"] = pd.array(rank.tolist(), dtype="Int64")
+    return out
 
 
 def publish_front(
@@ -332,6 +435,30 @@ def _get_parent(client: MlflowClient, run_id: str, tracking_uri: str) -> Run:
 
 
 def _load(client: MlflowClient, parent: Run, *, page_size: int = 1000) -> SearchRuns:
+    exp = client.get_experiment(parent.info.experiment_id)
+    children = _child_runs(client, parent, page_size=page_size)
+    return _search_runs(parent, children, experiment=exp.name if exp is not None else "")
+
+
+def _child_runs(client: MlflowClient, parent: Run, *, page_size: int = 1000) -> list[Run]:
+    condition = f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    children: list[Run] = []
+    token: str | None = None
+    while True:
+        page = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=condition,
+            max_results=page_size,
+            page_token=token,
+        )
+        children.extend(page)
+        token = page.token
+        if not token:
+            break
+    return children
+
+
+def _search_runs(parent: Run, children: list[Run], *, experiment: str) -> SearchRuns:
     tag = parent.data.tags.get(OBJECTIVES_TAG)
     if not tag:
         raise ReportError(
@@ -345,28 +472,14 @@ def _load(client: MlflowClient, parent: Run, *, page_size: int = 1000) -> Search
         for key, value in parent.data.metrics.items()
         if key.startswith(BASELINE_PREFIX)
     }
-    children: list[Run] = []
-    token: str | None = None
-    while True:
-        page = client.search_runs(
-            [parent.info.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-            max_results=page_size,
-            page_token=token,
-        )
-        children.extend(page)
-        token = page.token
-        if not token:
-            break
     metrics = [*_STANDARD_METRICS, *(m for m, _ in objectives if m not in _STANDARD_METRICS)]
-    exp = client.get_experiment(parent.info.experiment_id)
     return SearchRuns(
         parent_run_id=parent.info.run_id,
         experiment_id=parent.info.experiment_id,
         objectives=objectives,
         baseline=baseline,
         trials=_trials_frame(children, metrics),
-        experiment=exp.name if exp is not None else "",
+        experiment=experiment,
         parent_params=dict(parent.data.params),
         parent_metrics={k: float(v) for k, v in parent.data.metrics.items()},
         parent_tags=dict(parent.data.tags),

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,14 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
 
 from benchmarks.orchestration_overhead import (
     FixedWork,
     Timed,
+    Transition,
     TreeCpu,
     calibrate,
     run_plain_optuna,
     summarize,
+    timeline_table,
+    transitions,
 )
 from searchspace import TrialParams
 from trials import TrialSettings
@@ -73,3 +78,57 @@ def test_plain_optuna_runs_the_same_workload_with_n_jobs() -> None:
     assert plain.overhead.trials == 4 and plain.overhead.concurrency == 2
     assert plain.overhead.span_s <= plain.wall_s
     assert plain.overhead.work_s > 0
+
+
+def _run(trial_id: str, pid: int, work: tuple[float, float], run: tuple[float, float]) -> Run:
+    info = RunInfo(
+        run_id=trial_id,
+        experiment_id="0",
+        user_id="",
+        status="FINISHED",
+        start_time=int(run[0] * 1000),
+        end_time=int(run[1] * 1000),
+        lifecycle_stage="active",
+    )
+    metrics = [
+        Metric("bench_start", work[0], 0, 0),
+        Metric("bench_end", work[1], 0, 0),
+        Metric("bench_pid", float(pid), 0, 0),
+    ]
+    return Run(info, RunData(metrics=metrics, tags=[RunTag("slimtune.trial_id", trial_id)]))
+
+
+def test_timeline_splits_the_gap_between_two_trials_of_a_worker(tmp_path: Path) -> None:
+    # Worker 7 runs t1 then t3; worker 8 runs only t2 (no transition of its own).
+    runs = [
+        _run("t1", 7, (10.000, 11.000), (9.990, 11.010)),
+        _run("t3", 7, (11.050, 12.000), (11.040, 12.010)),
+        _run("t2", 8, (10.100, 11.500), (10.090, 11.510)),
+    ]
+    events = tmp_path / "timeline.jsonl"
+    lines = [
+        ("start", "t1", 9.98),
+        ("result", "t1", 11.013),
+        ("result", "t1", 11.5),  # a later duplicate: the first one counts
+        ("complete", "t1", 11.015),
+        ("start", "t3", 11.030),
+        ("result", "t2", 11.52),
+        ("complete", "t2", 11.53),
+    ]
+    events.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    (t,) = transitions(runs, events)
+    steps = {a: 1000 * (getattr(t, b) - getattr(t, a)) for _, a, b in Transition.STEPS}
+    assert steps == pytest.approx(
+        {
+            "work_end": 10.0,  # MLflow after the workload
+            "run_end": 3.0,  # report reaches the driver
+            "result": 2.0,
+            "complete": 15.0,
+            "start": 10.0,
+            "run_start": 10.0,  # MLflow before the workload
+        },
+        abs=1e-6,
+    )
+    assert sum(steps.values()) == pytest.approx(50.0)  # the whole gap, 11.000 -> 11.050
+    table = "\n".join(timeline_table([t]))
+    assert "| **whole gap** (1 transitions) | **50.0** | **50.0** |" in table

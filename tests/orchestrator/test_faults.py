@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -100,6 +102,11 @@ def _assert_each_trial_once(uri: str, experiment: str, trials: int) -> list[Any]
     return children
 
 
+def _counts(search: Any) -> tuple[float, float]:
+    """The trial counts a search run recorded: (trials_finished, trials_failed)."""
+    return search.data.metrics["trials_finished"], search.data.metrics["trials_failed"]
+
+
 def _kill_group(proc: subprocess.Popen[str], sig: int = signal.SIGKILL) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
@@ -145,10 +152,113 @@ def test_driver_killed_then_resumed_continues_the_same_search(tmp_path: Path) ->
     children = _assert_each_trial_once(uri, "resume", trials)
     searches = _searches(uri, "resume")
     assert len(searches) == 1 and searches[0].info.status == "FINISHED"
+    assert f"{trials} trials finished, 0 failed" in out, out[-2000:]
+    assert _counts(searches[0]) == (trials, 0)
     after = {c.data.tags["slimtune.trial_id"]: c for c in children}
     for tid in done_before:  # finished trials were not re-run: same run, same end time
         assert after[tid].info.run_id == before[tid].info.run_id
         assert after[tid].info.end_time == before[tid].info.end_time
+
+
+def _as_if_recorded_before_quant_scheme(work: Path, uri: str, experiment: str) -> None:
+    """Make a finished search look like one an older slimtune (before ``space.quant_scheme``)
+    recorded, whose driver died after its trials finished in MLflow but before Ray's state
+    said so: no ``quant_scheme`` in the child runs' params nor in Ray's trial configs, every
+    Ray trial RUNNING, the search run KILLED and without the tag naming its config artifact.
+    (The pickled Optuna study is left as it is: a finished trial's replay does not consult
+    it.)"""
+    # The newest state file: the one Ray restores from (a resumed search writes another).
+    state_file = sorted((work / ".slimtune" / "ray").glob("search-*/experiment_state-*.json"))[-1]
+    state = json.loads(state_file.read_text())
+    for entry in state["trial_data"]:
+        trial = json.loads(entry[0])
+        for key in ("config", "evaluated_params", "_Trial__unresolved_config"):
+            trial[key].pop("quant_scheme", None)
+        trial["status"] = "RUNNING"
+        entry[0] = json.dumps(trial)
+    state_file.write_text(json.dumps(state))
+    [search] = _searches(uri, experiment)
+    with contextlib.closing(sqlite3.connect(work / "mlflow.db")) as db, db:
+        db.execute("DELETE FROM params WHERE key = 'quant_scheme'")
+        db.execute("DELETE FROM tags WHERE key = 'slimtune.config_artifact'")
+        db.execute("UPDATE runs SET status = 'KILLED' WHERE run_uuid = ?", (search.info.run_id,))
+
+
+def _recorded(run: Any) -> tuple[Any, ...]:
+    return (run.info.status, run.info.end_time, run.data.tags, run.data.params, run.data.metrics)
+
+
+def test_resume_of_a_search_recorded_before_quant_scheme_replays_its_trials(
+    tmp_path: Path,
+) -> None:
+    """One search, resumed three times: with an edited config (refused), with its own config
+    (its trials replayed), and with a trial whose record disagrees (counted as failed)."""
+    trials = 2
+    (tmp_path / "c.yaml").write_text(_config("old", trials))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = _search(tmp_path)
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-2000:] + err[-4000:]
+    _as_if_recorded_before_quant_scheme(tmp_path, uri, "old")
+    before = {c.info.run_id: c for c in _children(uri, "old")}
+    assert all("quant_scheme" not in c.data.params for c in before.values())
+    [killed] = _searches(uri, "old")
+    assert "slimtune.config_artifact" not in killed.data.tags
+
+    # An edited config is refused before anything runs, and nothing recorded changes; the
+    # config the search started with is found without the tag (its one .yaml artifact).
+    original = (tmp_path / "c.yaml").read_text()
+    (tmp_path / "c.yaml").write_text(original.replace("high: 0.8", "high: 0.9"))
+    refused = _search(tmp_path, "--resume", "--trials", "3")
+    out, err = refused.communicate(timeout=300)
+    assert refused.returncode == 2, out[-2000:] + err[-4000:]
+    assert "space.sparsity.high: started with 0.8, now 0.9" in err, err[-4000:]
+    assert "trials: started with 2, now 3" in err and "Traceback" not in err, err[-4000:]
+    assert "runs with the config it started with" in err and "without --resume" in err
+    [still] = _searches(uri, "old")
+    assert _recorded(still) == _recorded(killed)
+    assert {c.info.run_id: _recorded(c) for c in _children(uri, "old")} == {
+        k: _recorded(c) for k, c in before.items()
+    }
+
+    # The original config with quant_scheme written out (its default, what the older
+    # slimtune ran) and the state's place named (where the records are may differ) resumes.
+    (tmp_path / "c.yaml").write_text(
+        original.replace("space:\n", "space:\n  quant_scheme: qat\n")
+        + f"storage: {tmp_path / '.slimtune' / 'ray'}\n"
+    )
+    resumed = _search(tmp_path, "--resume")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out[-2000:] + err[-4000:]
+    # Each finished trial is replayed (its runs lack the knob, which compares as its default,
+    # qat: what the older slimtune ran), not failed as "recorded with other parameters".
+    assert f"{trials} trials finished, 0 failed" in out, out[-2000:] + err[-4000:]
+    assert "FAILED" not in out and "other parameters" not in out + err, out[-2000:]
+    children = _assert_each_trial_once(uri, "old", trials)
+    for run in children:  # nothing recorded was re-run or rewritten
+        old = before[run.info.run_id]
+        assert run.info.end_time == old.info.end_time and run.data.params == old.data.params
+    [search] = _searches(uri, "old")
+    assert search.info.status == "FINISHED"
+    assert _counts(search) == (trials, 0)  # what the CLI's last line said
+
+    # Resumed again, a trial whose record now disagrees with Ray's state fails its replay: Ray
+    # retries it, then ends it with an error and keeps the result it reported before (the
+    # objectives included). It counts as failed, on the last line and in the search run alike.
+    _as_if_recorded_before_quant_scheme(tmp_path, uri, "old")
+    tampered = sorted(before)[0]
+    with contextlib.closing(sqlite3.connect(tmp_path / "mlflow.db")) as db, db:
+        db.execute(
+            "UPDATE params SET value = '0.99' WHERE key = 'sparsity' AND run_uuid = ?",
+            (tampered,),
+        )
+    again = _search(tmp_path, "--resume")
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, out[-2000:] + err[-4000:]
+    assert "1 trials finished, 1 failed" in out, out[-2000:] + err[-4000:]
+    assert "FAILED" in out and "other parameters" in out, out[-2000:]
+    [search] = _searches(uri, "old")
+    assert search.info.status == "FINISHED" and _counts(search) == (1, 1)
 
 
 FAILING_TASK = '''

@@ -14,7 +14,14 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from reports import hypervolume, load_search, publish_front, reference_point, update_front
+from reports import (
+    FrontTracker,
+    hypervolume,
+    load_search,
+    publish_front,
+    reference_point,
+    update_front,
+)
 
 from .test_reports_hypervolume import brute_ranks
 
@@ -164,3 +171,49 @@ def test_publish_front_logs_hypervolume_plot_and_interactive_view(
     finished = [r for r in _children(store.client, store) if r.info.status == "FINISHED"]
     assert all(r.info.run_id in page for r in finished)
     assert store.failed_id not in page
+
+
+def test_tracker_leaves_the_store_as_a_full_update_would(store: Any) -> None:
+    client = store.client
+    tracker = FrontTracker(store.uri, store.parent_run_id)
+    n = len(store.data) - 1
+    first = tracker.update()
+    assert first.steps_logged == list(range(1, n + 1)) and tracker.last_fetched == len(store.data)
+    metrics = [
+        {"accuracy": 0.99, "size_gzip_bytes": 25_000.0, "latency_ms": 1.0},  # dominates most
+        {"accuracy": 0.5, "size_gzip_bytes": 90_000.0, "latency_ms": 9.0},  # dominated
+        {"accuracy": 0.995, "size_gzip_bytes": 20_000.0, "latency_ms": 0.9},  # new best
+    ]
+    for i, m in enumerate(metrics):
+        before = {r.info.run_id: dict(r.data.tags) for r in _children(client, store)}
+        new = _add_trial(client, store, 300 + i, m)
+        up = tracker.update([new])
+        assert up.steps_logged == [n + 1 + i] and tracker.last_fetched == 1
+        after = {r.info.run_id: dict(r.data.tags) for r in _children(client, store)}
+        changed = [
+            r
+            for r in after
+            if r == new
+            or (after[r].get("pareto"), after[r].get("pareto_rank"))
+            != (before[r].get("pareto"), before[r].get("pareto_rank"))
+        ]
+        # Only what changed was written: the runs it did not re-read had their ranks compared
+        # with the tags it remembers writing.
+        assert up.tags_written == len(changed)
+    assert tracker.update().steps_logged == [] and tracker.last_fetched == 0  # nothing new
+    # A full re-read finds every tag and every point already right.
+    full = update_front(store.uri, store.parent_run_id)
+    assert full.tags_written == 0 and full.steps_logged == []
+    ranks = {r.info.run_id: r.data.tags.get("pareto_rank") for r in _children(client, store)}
+    ranks.pop(store.failed_id)
+    assert ranks == _expected_ranks(client, store)
+    steps = sorted(m.step for m in client.get_metric_history(store.parent_run_id, "hypervolume"))
+    assert steps == list(range(1, n + len(metrics) + 1))
+
+
+def test_tracker_reads_only_child_runs_of_its_search(store: Any) -> None:
+    tracker = FrontTracker(store.uri, store.parent_run_id)
+    tracker.update()
+    other = store.client.create_run(store.experiment_id).info.run_id  # not a child of it
+    up = tracker.update([other, store.child_ids[0], store.child_ids[0]])
+    assert tracker.last_fetched == 1 and up.steps_logged == [] and up.tags_written == 0
