@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from ray.tune import Stopper
@@ -31,6 +32,12 @@ class FirstTrialsAllFail(Stopper):
 
     def stop_all(self) -> bool:
         return self.triggered
+
+    def replay(self, results: Iterable[dict[str, Any]]) -> None:
+        """Apply the rule to results seen elsewhere, in order: on ``--resume`` Ray Tune restores
+        and consults the stopper it saved when the search started, not this one."""
+        for result in results:
+            self(str(result.get("trial_id", "")), result)
 
     def common_reason(self) -> str:
         """The most frequent first line among the failures, with its count."""

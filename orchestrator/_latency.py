@@ -17,6 +17,10 @@ Two mechanisms, both chosen by the config's ``latency:`` section:
   the caches with it; reserving a CPU for the meter (``cpus: 1``) does not pin it to a core
   and, on a 2-core laptop, halves the trials that can run at once.
 
+The meter also resolves ``quantization.int8_format: auto`` for its search, once, before the
+trials start (``time_candidates``; see ``orchestrator._int8``): the int8 format is chosen on the
+machine, and under the gate, where every artifact's latency is measured.
+
 ``benchmarks/latency_contention.py`` measures how well each keeps a median undisturbed.
 """
 
@@ -39,7 +43,14 @@ from typing import Any, Literal, cast
 import numpy as np
 
 from searchspace import Latency, SlimtuneError
-from trials import LatencyPlan, LatencyReading, LatencySession
+from trials import (
+    Int8Timing,
+    LatencyPlan,
+    LatencyReading,
+    LatencySession,
+    cpu_identity,
+    time_int8_candidates,
+)
 
 GATE_DIR_ENV = "SLIMTUNE_GATE_DIR"
 NAMESPACE = "slimtune"
@@ -242,6 +253,53 @@ def timed(
     )
 
 
+@dataclass(frozen=True)
+class MeterCpu:
+    """The machine a meter times on: its node (``latency_node`` of ``node_tags``) and its CPU
+    as int8 timings depend on it (``trials.cpu_identity``)."""
+
+    node: str
+    identity: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CandidateTiming:
+    """The meter's timing of the int8 candidates: median batch-1 ms per format, the machine
+    they ran on, and the gate (``exclusive``, ``timeout`` or ``off``) and its wait."""
+
+    latencies_ms: dict[str, float]
+    cpu: MeterCpu
+    gate: str
+    gate_wait_ms: float = 0.0
+
+
+def meter_cpu(tags: dict[str, str]) -> MeterCpu:
+    return MeterCpu(node=tags["latency_node"], identity=cpu_identity())
+
+
+def timed_candidates(
+    models: dict[str, bytes],
+    example: np.ndarray,
+    timing: Int8Timing,
+    *,
+    gate: MeasureGate | None,
+    tags: dict[str, str],
+) -> CandidateTiming:
+    """Time every candidate in interleaved rounds, holding ``gate`` exclusive once for the
+    whole comparison (the formats are compared under the same conditions)."""
+    if gate is None:
+        latencies = time_int8_candidates(models, example, timing)
+        return CandidateTiming(latencies, meter_cpu(tags), "off")
+    with gate.exclusive() as claim:
+        latencies = time_int8_candidates(models, example, timing)
+    return CandidateTiming(
+        latencies,
+        meter_cpu(tags),
+        "exclusive" if claim.quiet else "timeout",
+        claim.wait_s * 1e3,
+    )
+
+
 class LatencyMeterActor:
     """The search's latency meter, run as a Ray actor with ``max_concurrency=1``: measures one
     artifact at a time, on the node its resources pin it to."""
@@ -256,6 +314,17 @@ class LatencyMeterActor:
 
     def measure(self, model: bytes, example: np.ndarray, plan: LatencyPlan) -> LatencyReading:
         return timed(model, example, plan, gate=self._gate, tags=self._tags)
+
+    def cpu(self) -> MeterCpu:
+        """The machine this meter times on."""
+        return meter_cpu(self._tags)
+
+    def time_candidates(
+        self, models: dict[str, bytes], example: np.ndarray, timing: Int8Timing
+    ) -> CandidateTiming:
+        """Time the int8 candidates of ``int8_format: auto`` against each other (see
+        ``timed_candidates``)."""
+        return timed_candidates(models, example, timing, gate=self._gate, tags=self._tags)
 
 
 class SearchMeter(abc.ABC):
@@ -282,13 +351,37 @@ class SearchMeter(abc.ABC):
             self._gate.pause_point()
 
     def measure(self, onnx_path: Path, example: np.ndarray, plan: LatencyPlan) -> LatencyReading:
-        aside = self._gate.stepped_aside() if self._gate else contextlib.nullcontext()
-        with aside:
+        with self._aside():
             return self._measure(onnx_path, example, plan)
+
+    def cpu(self) -> MeterCpu:
+        """The machine the search's latency is measured on."""
+        return self._cpu()
+
+    def time_candidates(
+        self, models: dict[str, bytes], example: np.ndarray, timing: Int8Timing
+    ) -> CandidateTiming:
+        """Have the meter time the int8 candidates of ``int8_format: auto``, on its machine and
+        under its gate (see ``timed_candidates``)."""
+        with self._aside():
+            return self._time_candidates(models, np.ascontiguousarray(example), timing)
+
+    def _aside(self) -> contextlib.AbstractContextManager[None]:
+        return self._gate.stepped_aside() if self._gate else contextlib.nullcontext()
 
     @abc.abstractmethod
     def _measure(self, onnx_path: Path, example: np.ndarray, plan: LatencyPlan) -> LatencyReading:
         """Take the measurement (the gate is not held by this process)."""
+
+    @abc.abstractmethod
+    def _cpu(self) -> MeterCpu:
+        """The meter's machine."""
+
+    @abc.abstractmethod
+    def _time_candidates(
+        self, models: dict[str, bytes], example: np.ndarray, timing: Int8Timing
+    ) -> CandidateTiming:
+        """Time the candidates (the gate is not held by this process)."""
 
 
 class InlineSearchMeter(SearchMeter):
@@ -296,8 +389,19 @@ class InlineSearchMeter(SearchMeter):
     gate exclusive (when ``pause_trials``)."""
 
     def _measure(self, onnx_path: Path, example: np.ndarray, plan: LatencyPlan) -> LatencyReading:
-        tags = {"latency_where": "inline", **node_tags()}
-        return timed(onnx_path, example, plan, gate=self._gate, tags=tags)
+        return timed(onnx_path, example, plan, gate=self._gate, tags=self._tags())
+
+    def _cpu(self) -> MeterCpu:
+        return meter_cpu(self._tags())
+
+    def _time_candidates(
+        self, models: dict[str, bytes], example: np.ndarray, timing: Int8Timing
+    ) -> CandidateTiming:
+        return timed_candidates(models, example, timing, gate=self._gate, tags=self._tags())
+
+    @staticmethod
+    def _tags() -> dict[str, str]:
+        return {"latency_where": "inline", **node_tags()}
 
 
 class ActorSearchMeter(SearchMeter):
@@ -309,17 +413,29 @@ class ActorSearchMeter(SearchMeter):
         self._namespace = namespace
 
     def _measure(self, onnx_path: Path, example: np.ndarray, plan: LatencyPlan) -> LatencyReading:
+        payload = onnx_path.read_bytes()
+        feed = np.ascontiguousarray(example)
+        return cast(LatencyReading, self._call("measure", payload, feed, plan))
+
+    def _cpu(self) -> MeterCpu:
+        return cast(MeterCpu, self._call("cpu"))
+
+    def _time_candidates(
+        self, models: dict[str, bytes], example: np.ndarray, timing: Int8Timing
+    ) -> CandidateTiming:
+        return cast(CandidateTiming, self._call("time_candidates", models, example, timing))
+
+    def _call(self, method: str, *args: Any) -> Any:
+        """``method`` of the meter actor, asked again while the actor restarts."""
         import ray
         from ray.exceptions import ActorDiedError, ActorUnavailableError
 
-        payload = onnx_path.read_bytes()
-        feed = np.ascontiguousarray(example)
         deadline = time.monotonic() + METER_RETRY_S
         delay = 0.5
         while True:
             try:
                 actor: Any = ray.get_actor(self._name, namespace=self._namespace)
-                return cast(LatencyReading, ray.get(actor.measure.remote(payload, feed, plan)))
+                return ray.get(getattr(actor, method).remote(*args))
             except (ActorUnavailableError, ActorDiedError, ValueError) as exc:
                 # ValueError: the name is not registered (yet) while the actor restarts.
                 if time.monotonic() + delay > deadline:

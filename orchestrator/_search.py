@@ -21,13 +21,14 @@ from ray.tune import Callback
 from ray.tune.logger import JsonLoggerCallback
 
 from orchestrator._faults import FirstTrialsAllFail
+from orchestrator._int8 import resolve_int8_format
 from orchestrator._latency import MeterRef, running_meter
 from orchestrator._live import LiveFrontCallback
 from orchestrator._progress import TrialLines, format_metrics, pareto_table
 from orchestrator._resources import check_resources
 from orchestrator._resume import check_resume_config
 from orchestrator._samplers import build_sampler
-from orchestrator._searcher import OptunaAskTell
+from orchestrator._searcher import TRIAL_NUMBER_KEY, OptunaAskTell
 from orchestrator._tracking import (
     TrackingTarget,
     fail_run,
@@ -214,6 +215,12 @@ def _run(
                     f"{exc}. Every trial is compared with it, so the search cannot start. "
                     f"Fix: run `slimtune validate` on the config and correct the task."
                 ) from exc
+        # int8_format: auto is timed by the search's meter, before any trial trains beside it
+        # (the dense model is cached by now; the device matters only if its cache was lost).
+        gpu = spec.resources.gpu > 0 and torch.cuda.is_available()
+        int8_auto = resolve_int8_format(
+            spec, task, meter, cache_dir=cache_dir, device="cuda" if gpu else "cpu", out=out
+        )
         ctx = TrialContext(
             tracking=target,
             runs_dir=runs_dir,
@@ -221,6 +228,7 @@ def _run(
             spec=spec,
             baseline_threads=torch.get_num_threads(),  # the baseline was trained here, above
             latency_meter=meter,
+            int8_auto=int8_auto,
         )
         finished, failed, stopper = _tune(
             spec,
@@ -403,5 +411,17 @@ def _tune(
             ),
         )
     grid = tuner.fit()
-    counts = TrialCounts.of((grid[i] for i in range(len(grid))), spec.metric_names)
+    results = [grid[i] for i in range(len(grid))]
+    if resume and len(results) < spec.trials:
+        # The search ended short of its trials. Ray Tune consulted the stopper it restored, not
+        # this one: apply the rule to the results, in trial order, to say why.
+        stopper.replay(
+            r.metrics for r in sorted(results, key=_trial_number) if r.metrics is not None
+        )
+    counts = TrialCounts.of(results, spec.metric_names)
     return counts.finished, counts.failed, stopper
+
+
+def _trial_number(result: Any) -> int:
+    config = (result.metrics or {}).get("config") or {}
+    return int(config.get(TRIAL_NUMBER_KEY, 1 << 30))

@@ -37,7 +37,15 @@ from orchestrator._tracking import (
     start_trial_run,
 )
 from searchspace import SearchSpec, SlimtuneError, TrialParams
-from trials import Task, TrialRecord, TrialResult, TrialSettings, load_task, run_trial
+from trials import (
+    Int8Resolution,
+    Task,
+    TrialRecord,
+    TrialResult,
+    TrialSettings,
+    load_task,
+    run_trial,
+)
 
 FAILED_KEY = "trial_failed"
 ERROR_KEY = "trial_error"
@@ -54,7 +62,8 @@ class TrialContext:
     ``spec`` (the search's validated config) and ``baseline_threads`` (the torch thread count of
     the driver, which trains the dense baseline) go into each trial's rebuild record.
     ``latency_meter`` says where the trial's latency is measured (``orchestrator._latency``);
-    ``None``: in the trial's process, with no coordination.
+    ``None``: in the trial's process, with no coordination. ``int8_auto``: the search's
+    resolution of ``int8_format: auto`` (``orchestrator._int8``), None when it made none.
     """
 
     tracking: TrackingTarget
@@ -63,6 +72,7 @@ class TrialContext:
     spec: SearchSpec
     baseline_threads: int
     latency_meter: MeterRef | None = None
+    int8_auto: Int8Resolution | None = None
 
     def settings(self, number: int) -> TrialSettings:
         """Trial ``number`` seeds its own randomness with ``seed + number`` and compresses the
@@ -76,6 +86,7 @@ class TrialContext:
             cache_dir=self.cache_dir,
             work_dir=work_dir,
             device=self.device,
+            int8_auto=self.int8_auto,
         )
 
     @property

@@ -251,6 +251,11 @@ class Space(_Strict):
     def knobs(self) -> dict[str, Knob | NameKnob]:
         return {name: getattr(self, name) for name in KNOBS}
 
+    def bit_widths(self) -> tuple[int, ...]:
+        """The bit-widths trials can draw (``bits``' choices, or the one fixed width)."""
+        values = self.bits.choices if isinstance(self.bits, Choice) else [self.bits]
+        return tuple(int(v) for v in values if isinstance(v, int | float))  # never a range
+
 
 def _check_knob(knob: Any, ok: Any, rule: str, *, allow_range: bool = True) -> Any:
     if isinstance(knob, FloatRange):

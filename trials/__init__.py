@@ -27,6 +27,14 @@ from trials._measure import (
     measure_onnx,
     onnx_accuracy,
 )
+from trials._quantize_auto import (
+    Int8Cache,
+    Int8Subject,
+    cpu_identity,
+    int8_resolution,
+    time_int8_candidates,
+)
+from trials._quantize_auto import Timing as Int8Timing
 from trials._record import (
     RECORD_SCHEMA_VERSION,
     RecordError,
@@ -37,9 +45,16 @@ from trials._record import (
     weights_sha256,
 )
 from trials._registry import BUILTIN_TASKS, load_task
-from trials._settings import Baseline, Lineage, PruningLog, TrialResult, TrialSettings
+from trials._settings import (
+    Baseline,
+    Int8Resolution,
+    Lineage,
+    PruningLog,
+    TrialResult,
+    TrialSettings,
+)
 from trials._task import Split, SplitTask, Task
-from trials._trial import run_baseline, run_trial
+from trials._trial import int8_subject, run_baseline, run_trial
 from trials.tasks import DigitsTask, Mnist1dLargeTask, Mnist1dTask
 
 __all__ = [
@@ -52,6 +67,10 @@ __all__ = [
     "ExportClaimError",
     "ExportError",
     "InlineMeter",
+    "Int8Cache",
+    "Int8Resolution",
+    "Int8Subject",
+    "Int8Timing",
     "LatencyMeter",
     "LatencyPlan",
     "LatencyReading",
@@ -77,8 +96,11 @@ __all__ = [
     "VersionDrift",
     "check_export",
     "check_task",
+    "cpu_identity",
     "ensure_baseline",
     "file_sha256",
+    "int8_resolution",
+    "int8_subject",
     "latency_plan",
     "library_versions",
     "load_task",
@@ -86,5 +108,6 @@ __all__ = [
     "onnx_accuracy",
     "run_baseline",
     "run_trial",
+    "time_int8_candidates",
     "weights_sha256",
 ]

@@ -5,7 +5,12 @@ reduce_range vs S8S8 without VNNI, per-tensor vs per-channel). ``auto`` quantize
 dense fp32 model in every candidate format, times each at batch 1 on one thread, and takes the
 fastest (the most precise one among those within 5 % of it, see ``pick``). The result is
 cached in the trial cache directory, keyed by task, model shapes, CPU and ONNX Runtime version,
-under a file lock: concurrent trials of a search measure once per machine.
+under a file lock.
+
+In a search the driver resolves ``auto`` once, before any trial starts: the search's latency
+meter times the candidates (``int8_candidates``, ``time_int8_candidates``) on its own node under
+its gate, and every trial gets the result in ``TrialSettings.int8_auto``. A trial run as a library
+call without it (``int8_auto=None``) measures here, in its own process (``choose_int8_format``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from torch import Tensor, nn
 
 from trials._export import INPUT_NAME, export_onnx, quantize_int8
 from trials._quantize import Int8Format, int8_format, int8_formats
+from trials._settings import Int8Resolution
 
 CACHE_SUBDIR = "int8-format"
 # Latencies within 5 % (or 5 us) of the fastest count as ties (see ``pick``). Single-thread
@@ -54,13 +60,15 @@ _ISA_FLAGS = (
 @dataclass(frozen=True)
 class Int8Choice:
     """The int8 format a trial uses and how it was chosen: ``config`` (named in the config),
-    ``measured`` (by this trial) or ``cached`` (measured earlier on this machine).
+    ``measured`` (for this search or trial) or ``cached`` (measured earlier on that machine).
     ``latencies_ms``: each candidate's median batch-1 latency on the dense model (empty for
-    ``config``)."""
+    ``config``); ``node``: where they were timed (the search meter's node; empty when the trial
+    timed them in its own process)."""
 
     fmt: Int8Format
     source: Literal["config", "measured", "cached"]
     latencies_ms: dict[str, float] = field(default_factory=dict)
+    node: str = ""
 
     def tags(self) -> dict[str, str]:
         tags = {"int8_format": self.fmt.name, "int8_format_source": self.source}
@@ -68,6 +76,8 @@ class Int8Choice:
             tags["int8_format_latencies_ms"] = json.dumps(
                 {k: round(v, 4) for k, v in self.latencies_ms.items()}
             )
+        if self.node:
+            tags["int8_format_node"] = self.node
         return tags
 
 
@@ -82,6 +92,47 @@ class Timing:
     runs: int = 50
 
 
+@dataclass(frozen=True)
+class Int8Subject:
+    """What ``auto`` times: the task's dense model, its example input and the calibration data
+    the candidates are quantized with."""
+
+    task_name: str
+    dense: nn.Module
+    example: Tensor
+    calibration: np.ndarray
+
+    def key(self, cpu: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The cache key of timing it on ``cpu`` (``cpu_identity()`` of the timing machine)."""
+        return machine_key(self.task_name, self.dense, cpu)
+
+    def candidates(self, scratch: Path) -> dict[str, bytes]:
+        """The dense model in every int8 format (see ``int8_candidates``)."""
+        what = f"int8 format candidates of task {self.task_name!r}"
+        return int8_candidates(self.dense, self.example, self.calibration, scratch, what=what)
+
+    def feed(self) -> np.ndarray:
+        """The batch-1 input the candidates are timed on."""
+        return np.ascontiguousarray(self.example[:1].float().numpy())
+
+
+def int8_resolution(
+    latencies_ms: dict[str, float], source: Literal["measured", "cached"], *, node: str = ""
+) -> Int8Resolution:
+    """A search's resolution of ``auto`` from its meter's timing (``pick`` chooses)."""
+    return Int8Resolution(pick(latencies_ms), source, dict(latencies_ms), node=node)
+
+
+def resolved_choice(resolution: Int8Resolution) -> Int8Choice:
+    """A search's resolution of ``auto`` (made by its driver and meter) as a trial's choice."""
+    return Int8Choice(
+        int8_format(resolution.format),
+        resolution.source,
+        dict(resolution.latencies_ms),
+        node=resolution.node,
+    )
+
+
 def choose_int8_format(
     setting: str,
     *,
@@ -93,23 +144,19 @@ def choose_int8_format(
     what: str,
     timing: Timing = Timing(),
 ) -> Int8Choice:
-    """The format named by ``setting``, or for ``auto`` the fastest candidate on ``dense``
-    (measured once per machine and task; see the module docstring)."""
+    """The format named by ``setting``, or for ``auto`` the fastest candidate on ``dense``,
+    timed here, in this process (once per machine and task; see the module docstring)."""
     if setting != "auto":
         return Int8Choice(int8_format(setting), "config")
-    key = machine_key(task_name, dense)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    folder = cache_dir / CACHE_SUBDIR
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{_slug(task_name)}-{digest}.json"
-    with _locked(folder / f"{path.stem}.lock"):
-        cached = _read(path, key)
+    cache = Int8Cache(cache_dir, machine_key(task_name, dense))
+    with cache.locked():
+        cached = cache.read()
         if cached is not None:
             return Int8Choice(int8_format(pick(cached)), "cached", cached)
         latencies = measure_int8_formats(
-            dense, example, calibration, folder, what=what, timing=timing
+            dense, example, calibration, cache.folder, what=what, timing=timing
         )
-        _write(path, key, latencies, timing)
+        cache.write(latencies, timing)
     return Int8Choice(int8_format(pick(latencies)), "measured", latencies)
 
 
@@ -123,35 +170,67 @@ def measure_int8_formats(
     timing: Timing = Timing(),
 ) -> dict[str, float]:
     """Median batch-1 latency (ms, one thread) of ``dense`` quantized in each int8 format."""
-    x = example[:1].float().numpy()
-    with tempfile.TemporaryDirectory(dir=scratch, prefix="measure-") as tmp:
+    models = int8_candidates(dense, example, calibration, scratch, what=what)
+    return time_int8_candidates(models, example[:1].float().numpy(), timing)
+
+
+def int8_candidates(
+    dense: nn.Module, example: Tensor, calibration: np.ndarray, scratch: Path, *, what: str
+) -> dict[str, bytes]:
+    """``dense`` exported at batch 1 and statically quantized in every int8 format: the ONNX
+    bytes by format name (``scratch`` holds the files while they are written)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    models: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="candidates-") as tmp:
         fp32 = Path(tmp) / "dense.onnx"
         export_onnx(dense, example[:1], fp32, what=what)
-        sessions: dict[str, ort.InferenceSession] = {}
         for fmt in int8_formats():
             path = Path(tmp) / f"{fmt.name}.onnx"
             quantize_int8(fp32, path, calibration, what=f"{what} (int8 format {fmt.name})", fmt=fmt)
-            sessions[fmt.name] = _session(path)
-        rounds: dict[str, list[float]] = {name: [] for name in sessions}
-        for _ in range(timing.rounds):
-            for name, session in sessions.items():
-                rounds[name].append(_median_ms(session, x, timing))
+            models[fmt.name] = path.read_bytes()
+    return models
+
+
+def time_int8_candidates(
+    models: dict[str, bytes], example: np.ndarray, timing: Timing = Timing()
+) -> dict[str, float]:
+    """Median batch-1 latency (ms, one thread) of each candidate, timed in ``timing.rounds``
+    interleaved rounds (the caller keeps other work off the machine meanwhile)."""
+    if not models:
+        raise ValueError("time_int8_candidates needs at least one candidate model")
+    x = np.ascontiguousarray(example[:1], dtype=np.float32)
+    sessions = {name: _session(model) for name, model in models.items()}
+    rounds: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(timing.rounds):
+        for name, session in sessions.items():
+            rounds[name].append(_median_ms(session, x, timing))
     return {name: statistics.median(values) for name, values in rounds.items()}
 
 
-def machine_key(task_name: str, dense: nn.Module) -> dict[str, Any]:
-    """What a measurement depends on: the task and its model's layer shapes, the CPU (model name,
-    int8-relevant ISA features, architecture) and the ONNX Runtime version."""
-    shapes = [[name, list(t.shape)] for name, t in dense.state_dict().items()]
+def cpu_identity() -> dict[str, Any]:
+    """This machine's CPU as an int8 timing depends on it: model name, int8-relevant ISA
+    features, architecture and the ONNX Runtime version."""
     model, flags = _cpu()
     return {
-        "task": task_name,
-        "model_shapes": hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16],
         "cpu": model,
         "cpu_isa": flags,
         "machine": platform.machine(),
         "onnxruntime": ort.__version__,
     }
+
+
+def model_shapes(dense: nn.Module) -> str:
+    """A fingerprint of the layer shapes of ``dense`` (not of its weights)."""
+    shapes = [[name, list(t.shape)] for name, t in dense.state_dict().items()]
+    return hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
+
+
+def machine_key(
+    task_name: str, dense: nn.Module, cpu: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What a measurement depends on: the task and its model's layer shapes, and the CPU that
+    times it (``cpu``, as ``cpu_identity()`` returns it; None: this machine's)."""
+    return {"task": task_name, "model_shapes": model_shapes(dense), **(cpu or cpu_identity())}
 
 
 def _cpu() -> tuple[str, list[str]]:
@@ -168,12 +247,13 @@ def _cpu() -> tuple[str, list[str]]:
     return model, sorted(flags & set(_ISA_FLAGS))
 
 
-def _session(path: Path) -> ort.InferenceSession:
+def _session(model: Path | bytes) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def _median_ms(session: ort.InferenceSession, x: np.ndarray, timing: Timing) -> float:
@@ -199,31 +279,47 @@ def pick(latencies: dict[str, float]) -> str:
     )
 
 
-def _read(path: Path, key: dict[str, Any]) -> dict[str, float] | None:
-    """The cached latencies for ``key``, or None when absent, for another key, or unreadable
-    (then the caller measures again and overwrites it)."""
-    try:
-        data = json.loads(path.read_text())
-        latencies = {str(k): float(v) for k, v in data["latencies_ms"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    names = {fmt.name for fmt in int8_formats()}
-    if data.get("key") != key or set(latencies) != names:
-        return None
-    return latencies
+class Int8Cache:
+    """The cached timing of one ``key`` (a ``machine_key``): a JSON file under
+    ``cache_dir/int8-format/``, read and written under its file lock (``locked()``)."""
 
+    def __init__(self, cache_dir: Path, key: dict[str, Any]) -> None:
+        self.key = key
+        self.folder = cache_dir / CACHE_SUBDIR
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        self.path = self.folder / f"{_slug(str(key.get('task', 'task')))}-{digest}.json"
 
-def _write(path: Path, key: dict[str, Any], latencies: dict[str, float], timing: Timing) -> None:
-    record = {
-        "key": key,
-        "latencies_ms": latencies,
-        "chosen": pick(latencies),
-        "timing": {"rounds": timing.rounds, "warmup": timing.warmup, "runs": timing.runs},
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the entry's lock for the block (concurrent writers time it once)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with _locked(self.folder / f"{self.path.stem}.lock"):
+            yield
+
+    def read(self) -> dict[str, float] | None:
+        """The cached latencies for the key, or None when absent, for another key, or
+        unreadable (then the caller measures again and overwrites it)."""
+        try:
+            data = json.loads(self.path.read_text())
+            latencies = {str(k): float(v) for k, v in data["latencies_ms"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        names = {fmt.name for fmt in int8_formats()}
+        if data.get("key") != self.key or set(latencies) != names:
+            return None
+        return latencies
+
+    def write(self, latencies: dict[str, float], timing: Timing) -> None:
+        record = {
+            "key": self.key,
+            "latencies_ms": latencies,
+            "chosen": pick(latencies),
+            "timing": {"rounds": timing.rounds, "warmup": timing.warmup, "runs": timing.runs},
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, self.path)
 
 
 @contextlib.contextmanager

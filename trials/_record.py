@@ -122,7 +122,8 @@ def file_sha256(path: Path) -> str:
 class TrialRecord:
     """How one trial of a search ran; ``rebuild_settings`` and ``trial_params`` run it again.
 
-    ``settings`` holds every ``TrialSettings`` field but the paths (``seed`` is the trial's own:
+    ``settings`` holds every ``TrialSettings`` field but the paths and ``int8_auto`` (an 8-bit
+    trial's ``int8_format`` is the format it used) (``seed`` is the trial's own:
     the search's seed plus the trial number; ``baseline_seed`` the search's). ``torch_threads``
     is the intra-op thread count the trial trained with; ``baseline_threads`` that of the process
     that trained the dense baseline (the search's driver), used only if a rebuild must train the
@@ -157,6 +158,9 @@ class TrialRecord:
         """The record of a trial that just ran (``result`` is what ``run_trial`` returned)."""
         kept = _settings_json(settings)
         kept["baseline_seed"] = settings.dense_seed
+        # The search's resolution of `auto` is how the format was chosen, not how the model is
+        # made: the record keeps the format itself (below), as schema 1 always has.
+        kept.pop("int8_auto", None)
         if result.lineage is not None and result.lineage.int8_format is not None:
             # `auto` is resolved by timing on the machine: rebuild with what the trial used.
             kept["int8_format"] = result.lineage.int8_format

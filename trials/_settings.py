@@ -2,11 +2,50 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from searchspace import INT8_FORMATS, ConfigError, SearchSpec
 from trials._device import check_device_name
+
+
+@dataclass(frozen=True)
+class Int8Resolution:
+    """How a search resolved ``int8_format: auto`` before its trials started: ``format`` is the
+    int8 format every 8-bit trial uses, timed by the search's latency meter on its node
+    (``node``) against the other candidates (``latencies_ms``, median batch-1 ms on the dense
+    model); ``source`` is ``measured`` (timed for this search) or ``cached`` (timed earlier on a
+    machine with the same CPU)."""
+
+    format: str
+    source: Literal["measured", "cached"]
+    latencies_ms: dict[str, float] = field(default_factory=dict)
+    node: str = ""
+
+    def __post_init__(self) -> None:
+        if self.format not in INT8_FORMATS:
+            self._fail("format", self.format, f"it must be one of {list(INT8_FORMATS)}")
+        if self.source not in ("measured", "cached"):
+            self._fail("source", self.source, "it must be 'measured' or 'cached'")
+        latencies = self.latencies_ms
+        if not isinstance(latencies, dict) or set(latencies) != set(INT8_FORMATS):
+            self._fail("latencies_ms", latencies, f"it must time each of {list(INT8_FORMATS)}")
+        for name, ms in latencies.items():
+            if isinstance(ms, bool) or not isinstance(ms, int | float) or not ms > 0:
+                self._fail(f"latencies_ms.{name}", ms, "it must be a positive number of ms")
+        if not isinstance(self.node, str):
+            self._fail("node", self.node, "it must be a string (the meter's node id)")
+
+    @staticmethod
+    def _fail(name: str, value: object, rule: str) -> None:
+        raise ConfigError(
+            field=f"int8_auto.{name}",
+            value=value,
+            rule=rule,
+            fix="pass the Int8Resolution the search's driver made (orchestrator._int8)",
+            source="TrialSettings",
+        )
 
 
 @dataclass(frozen=True)
@@ -41,6 +80,10 @@ class TrialSettings:
     # The ONNX Runtime int8 format of 8-bit trials: one of searchspace.INT8_FORMATS, or "auto"
     # (measured on the dense model once per machine, cached in cache_dir; trials._quantize_auto).
     int8_format: str = "auto"
+    # A search's resolution of "auto", made by its driver and latency meter before the trials
+    # start; None (a trial run as a library call): an 8-bit trial with "auto" times the formats
+    # in its own process. Not part of a trial record: it records the format used (int8_format).
+    int8_auto: Int8Resolution | None = None
 
     @classmethod
     def for_search(
@@ -52,9 +95,11 @@ class TrialSettings:
         work_dir: Path,
         baseline_seed: int | None = None,
         device: str = "cpu",
+        int8_auto: Int8Resolution | None = None,
     ) -> TrialSettings:
         """The settings a search's config fixes for its trials and its baseline (fine-tuning
-        epochs, latency measurement, int8 format), with this trial's seed and paths."""
+        epochs, latency measurement, int8 format), with this trial's seed and paths, and the
+        search's resolution of ``int8_format: auto`` (``int8_auto``) when it made one."""
         return cls(
             epochs=spec.training.epochs,
             seed=seed,
@@ -68,6 +113,7 @@ class TrialSettings:
             latency_max_repeats=spec.latency.max_repeats,
             device=device,
             int8_format=spec.quantization.int8_format,
+            int8_auto=int8_auto,
         )
 
     def __post_init__(self) -> None:
@@ -107,6 +153,16 @@ class TrialSettings:
                 value=self.int8_format,
                 rule=f"it must be auto or one of {list(INT8_FORMATS)}",
                 fix="pass int8_format='auto' (measured once per machine) or a format name",
+                source="TrialSettings",
+            )
+        if self.int8_auto is not None and (
+            self.int8_format != "auto" or not isinstance(self.int8_auto, Int8Resolution)
+        ):
+            raise ConfigError(
+                field="int8_auto",
+                value=self.int8_auto,
+                rule="it must be None or an Int8Resolution, and only with int8_format='auto'",
+                fix="pass int8_auto=None, or int8_format='auto' with the search's resolution",
                 source="TrialSettings",
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):

@@ -45,7 +45,7 @@ from trials._quantize import (
     WeightGrid,
     weight_grid,
 )
-from trials._quantize_auto import Int8Choice, choose_int8_format
+from trials._quantize_auto import Int8Choice, Int8Subject, choose_int8_format, resolved_choice
 from trials._record import weights_sha256
 from trials._settings import Baseline, Lineage, PruningLog, TrialResult, TrialSettings
 from trials._structured import StructuredPruning, output_units, prune_structured
@@ -76,7 +76,8 @@ def run_trial(
     3. Fine-tune ``settings.epochs`` epochs with Adam (``params.lr``, ``params.batch_size``,
        shuffling seeded by ``settings.seed``); at 2-8 bits with ``params.quant_scheme`` qat the
        weights are fake-quantized on the exported grid (at 8 bits the int8 format's, chosen
-       first: ``settings.int8_format``, ``auto`` measured once per machine) with
+       first: ``settings.int8_format``, ``auto`` as the search resolved it in
+       ``settings.int8_auto``, or without one timed here once per machine) with
        straight-through gradients, with ptq they train in float; with
        ``params.distill_weight > 0`` the dense baseline is the teacher of a distillation term.
     4. Bake masks and quantized weights into plain weights (ptq: round them to the grid now);
@@ -359,10 +360,14 @@ def _int8_choice(
     *,
     what: str,
 ) -> Int8Choice | None:
-    """The int8 format of an 8-bit trial (``settings.int8_format``; ``auto`` is measured on the
-    dense model once per machine and cached), before fine-tuning: qat trains on its grid."""
+    """The int8 format of an 8-bit trial, before fine-tuning (qat trains on its grid):
+    ``settings.int8_format``, where ``auto`` is the search's resolution (``settings.int8_auto``,
+    timed by its latency meter) or, for a trial run without a search, timed here on the dense
+    model once per machine and cached."""
     if params.bits != 8:
         return None
+    if settings.int8_format == "auto" and settings.int8_auto is not None:
+        return resolved_choice(settings.int8_auto)
     return choose_int8_format(
         settings.int8_format,
         task_name=task.name,
@@ -371,6 +376,22 @@ def _int8_choice(
         calibration=_calibration(x_train, settings),
         cache_dir=settings.cache_dir,
         what=what,
+    )
+
+
+def int8_subject(task: Task, settings: TrialSettings) -> Int8Subject:
+    """What ``int8_format: auto`` times for ``settings``: the dense baseline the trials compress
+    (trained now if not cached), the task's example input and the calibration data of
+    ``settings.seed``."""
+    baseline = ensure_baseline(
+        task, seed=settings.dense_seed, cache_dir=settings.cache_dir, device=settings.device
+    )
+    x_train, _ = checked_data(task, "train")
+    return Int8Subject(
+        task_name=task.name,
+        dense=load_baseline_model(task, baseline),
+        example=task.example_input().float(),
+        calibration=_calibration(x_train, settings),
     )
 
 

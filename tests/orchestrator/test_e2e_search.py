@@ -150,6 +150,34 @@ def _parent(client: MlflowClient) -> Any:
     return runs[0]
 
 
+def test_the_search_meter_chose_the_int8_format_before_the_trials(search: Search) -> None:
+    """``int8_format: auto``: the driver had the search's meter time the formats once, before
+    Tune started; every 8-bit trial used that choice (timed on the meter's node)."""
+    work, proc = search
+    lines = proc.stdout.splitlines()
+    (chose,) = [i for i, ln in enumerate(lines) if ln.startswith("int8 format (auto): ")]
+    assert chose < min(i for i, ln in enumerate(lines) if ln.startswith("["))
+    fmt = lines[chose].split()[3]
+    (cached,) = (work / ".slimtune" / "cache" / "int8-format").glob("*.json")
+    entry = json.loads(cached.read_text())
+    assert entry["key"]["timed_by"] == "search-meter" and entry["chosen"] == fmt
+    client = MlflowClient(_uri(work))
+    parent = _parent(client)
+    meter_node = parent.data.tags["baseline_latency_node"]
+    children = client.search_runs(
+        [parent.info.experiment_id], "tags.`slimtune.role` = 'trial' and params.bits = '8'"
+    )
+    assert children  # the seeded sampler's startup draws include 8 bits
+    for c in children:
+        tags = c.data.tags
+        assert tags["int8_format"] == fmt and tags["format"] == f"int8-qdq-{fmt}"
+        assert tags["int8_format_source"] in ("measured", "cached")
+        assert tags["int8_format_node"] == meter_node == tags["latency_node"]
+        assert json.loads(tags["int8_format_latencies_ms"]) == {
+            k: round(v, 4) for k, v in entry["latencies_ms"].items()
+        }
+
+
 def test_hypervolume_is_logged_live_one_point_per_finished_trial(search: Search) -> None:
     work, _ = search
     client = MlflowClient(_uri(work))

@@ -309,6 +309,15 @@ def test_first_trials_all_failing_stop_the_search_with_the_common_reason(tmp_pat
     (search,) = _searches(uri, "broken")
     assert search.info.status == "FAILED" and "stopped early" in search.data.tags["slimtune.error"]
 
+    # --resume restores the stopper Ray Tune saved with the search: the failing trials stop it
+    # again, and the search says so rather than ending FINISHED.
+    proc = _search(tmp_path, "--resume", env=_env(PYTHONPATH=str(tmp_path)))
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, out + err
+    assert "stopped early" in err and "metric cannot run on this worker" in err
+    (search,) = _searches(uri, "broken")
+    assert search.info.status == "FAILED" and "stopped early" in search.data.tags["slimtune.error"]
+
 
 @pytest.fixture
 def two_node_cluster() -> Iterator[Any]:

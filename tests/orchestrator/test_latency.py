@@ -271,4 +271,9 @@ def test_latency_is_measured_on_the_node_with_the_custom_resource(
         assert tags["latency_node"] == deploy.node_id, tags
         assert tags["latency_where"] == "actor" and tags["latency_gate"] == "exclusive"
         assert run.data.metrics["latency_runs"] >= 20
+        if run.data.params["bits"] == "8":  # int8_format: auto was timed by the pinned meter
+            assert tags["int8_format_node"] == deploy.node_id, tags
     assert search.data.tags["baseline_latency_node"] == deploy.node_id
+    assert f"on node {deploy.node_id[:12]}" in next(
+        ln for ln in done.stdout.splitlines() if ln.startswith("int8 format (auto): ")
+    )

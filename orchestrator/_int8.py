@@ -1,0 +1,102 @@
+"""Resolve ``quantization.int8_format: auto`` once per search, where latency is measured.
+
+The int8 formats of ONNX Runtime differ in speed from one CPU to the next, so ``auto`` times
+them; the timing belongs to the machine that measures every artifact of the search (its
+latency meter, ``orchestrator._latency``), under that meter's gate, and before any trial trains
+beside it. The driver does it right after the dense baseline: it quantizes the dense model in
+every candidate format, has the meter time them against each other, and hands the choice to
+every trial in ``TrialSettings.int8_auto``. The timing is cached in the search's cache
+directory, keyed by task, the dense model's layer shapes and the meter's CPU; a cached timing
+is used without timing again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TextIO
+
+from orchestrator._latency import MeterRef, SearchMeter
+from searchspace import SearchSpec, SlimtuneError
+from trials import (
+    Int8Cache,
+    Int8Resolution,
+    Int8Subject,
+    Int8Timing,
+    Task,
+    TrialSettings,
+    int8_resolution,
+    int8_subject,
+)
+
+# Part of the cache key: a timing by a search's meter, under its gate, is never confused with
+# one a trial took in its own process (a library call of trials.run_trial).
+TIMED_BY = "search-meter"
+
+
+class Int8ResolutionError(SlimtuneError):
+    """The search's latency meter could not resolve ``int8_format: auto``."""
+
+
+def needs_int8_resolution(spec: SearchSpec) -> bool:
+    """Whether the search has ``int8_format: auto`` and trials that can draw 8 bits."""
+    return spec.quantization.int8_format == "auto" and 8 in spec.space.bit_widths()
+
+
+def resolve_int8_format(
+    spec: SearchSpec,
+    task: Task,
+    meter: MeterRef,
+    *,
+    cache_dir: Path,
+    device: str = "cpu",
+    timing: Int8Timing | None = None,
+    out: TextIO | None = None,
+) -> Int8Resolution | None:
+    """The int8 format of the search's 8-bit trials when the config says ``auto`` (None when it
+    names one, or no trial draws 8 bits): timed by the search's meter, or read from the cache.
+
+    ``device`` is where the dense baseline trains if it is not cached yet; ``timing`` how the
+    candidates are timed (None: ``Int8Timing()``)."""
+    if not needs_int8_resolution(spec):
+        return None
+    settings = TrialSettings.for_search(
+        spec, seed=spec.seed, cache_dir=cache_dir, work_dir=cache_dir, device=device
+    )
+    subject = int8_subject(task, settings)
+    search_meter = meter.connect()
+    with search_meter.working():
+        resolution = _resolve(subject, search_meter, cache_dir, timing or Int8Timing())
+    if out is not None:
+        print(_describe(resolution), file=out, flush=True)
+    return resolution
+
+
+def _resolve(
+    subject: Int8Subject, meter: SearchMeter, cache_dir: Path, timing: Int8Timing
+) -> Int8Resolution:
+    cpu = meter.cpu()
+    cache = Int8Cache(cache_dir, {**subject.key(cpu.identity), "timed_by": TIMED_BY})
+    with cache.locked():
+        cached = cache.read()
+        if cached is not None:
+            return int8_resolution(cached, "cached", node=cpu.node)
+        timed = meter.time_candidates(subject.candidates(cache.folder), subject.feed(), timing)
+        if timed.cpu.identity != cpu.identity:
+            raise Int8ResolutionError(
+                f"the latency meter moved to another CPU while it timed the int8 formats "
+                f"({cpu.identity} on node {cpu.node}, then {timed.cpu.identity} on node "
+                f"{timed.cpu.node}): its node was lost. Fix: run the search again; pin the meter "
+                "to one kind of node with latency.resources, or name quantization.int8_format."
+            )
+        cache.write(timed.latencies_ms, timing)
+    return int8_resolution(timed.latencies_ms, "measured", node=timed.cpu.node)
+
+
+def _describe(resolution: Int8Resolution) -> str:
+    how = "timed by the search meter" if resolution.source == "measured" else "cached timing"
+    latencies = json.dumps({k: round(v, 4) for k, v in resolution.latencies_ms.items()})
+    return (
+        f"int8 format (auto): {resolution.format} ({how} on node {resolution.node[:12]}; "
+        f"median ms {latencies})"
+    )

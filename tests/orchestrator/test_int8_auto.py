@@ -1,0 +1,215 @@
+"""``int8_format: auto`` is resolved once per search by its latency meter, before the trials
+(orchestrator._int8): real ONNX Runtime, a real Ray actor meter, the digits task."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator._int8 import TIMED_BY, resolve_int8_format
+from orchestrator._latency import GATE_DIR_ENV, MeasureGate, MeterRef, running_meter
+from orchestrator._tracking import TrackingTarget
+from orchestrator._trainable import TrialContext
+from searchspace import INT8_FORMATS, ConfigError, SearchSpec, TrialParams, parse_spec
+from trials import (
+    Int8Resolution,
+    Int8Timing,
+    Task,
+    TrialSettings,
+    cpu_identity,
+    int8_subject,
+    load_task,
+    run_trial,
+)
+
+FAST = Int8Timing(rounds=2, warmup=2, runs=5)
+
+
+def _spec(*, bits: str = "[8, 32]", where: str = "inline", int8: str = "auto") -> SearchSpec:
+    return parse_spec(
+        f"""
+experiment: int8-auto
+task: digits
+seed: 0
+space: {{bits: {{choices: {bits}}}}}
+quantization: {{int8_format: {int8}}}
+latency: {{where: {where}}}
+"""
+    )
+
+
+@pytest.fixture(scope="module")
+def digits() -> Task:
+    return load_task("digits")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the module: the digits baseline trains once."""
+    return tmp_path_factory.mktemp("int8-cache")
+
+
+@pytest.fixture(autouse=True)
+def own_gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A gate of this module's own (not the machine's, which other searches share)."""
+    gate_dir = tmp_path_factory.mktemp("gate")
+    old = os.environ.get(GATE_DIR_ENV)
+    os.environ[GATE_DIR_ENV] = str(gate_dir)
+    yield gate_dir
+    if old is None:
+        os.environ.pop(GATE_DIR_ENV, None)
+    else:
+        os.environ[GATE_DIR_ENV] = old
+
+
+def _cache_files(cache_dir: Path) -> list[Path]:
+    return sorted((cache_dir / "int8-format").glob("*.json"))
+
+
+def test_the_inline_meter_times_once_then_the_cache_answers(digits: Task, tmp_path: Path) -> None:
+    spec = _spec()
+    meter = MeterRef(where="inline", pause_trials=True)
+    first = resolve_int8_format(spec, digits, meter, cache_dir=tmp_path, timing=FAST)
+    assert first is not None and first.source == "measured"
+    assert set(first.latencies_ms) == set(INT8_FORMATS) and first.format in INT8_FORMATS
+    assert first.node  # the host (outside Ray) the meter timed on
+    (path,) = _cache_files(tmp_path)
+    written = path.read_text()
+    data = json.loads(written)
+    assert data["key"]["timed_by"] == TIMED_BY and data["key"]["task"] == "digits"
+    assert {k: data["key"][k] for k in cpu_identity()} == cpu_identity()
+    assert data["chosen"] == first.format and data["latencies_ms"] == first.latencies_ms
+
+    again = resolve_int8_format(spec, digits, meter, cache_dir=tmp_path, timing=FAST)
+    assert again is not None and again.source == "cached"
+    # Not timed again: the very figures of the first timing, and the file left as it was.
+    assert (again.format, again.latencies_ms) == (first.format, first.latencies_ms)
+    assert path.read_text() == written
+
+
+@pytest.mark.parametrize(("bits", "int8"), [("[4, 32]", "auto"), ("[8, 32]", "s8s8-per-channel")])
+def test_nothing_is_timed_without_8_bits_or_with_a_named_format(
+    digits: Task, tmp_path: Path, bits: str, int8: str
+) -> None:
+    spec = _spec(bits=bits, int8=int8)
+    meter = MeterRef(where="inline", pause_trials=True)
+    assert resolve_int8_format(spec, digits, meter, cache_dir=tmp_path, timing=FAST) is None
+    assert not (tmp_path / "int8-format").exists()
+
+
+def test_the_meter_times_the_candidates_with_the_machine_to_itself(
+    digits: Task, cache_dir: Path, own_gate: Path
+) -> None:
+    settings = TrialSettings.for_search(_spec(), seed=0, cache_dir=cache_dir, work_dir=cache_dir)
+    subject = int8_subject(digits, settings)
+    meter = MeterRef(where="inline", pause_trials=True).connect()
+    with meter.working():
+        timed = meter.time_candidates(subject.candidates(cache_dir), subject.feed(), FAST)
+        # The meter's process holds the gate again once the timing is done.
+        with MeasureGate(own_gate).exclusive(timeout_s=0.1) as claim:
+            assert not claim.quiet
+    assert timed.gate == "exclusive" and timed.gate_wait_ms >= 0
+    assert set(timed.latencies_ms) == set(INT8_FORMATS)
+    assert all(ms > 0 for ms in timed.latencies_ms.values())
+    assert timed.cpu.identity == cpu_identity()
+
+
+def test_the_actor_meter_resolves_on_its_node_and_trials_get_the_choice(
+    digits: Task, cache_dir: Path, tmp_path: Path
+) -> None:
+    import ray
+
+    spec = _spec(where="actor")
+    ray_dir = tempfile.mkdtemp(prefix="slimtune-ray-")  # short: Ray's socket paths are limited
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_dir)
+    try:
+        node = ray.get_runtime_context().get_node_id()
+        with running_meter(spec.latency) as meter:
+            first = resolve_int8_format(spec, digits, meter, cache_dir=cache_dir, timing=FAST)
+            again = resolve_int8_format(spec, digits, meter, cache_dir=cache_dir, timing=FAST)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    assert first is not None and again is not None
+    assert (first.source, again.source) == ("measured", "cached")
+    assert first.node == again.node == node  # the Ray node the meter actor ran on
+    assert (again.format, again.latencies_ms) == (first.format, first.latencies_ms)
+
+    # Every trial of the search gets it through its settings; a trial uses it as it is.
+    ctx = TrialContext(
+        tracking=TrackingTarget(uri="sqlite:////unused.db", experiment_id="0", parent_run_id="p"),
+        runs_dir=tmp_path / "runs",
+        cache_dir=cache_dir,
+        spec=spec,
+        baseline_threads=1,
+        int8_auto=first,
+    )
+    settings = ctx.settings(3)
+    assert settings.int8_auto == first and settings.int8_format == "auto"
+
+
+def test_an_8bit_trial_uses_the_search_choice_and_times_nothing(
+    digits: Task, cache_dir: Path, tmp_path: Path
+) -> None:
+    # A format the timing would not pick on its own: the trial must take it from its settings.
+    choice = Int8Resolution(
+        "s8s8-per-tensor",
+        "cached",
+        {name: 1.0 + i for i, name in enumerate(INT8_FORMATS)},
+        node="meter-node",
+    )
+    settings = TrialSettings.for_search(
+        _spec(), seed=1, cache_dir=cache_dir, work_dir=tmp_path / "trial", int8_auto=choice
+    )
+    settings = dataclasses.replace(settings, epochs=0, latency_repeats=5)
+    before = _cache_files(cache_dir)
+    params = TrialParams(lr=1e-3, batch_size=64, sparsity=0.0, bits=8, quant_scheme="ptq")
+    result = run_trial(digits, params, settings)
+    assert result.tags["int8_format"] == "s8s8-per-tensor"
+    assert result.tags["int8_format_source"] == "cached"
+    assert result.tags["int8_format_node"] == "meter-node"
+    assert json.loads(result.tags["int8_format_latencies_ms"]) == choice.latencies_ms
+    assert result.lineage is not None and result.lineage.int8_format == "s8s8-per-tensor"
+    assert _cache_files(cache_dir) == before  # the trial timed nothing itself
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"format": "int7"}, "int8_auto.format"),
+        ({"source": "config"}, "int8_auto.source"),
+        ({"latencies_ms": {"u8s8-per-channel": 1.0}}, "int8_auto.latencies_ms"),
+        ({"latencies_ms": dict.fromkeys(INT8_FORMATS, -1.0)}, "int8_auto.latencies_ms."),
+    ],
+)
+def test_a_bad_resolution_names_its_field(kwargs: dict[str, object], field: str) -> None:
+    values: dict[str, object] = {
+        "format": INT8_FORMATS[0],
+        "source": "measured",
+        "latencies_ms": dict.fromkeys(INT8_FORMATS, 1.0),
+        **kwargs,
+    }
+    with pytest.raises(ConfigError) as info:
+        Int8Resolution(**values)  # type: ignore[arg-type]
+    assert info.value.field.startswith(field) and "Fix:" in str(info.value)
+
+
+def test_a_resolution_goes_only_with_auto() -> None:
+    choice = Int8Resolution(INT8_FORMATS[0], "measured", dict.fromkeys(INT8_FORMATS, 1.0))
+    with pytest.raises(ConfigError) as info:
+        TrialSettings(
+            epochs=0,
+            seed=0,
+            cache_dir=Path("/c"),
+            work_dir=Path("/w"),
+            int8_format=INT8_FORMATS[1],
+            int8_auto=choice,
+        )
+    assert info.value.field == "int8_auto"
