@@ -27,6 +27,7 @@ from trials import (
     TrialSettings,
     int8_resolution,
     int8_subject,
+    resolved_choice,
 )
 
 # Part of the cache key: a timing by a search's meter, under its gate, is never confused with
@@ -91,6 +92,11 @@ def _resolve(
             )
         cache.write(timed.latencies_ms, timing)
     return int8_resolution(timed.latencies_ms, "measured", node=timed.cpu.node)
+
+
+def resolution_tags(resolution: Int8Resolution) -> dict[str, str]:
+    """The search's choice as run tags: the same ``int8_format*`` tags its 8-bit trials get."""
+    return resolved_choice(resolution).tags()
 
 
 def _describe(resolution: Int8Resolution) -> str:

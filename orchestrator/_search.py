@@ -21,7 +21,7 @@ from ray.tune import Callback
 from ray.tune.logger import JsonLoggerCallback
 
 from orchestrator._faults import FirstTrialsAllFail
-from orchestrator._int8 import resolve_int8_format
+from orchestrator._int8 import resolution_tags, resolve_int8_format
 from orchestrator._latency import MeterRef, running_meter
 from orchestrator._live import LiveFrontCallback
 from orchestrator._progress import TrialLines, format_metrics, pareto_table
@@ -221,6 +221,9 @@ def _run(
         int8_auto = resolve_int8_format(
             spec, task, meter, cache_dir=cache_dir, device="cuda" if gpu else "cpu", out=out
         )
+        if int8_auto is not None:  # on the search run too: how the search chose its int8 format
+            tags = resolution_tags(int8_auto)
+            client.log_batch(parent, tags=[RunTag(k, v) for k, v in tags.items()])
         ctx = TrialContext(
             tracking=target,
             runs_dir=runs_dir,

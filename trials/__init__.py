@@ -32,6 +32,7 @@ from trials._quantize_auto import (
     Int8Subject,
     cpu_identity,
     int8_resolution,
+    resolved_choice,
     time_int8_candidates,
 )
 from trials._quantize_auto import Timing as Int8Timing
@@ -106,6 +107,7 @@ __all__ = [
     "load_task",
     "measure_onnx",
     "onnx_accuracy",
+    "resolved_choice",
     "run_baseline",
     "run_trial",
     "time_int8_candidates",

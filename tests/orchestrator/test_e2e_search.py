@@ -164,6 +164,10 @@ def test_the_search_meter_chose_the_int8_format_before_the_trials(search: Search
     client = MlflowClient(_uri(work))
     parent = _parent(client)
     meter_node = parent.data.tags["baseline_latency_node"]
+    # The search run records the choice with the same tags its 8-bit trials carry.
+    assert parent.data.tags["int8_format"] == fmt
+    assert parent.data.tags["int8_format_node"] == meter_node
+    assert parent.data.tags["int8_format_source"] in ("measured", "cached")
     children = client.search_runs(
         [parent.info.experiment_id], "tags.`slimtune.role` = 'trial' and params.bits = '8'"
     )
@@ -173,6 +177,8 @@ def test_the_search_meter_chose_the_int8_format_before_the_trials(search: Search
         assert tags["int8_format"] == fmt and tags["format"] == f"int8-qdq-{fmt}"
         assert tags["int8_format_source"] in ("measured", "cached")
         assert tags["int8_format_node"] == meter_node == tags["latency_node"]
+        for key in ("int8_format_source", "int8_format_latencies_ms"):
+            assert tags[key] == parent.data.tags[key]
         assert json.loads(tags["int8_format_latencies_ms"]) == {
             k: round(v, 4) for k, v in entry["latencies_ms"].items()
         }
