@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -38,13 +39,47 @@ latency: {{warmup: 5, repeats: 30, threads: 1}}
 E2ESearch = tuple[Path, subprocess.CompletedProcess[str]]
 
 
-def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run `slimtune ARGS` in `cwd` as a user would, and return the finished process."""
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_AUTH_MODE": "disabled"}
+def small_config(
+    experiment: str,
+    *,
+    trials: int,
+    task: str = "digits",
+    latency: str = "{warmup: 3, repeats: 20}",
+    extra: str = "",
+) -> str:
+    """A small search config (2 at a time, random sampler, 1 epoch, a short latency plan) for
+    the orchestrator tests that run `slimtune search` on a task of their own."""
+    return f"""
+experiment: {experiment}
+task: {task}
+trials: {trials}
+concurrency: 2
+space:
+  lr: {{low: 1.0e-4, high: 2.0e-3, log: true}}
+  batch_size: {{choices: [128]}}
+  sparsity: {{low: 0.0, high: 0.8}}
+  bits: {{choices: [8, 32]}}
+sampler: {{name: random, seed: 3}}
+training: {{epochs: 1}}
+latency: {latency}
+{extra}
+"""
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment a test runs `slimtune` in: this one, quiet, plus ``extra``."""
+    return {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_AUTH_MODE": "disabled", **extra}
+
+
+def cli(
+    *args: str, cwd: Path, timeout: float = 600, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `slimtune ARGS` in `cwd` as a user would (``env``: added to :func:`cli_env`), and
+    return the finished process."""
     return subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", *args],
         cwd=cwd,
-        env=env,
+        env=cli_env(**(env or {})),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -22,36 +22,16 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.orchestrator.conftest import cli_env, small_config
+
 pytestmark = pytest.mark.e2e
-
-
-def _config(experiment: str, trials: int, *, task: str = "digits", extra: str = "") -> str:
-    return f"""
-experiment: {experiment}
-task: {task}
-trials: {trials}
-concurrency: 2
-space:
-  lr: {{low: 1.0e-4, high: 2.0e-3, log: true}}
-  batch_size: {{choices: [128]}}
-  sparsity: {{low: 0.0, high: 0.8}}
-  bits: {{choices: [8, 32]}}
-sampler: {{name: random, seed: 3}}
-training: {{epochs: 1}}
-latency: {{warmup: 3, repeats: 20}}
-{extra}
-"""
-
-
-def _env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_AUTH_MODE": "disabled", **extra}
 
 
 def _search(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "search", "c.yaml", *args],
         cwd=cwd,
-        env=env or _env(),
+        env=env or cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -118,7 +98,7 @@ def test_unreachable_tracking_server_fails_at_once(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again below: nothing listens there
     (tmp_path / "c.yaml").write_text(
-        _config("x", 2, extra=f"tracking: {{uri: 'http://127.0.0.1:{port}'}}")
+        small_config("x", trials=2, extra=f"tracking: {{uri: 'http://127.0.0.1:{port}'}}")
     )
     t0 = time.monotonic()
     proc = _search(tmp_path)
@@ -131,7 +111,7 @@ def test_unreachable_tracking_server_fails_at_once(tmp_path: Path) -> None:
 
 def test_driver_killed_then_resumed_continues_the_same_search(tmp_path: Path) -> None:
     trials = 6
-    (tmp_path / "c.yaml").write_text(_config("resume", trials))
+    (tmp_path / "c.yaml").write_text(small_config("resume", trials=trials))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = _search(tmp_path)
     try:
@@ -194,7 +174,7 @@ def test_resume_of_a_search_recorded_before_quant_scheme_replays_its_trials(
     """One search, resumed three times: with an edited config (refused), with its own config
     (its trials replayed), and with a trial whose record disagrees (counted as failed)."""
     trials = 2
-    (tmp_path / "c.yaml").write_text(_config("old", trials))
+    (tmp_path / "c.yaml").write_text(small_config("old", trials=trials))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = _search(tmp_path)
     out, err = first.communicate(timeout=600)
@@ -290,9 +270,11 @@ class Broken(Task):
 def test_first_trials_all_failing_stop_the_search_with_the_common_reason(tmp_path: Path) -> None:
     (tmp_path / "broken_task.py").write_text(FAILING_TASK)
     (tmp_path / "c.yaml").write_text(
-        _config("broken", 8, task="broken_task:Broken", extra="faults: {stop_after_failures: 2}")
+        small_config(
+            "broken", trials=8, task="broken_task:Broken", extra="faults: {stop_after_failures: 2}"
+        )
     )
-    proc = _search(tmp_path, env=_env(PYTHONPATH=str(tmp_path)))
+    proc = _search(tmp_path, env=cli_env(PYTHONPATH=str(tmp_path)))
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, out + err
     assert "stopped early" in err and "metric cannot run on this worker" in err
@@ -311,7 +293,7 @@ def test_first_trials_all_failing_stop_the_search_with_the_common_reason(tmp_pat
 
     # --resume restores the stopper Ray Tune saved with the search: the failing trials stop it
     # again, and the search says so rather than ending FINISHED.
-    proc = _search(tmp_path, "--resume", env=_env(PYTHONPATH=str(tmp_path)))
+    proc = _search(tmp_path, "--resume", env=cli_env(PYTHONPATH=str(tmp_path)))
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, out + err
     assert "stopped early" in err and "metric cannot run on this worker" in err
@@ -337,7 +319,7 @@ def test_a_lost_node_mid_trial_is_retried_and_recorded_once(
 ) -> None:
     cluster, nodes = two_node_cluster
     trials = 4
-    (tmp_path / "c.yaml").write_text(_config("nodes", trials))
+    (tmp_path / "c.yaml").write_text(small_config("nodes", trials=trials))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = _search(tmp_path, "--address", cluster.address)
     try:
@@ -382,7 +364,7 @@ def _start_server(store: Path, port: int) -> subprocess.Popen[str]:
             "--workers",
             "1",
         ],
-        env=_env(),
+        env=cli_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -407,7 +389,9 @@ def test_tracking_server_stopped_and_restarted_mid_search_loses_nothing(tmp_path
     uri = f"http://127.0.0.1:{port}"
     server = _start_server(store, port)
     trials = 6
-    (tmp_path / "c.yaml").write_text(_config("server", trials, extra=f"tracking: {{uri: '{uri}'}}"))
+    (tmp_path / "c.yaml").write_text(
+        small_config("server", trials=trials, extra=f"tracking: {{uri: '{uri}'}}")
+    )
     proc = _search(tmp_path)
     try:
 
@@ -438,8 +422,8 @@ def test_a_failing_baseline_is_a_clean_error(tmp_path: Path) -> None:
         "if len(targets) > 4:  # the dry run passes (4 samples), the baseline (16) fails",
     )
     (tmp_path / "broken_task.py").write_text(task)
-    (tmp_path / "c.yaml").write_text(_config("nobase", 2, task="broken_task:Broken"))
-    proc = _search(tmp_path, env=_env(PYTHONPATH=str(tmp_path)))
+    (tmp_path / "c.yaml").write_text(small_config("nobase", trials=2, task="broken_task:Broken"))
+    proc = _search(tmp_path, env=cli_env(PYTHONPATH=str(tmp_path)))
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, out + err
     assert "the dense baseline of task 'broken_task:Broken' failed" in err

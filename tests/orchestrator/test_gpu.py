@@ -7,14 +7,12 @@ Needs a CUDA device (skipped elsewhere). Run it on a GPU machine with
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+
+from tests.orchestrator.conftest import cli
 
 pytestmark = [
     pytest.mark.gpu,
@@ -50,16 +48,7 @@ latency: {{warmup: 5, repeats: 30, threads: 1}}
 def search(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Run], str]:
     work = tmp_path_factory.mktemp("gpu-search")
     (work / "c.yaml").write_text(CONFIG)
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "search", "c.yaml"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    proc = cli("search", "c.yaml", cwd=work, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     exp = client.get_experiment_by_name("gpu-packing")

@@ -20,25 +20,14 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.orchestrator.conftest import small_config
+
 pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
 TINY_TASK_DIR = Path(__file__).resolve().parents[1] / "trials"
 TRIALS = 3
-CONFIG = f"""
-experiment: job
-task: trials_tiny_task:TinyDigits
-trials: {TRIALS}
-concurrency: 2
-space:
-  lr: {{low: 1.0e-4, high: 2.0e-3, log: true}}
-  batch_size: {{choices: [128]}}
-  sparsity: {{low: 0.0, high: 0.8}}
-  bits: {{choices: [8, 32]}}
-sampler: {{name: random, seed: 3}}
-training: {{epochs: 1}}
-latency: {{warmup: 3, repeats: 20}}
-"""
+CONFIG = small_config("job", trials=TRIALS, task="trials_tiny_task:TinyDigits")
 
 
 def _free_port() -> int:

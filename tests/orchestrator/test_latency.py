@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from orchestrator._latency import MeasureGate, MeterRef
 from orchestrator._resources import check_resources
 from searchspace import ConfigError, parse_spec
+from tests.orchestrator.conftest import cli, small_config
 from trials import LatencyPlan, LatencySession, LatencyStats, TrialSettings, latency_plan
 
 TINY_TASK_DIR = Path(__file__).resolve().parents[1] / "trials"
@@ -195,36 +195,12 @@ def test_the_meter_must_fit_on_one_node_with_its_resource() -> None:
 
 
 def _config(experiment: str, latency: str) -> str:
-    return f"""
-experiment: {experiment}
-task: trials_tiny_task:TinyDigits
-trials: 2
-concurrency: 2
-space:
-  lr: {{low: 1.0e-4, high: 2.0e-3, log: true}}
-  batch_size: {{choices: [128]}}
-  sparsity: {{low: 0.0, high: 0.8}}
-  bits: {{choices: [8, 32]}}
-sampler: {{name: random, seed: 3}}
-training: {{epochs: 1}}
-latency: {latency}
-"""
+    return small_config(experiment, trials=2, task="trials_tiny_task:TinyDigits", latency=latency)
 
 
 def _search(cwd: Path, address: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "RAY_AUTH_MODE": "disabled",
-        "PYTHONPATH": str(TINY_TASK_DIR),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "search", "c.yaml", "--address", address],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    return cli(
+        "search", "c.yaml", "--address", address, cwd=cwd, env={"PYTHONPATH": str(TINY_TASK_DIR)}
     )
 
 

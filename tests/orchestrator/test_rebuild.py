@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
 from searchspace import load_spec
+from tests.orchestrator.conftest import cli
 from trials import RECORD_SCHEMA_VERSION, TrialRecord
 
 pytestmark = pytest.mark.e2e
@@ -46,20 +45,11 @@ latency: {warmup: 2, repeats: 10, where: inline}  # latency is informational in 
 def search(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, list[Any]]:
     work = tmp_path_factory.mktemp("rebuild")
     (work / "c.yaml").write_text(CONFIG)
-    env = {
-        **os.environ,
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "RAY_AUTH_MODE": "disabled",
-        "PYTHONPATH": os.pathsep.join([str(TINY), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "search", "c.yaml"],
+    proc = cli(
+        "search",
+        "c.yaml",
         cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+        env={"PYTHONPATH": os.pathsep.join([str(TINY), os.environ.get("PYTHONPATH", "")])},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     uri = f"sqlite:///{work / 'mlflow.db'}"
@@ -151,10 +141,10 @@ def test_rebuild_without_the_search_cache_trains_the_same_baseline(
 ) -> None:
     _, uri, trials = search
     run_id = trials[-1].info.run_id
-    args = ["rebuild", run_id, "--out", str(tmp_path / "o"), "--tracking-uri", uri]
-    code = main([*args, "--cache-dir", str(tmp_path / "empty-cache")])
-    printed = capsys.readouterr()
-    assert code == 0, printed.out + printed.err
+    code, text = _rebuild(
+        uri, run_id, tmp_path / "o", capsys, "--cache-dir", str(tmp_path / "empty-cache")
+    )
+    assert code == 0, text
     assert list((tmp_path / "empty-cache").glob("*.pt"))  # trained here, not loaded
 
 
@@ -178,9 +168,9 @@ def _fake_trial(uri: str, source: Any, record_text: str | None) -> str:
 
 
 def _rebuild(
-    uri: str, run_id: str, out: Path, capsys: pytest.CaptureFixture[str]
+    uri: str, run_id: str, out: Path, capsys: pytest.CaptureFixture[str], *extra: str
 ) -> tuple[int, str]:
-    code = main(["rebuild", run_id, "--out", str(out), "--tracking-uri", uri])
+    code = main(["rebuild", run_id, "--out", str(out), "--tracking-uri", uri, *extra])
     printed = capsys.readouterr()
     return code, printed.out + printed.err
 

@@ -39,7 +39,7 @@ from trials import (
 from trials._compress import prunable_layers, round_to_grid
 from trials._export import export_onnx, quantize_int4, quantize_int8
 from trials._quantize import INT4_GRID, int8_format, int8_formats, weight_grid
-from trials._quantize_auto import Timing, choose_int8_format, pick
+from trials._quantize_auto import Int8Choice, Timing, choose_int8_format, pick
 from trials._quantize_int4 import Int4Export, unpack_matmulnbits
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning")
@@ -167,24 +167,25 @@ def test_pick_prefers_the_precise_format_among_ties() -> None:
     )
 
 
+def _choose(setting: str, cache_dir: Path) -> Int8Choice:
+    """The int8 format of the test model for ``setting``, timed quickly when ``auto``."""
+    return choose_int8_format(
+        setting,
+        task_name="grid-task",
+        dense=_model(),
+        example=_example(),
+        calibration=_calibration(),
+        cache_dir=cache_dir,
+        what=setting,
+        timing=FAST,
+    )
+
+
 def test_auto_measures_once_per_machine_under_a_lock(tmp_path: Path) -> None:
-    choices = []
-
-    def choose() -> None:
-        choices.append(
-            choose_int8_format(
-                "auto",
-                task_name="grid-task",
-                dense=_model(),
-                example=_example(),
-                calibration=_calibration(),
-                cache_dir=tmp_path,
-                what="auto",
-                timing=FAST,
-            )
-        )
-
-    threads = [threading.Thread(target=choose) for _ in range(2)]
+    choices: list[Int8Choice] = []
+    threads = [
+        threading.Thread(target=lambda: choices.append(_choose("auto", tmp_path))) for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -200,27 +201,10 @@ def test_auto_measures_once_per_machine_under_a_lock(tmp_path: Path) -> None:
     assert set(json.loads(tags["int8_format_latencies_ms"])) == set(INT8_FORMATS)
     # A damaged cache is measured again, not trusted; another task has its own entry.
     record.write_text("{not json")
-    again = choose_int8_format(
-        "auto",
-        task_name="grid-task",
-        dense=_model(),
-        example=_example(),
-        calibration=_calibration(),
-        cache_dir=tmp_path,
-        what="auto",
-        timing=FAST,
-    )
+    again = _choose("auto", tmp_path)
     assert again.source == "measured" and json.loads(record.read_text())["chosen"]
     # A format named in the config is used as it is, never measured.
-    named = choose_int8_format(
-        "s8s8-per-channel",
-        task_name="grid-task",
-        dense=_model(),
-        example=_example(),
-        calibration=_calibration(),
-        cache_dir=tmp_path / "none",
-        what="named",
-    )
+    named = _choose("s8s8-per-channel", tmp_path / "none")
     assert (named.fmt.name, named.source, named.latencies_ms) == ("s8s8-per-channel", "config", {})
     assert not (tmp_path / "none").exists()
 
