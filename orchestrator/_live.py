@@ -65,6 +65,8 @@ class LiveFront:
                 self._tracker = FrontTracker(self.tracking_uri, self.parent_run_id)
             self._tracker.update(ended, backfill=True)
         except (SlimtuneError, MlflowException, OSError, ValueError) as exc:
+            with self._lock:  # not read yet: the next update reads them
+                self._ended |= ended
             self.errors += 1
             if self.errors == 1:
                 print(

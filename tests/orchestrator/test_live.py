@@ -32,9 +32,10 @@ def test_live_front_updates_logs_its_cost_and_survives_errors(tmp_path: Path) ->
     out = io.StringIO()
     cb = LiveFrontCallback(store.uri, store.child_ids[0], out=out)
     cb.on_trial_complete(0, [], None)
-    cb.on_trial_complete(1, [], None)
+    cb.on_trial_complete(1, [], _Ended({"mlflow_run_id": store.child_ids[1]}))
     assert out.getvalue().count("live Pareto update failed") == 1
     assert cb.live.errors == 2
+    assert cb.live._ended == {store.child_ids[1]}  # kept for the next update to read
 
 
 @dataclass
