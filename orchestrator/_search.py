@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 import torch
 from mlflow.entities import RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.logger import JsonLoggerCallback
@@ -25,18 +26,31 @@ from orchestrator._int8 import resolution_tags, resolve_int8_format
 from orchestrator._latency import MeterRef, running_meter
 from orchestrator._live import LiveFrontCallback
 from orchestrator._progress import TrialLines, format_metrics, pareto_table
+from orchestrator._records import (
+    RecordsLost,
+    RecordsWatch,
+    SearchAccount,
+    SearchInterrupted,
+    StoreIdentity,
+    check_account,
+    end_failed,
+    end_interrupted,
+    records_unwritable,
+    trial_runs,
+)
 from orchestrator._resources import check_resources
 from orchestrator._resume import check_resume_config
 from orchestrator._samplers import build_sampler
 from orchestrator._searcher import TRIAL_NUMBER_KEY, OptunaAskTell
+from orchestrator._state import check_resume_state, default_storage, state_dir
 from orchestrator._tracking import (
     TrackingTarget,
-    fail_run,
     log_metrics,
     log_onnx,
     open_experiment,
     probe_tracking,
     redact_uri,
+    reopen_run,
     resolve_tracking_uri,
     resumable_search_run,
     start_search_run,
@@ -46,7 +60,6 @@ from orchestrator._trainable import (
     EndAtReport,
     TrialBody,
     TrialContext,
-    TrialCounts,
     make_trainable,
 )
 from reports import publish_front
@@ -131,6 +144,9 @@ def run_search(
         # Before Ray and before MLflow is written: a config other than the one the search
         # started with is refused with nothing recorded altered.
         check_resume_config(MlflowClient(tracking_uri=uri), spec, out=out)
+        # A damaged state would make Ray hang, a planted one run code: checked first (exit 2).
+        space = to_distributions(spec.space)
+        check_resume_state(MlflowClient(tracking_uri=uri), spec, workdir, space)
     _start_ray(spec, opts)
     try:
         # Before MLflow: a latency meter that cannot start leaves no half-made records.
@@ -183,10 +199,11 @@ def _run(
         use_wal(uri)  # every writer is on this machine; see use_wal for what it saves
     if opts.resume:
         parent = resumable_search_run(client, exp_id, spec.experiment)
-        client.update_run(parent, status="RUNNING")
+        reopen_run(client, client.get_run(parent))
     else:
         parent = start_search_run(client, exp_id, spec, config_path=opts.config_path)
     target = TrackingTarget(uri=uri, experiment_id=exp_id, parent_run_id=parent)
+    watch = RecordsWatch(StoreIdentity.of(uri))  # the store the search's records go to
     runs_dir = workdir / ".slimtune" / "runs" / parent
     cache_dir = workdir / ".slimtune" / "cache"
     print(
@@ -233,7 +250,7 @@ def _run(
             latency_meter=meter,
             int8_auto=int8_auto,
         )
-        finished, failed, stopper = _tune(
+        account, stopper = _tune(
             spec,
             ctx,
             runs_dir,
@@ -241,6 +258,7 @@ def _run(
             resume=opts.resume,
             body=trial_body,
             extra_callbacks=tune_callbacks,
+            watch=watch,
         )
         if stopper.triggered:
             raise SearchStopped(
@@ -248,6 +266,8 @@ def _run(
                 f"({stopper.common_reason()}). Fix that cause, then run the search again; "
                 "`faults.stop_after_failures` sets how many failures in a row stop a search."
             )
+        check_account(client, parent, spec.trials, account, watch)
+        finished, failed = account.counts.finished, account.counts.failed
         front = publish_front(uri, parent, out_dir=runs_dir / "report", backfill=True)
         wall = time.perf_counter() - t0
         log_metrics(
@@ -256,11 +276,14 @@ def _run(
             {"trials_finished": finished, "trials_failed": failed, "search_seconds": wall},
         )
         client.set_terminated(parent, "FINISHED")
-    except KeyboardInterrupt:
-        fail_run(client, parent, "interrupted by the user", status="KILLED")
-        raise
+    except (KeyboardInterrupt, SearchInterrupted) as exc:
+        raise end_interrupted(client, parent, spec.trials, opts.config_path, exc) from exc
+    except RecordsLost:
+        raise  # nothing can be written: the store is gone
     except BaseException as exc:
-        fail_run(client, parent, f"{type(exc).__name__}: {exc}")
+        end_failed(client, parent, f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, MlflowException | OSError):  # e.g. the store's disk is full
+            raise records_unwritable(exc, uri) from exc
         raise
     print(f"\n{finished} trials finished, {failed} failed in {wall:.0f} s. Pareto front:", file=out)
     if finished:
@@ -357,7 +380,8 @@ def _tune(
     resume: bool,
     body: TrialBody,
     extra_callbacks: Sequence[Callback] = (),
-) -> tuple[int, int, FirstTrialsAllFail]:
+    watch: RecordsWatch,
+) -> tuple[SearchAccount, FirstTrialsAllFail]:
     from ray import tune
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -372,11 +396,15 @@ def _tune(
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     trainable = tune.with_resources(make_trainable(ctx, body=body), resources)
     stopper = FirstTrialsAllFail(spec.faults.stop_after_failures)
-    storage = spec.storage or str(runs_dir.parent.parent / "ray")
+    storage = spec.storage or default_storage(runs_dir.parent.parent.parent)
     name = f"search-{ctx.tracking.parent_run_id}"
+    path = state_dir(storage, ctx.tracking.parent_run_id)
+    if resume and not tune.Tuner.can_restore(path) and not _has_trials(ctx):
+        # Interrupted before its first trial started (e.g. during the baseline): start them.
+        print("slimtune: no trial had started; starting the search's trials", file=out)
+        resume = False
     if resume:
-        path = f"{storage.rstrip('/')}/{name}"
-        if not tune.Tuner.can_restore(str(path)):
+        if not tune.Tuner.can_restore(path):
             raise SearchStopped(
                 f"cannot resume: no saved search state at {path}. Fix: run without --resume "
                 "(the state lives under .slimtune/ray/ of the directory the search ran in)."
@@ -400,7 +428,7 @@ def _tune(
                 storage_path=storage,
                 verbose=0,
                 # FirstTrialsAllFail must see every result: CombinedStopper asks in order.
-                stop=tune.stopper.CombinedStopper(stopper, EndAtReport()),
+                stop=tune.stopper.CombinedStopper(stopper, watch, EndAtReport()),
                 callbacks=[
                     # result.json per trial: what Ray Tune's own ResultGrid reads back.
                     JsonLoggerCallback(),
@@ -421,8 +449,11 @@ def _tune(
         stopper.replay(
             r.metrics for r in sorted(results, key=_trial_number) if r.metrics is not None
         )
-    counts = TrialCounts.of(results, spec.metric_names)
-    return counts.finished, counts.failed, stopper
+    return SearchAccount.of(results, spec.metric_names), stopper
+
+
+def _has_trials(ctx: TrialContext) -> bool:
+    return bool(trial_runs(MlflowClient(tracking_uri=ctx.tracking.uri), ctx.tracking.parent_run_id))
 
 
 def _trial_number(result: Any) -> int:

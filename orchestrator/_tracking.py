@@ -283,6 +283,29 @@ def start_trial_run(
     return run_id
 
 
+def start_failed_trial_run(
+    client: MlflowClient, target: TrackingTarget, *, trial_id: str, config: Mapping[str, object]
+) -> str:
+    """Open the run of a trial that failed before its own run existed (e.g. a config that is no
+    TrialParams), tagged like any trial's, with the config it was given as params; the caller
+    ends it FAILED with the reason."""
+    number = str(config.get("trial_number", "?"))[:50]
+    run = client.create_run(
+        target.experiment_id,
+        run_name=f"trial-{number:>03}",
+        tags={
+            "mlflow.parentRunId": target.parent_run_id,
+            ROLE_TAG: "trial",
+            "slimtune.trial_id": trial_id,
+            "slimtune.trial_number": number,
+        },
+    )
+    run_id = str(run.info.run_id)
+    params = [Param(str(k)[:250], str(v)[:500]) for k, v in config.items()]
+    client.log_batch(run_id, params=params[:100])
+    return run_id
+
+
 def finish_trial_run(
     client: MlflowClient,
     run_id: str,
@@ -304,6 +327,18 @@ def finish_trial_run(
     if record_json is not None:
         client.log_text(run_id, record_json, RECORD_ARTIFACT)
     client.set_terminated(run_id, "FINISHED")
+
+
+def reopen_run(client: MlflowClient, run: Run) -> None:
+    """Mark ``run`` RUNNING again (a retried or resumed trial, a resumed search). Why its last
+    attempt ended moves from ``slimtune.error`` to ``slimtune.previous_error``: it is not this
+    attempt's outcome."""
+    run_id = run.info.run_id
+    client.update_run(run_id, status="RUNNING")
+    previous = run.data.tags.get("slimtune.error")
+    if previous is not None:
+        client.set_tag(run_id, "slimtune.previous_error", previous)
+        client.delete_tag(run_id, "slimtune.error")
 
 
 def fail_run(client: MlflowClient, run_id: str, reason: str, *, status: str = "FAILED") -> None:

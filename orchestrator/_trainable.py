@@ -8,8 +8,9 @@ Two kinds of failure are kept apart:
 - the loss of the process running it (a dead node, a worker killed by the OOM killer) never
   reaches this code: Ray sees the actor die and retries the trial up to ``faults.max_retries``
   times. The retry, and a re-run after ``--resume``, find the trial's run by its trial id and
-  reuse it, so every trial has exactly one run. A failure to write to MLflow after training
-  is raised too, and retried the same way.
+  reuse it, so every trial has exactly one run.
+A failure before the trial's run exists (a config that is no TrialParams) or while writing its
+result (a full disk) is the trial's own too: a FAILED run with the reason, reported once.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from orchestrator._tracking import (
     fail_run,
     find_trial_run,
     finish_trial_run,
+    reopen_run,
+    start_failed_trial_run,
     start_trial_run,
 )
 from searchspace import SearchSpec, SlimtuneError, TrialParams
@@ -147,11 +150,12 @@ class TrialCounts:
 
     @classmethod
     def of(cls, results: Iterable[Result], metric_names: Sequence[str]) -> TrialCounts:
-        done = [_finished(r, metric_names) for r in results]
+        done = [is_finished(r, metric_names) for r in results]
         return cls(finished=sum(done), failed=len(done) - sum(done))
 
 
-def _finished(result: Result, metric_names: Sequence[str]) -> bool:
+def is_finished(result: Result, metric_names: Sequence[str]) -> bool:
+    """Whether Ray's ``result`` is a finished trial (see :class:`TrialCounts`)."""
     metrics = result.metrics or {}
     return (
         result.error is None
@@ -181,34 +185,50 @@ def make_trainable(
         from ray import tune
 
         torch.set_num_threads(ctx.torch_threads)
+        trial_id = tune.get_context().get_trial_id() or f"trial-{config.get(TRIAL_NUMBER_KEY)}"
+        run_trial_in_mlflow(ctx, config, trial_id, body=body, report=tune.report)
+
+    return slimtune_trial
+
+
+Report = Callable[[dict[str, Any]], None]
+
+
+class RecordDisagrees(SlimtuneError):
+    """A trial's MLflow record and the search's saved state disagree (after ``--resume``)."""
+
+
+def run_trial_in_mlflow(
+    ctx: TrialContext,
+    config: dict[str, Any],
+    trial_id: str,
+    *,
+    body: TrialBody = run_trial,
+    report: Report,
+) -> None:
+    """Run one trial inside its MLflow child run and ``report`` its outcome once (to Ray Tune
+    in a search: ``tune.report``).
+
+    Whatever fails, at whatever stage (a config that is no TrialParams, a lookup in MLflow,
+    the trial's work, writing its result to a full disk), the trial's run ends FAILED with the
+    reason in ``slimtune.error`` and the failure is *reported*, not raised: Ray does not retry
+    what would fail the same way. A run that cannot be written at all (the store is gone) is
+    left to the driver, which closes it or fails the search (``orchestrator._records``).
+    """
+    client = MlflowClient(tracking_uri=ctx.tracking.uri)
+    run_id: str | None = None
+    try:
         number = int(config[TRIAL_NUMBER_KEY])
         params = TrialParams.from_dict(config)
-        trial_id = tune.get_context().get_trial_id() or f"trial-{number}"
-        client = MlflowClient(tracking_uri=ctx.tracking.uri)
         existing = find_trial_run(client, ctx.tracking, trial_id, number)
-        differ = _differing_params(existing, params) if existing is not None else {}
-        if existing is not None and existing.info.status == "FINISHED" and differ:
-            raise RuntimeError(  # a restored study never re-proposes a finished number otherwise
-                f"trial number {number} is already recorded with other parameters (run "
-                f"{existing.info.run_id}: {_describe(differ)}); the search state and MLflow "
-                "disagree. Fix: start a new search without --resume."
-            )
+        run_id = existing.info.run_id if existing is not None else None
         if existing is not None and existing.info.status == "FINISHED":
-            # Finished before the driver went down (resume): report the record, do not re-run.
-            tune.report(
-                {
-                    **existing.data.metrics,
-                    "mlflow_run_id": existing.info.run_id,
-                    "artifact": existing.data.tags.get("artifact", ""),
-                    "replayed": 1,
-                }
-            )
+            _replay(existing, params, number, report)
             return
         settings = ctx.settings(number)
         if existing is not None:
-            run_id = existing.info.run_id
-            client.update_run(run_id, status="RUNNING")
-            client.set_tag(run_id, "slimtune.attempts", _attempts(existing) + 1)
+            reopen_run(client, existing)
+            client.set_tag(existing.info.run_id, "slimtune.attempts", _attempts(existing) + 1)
         else:
             run_id = start_trial_run(
                 client,
@@ -218,42 +238,31 @@ def make_trainable(
                 params=params,
                 extra_params={"seed": settings.seed, "epochs": settings.epochs},
             )
-        try:
-            result = _run_body(body, ctx.latency_meter, _task(ctx.task_ref), params, settings)
-            bad = {k: v for k, v in result.metrics.items() if not math.isfinite(v)}
-            if bad:
-                raise NonFiniteMetric(
-                    f"trial {number} produced non-finite metrics {bad}; "
-                    "lower the learning rate range (space.lr.high)"
-                )
-            record = TrialRecord.of(
-                ctx.spec,
-                number,
-                params,
-                settings,
-                result,
-                torch_threads=ctx.torch_threads,
-                baseline_threads=ctx.baseline_threads,
+    except RecordDisagrees:
+        raise  # Ray retries it, then ends it with an error: counted as failed, run unchanged
+    except Exception as exc:  # before the trial's run is open: still a FAILED run, reported
+        _report_failure(client, ctx.tracking, run_id, trial_id, config, exc, report)
+        return
+    assert run_id is not None  # set on every path that reaches here
+    try:
+        result = _run_body(body, ctx.latency_meter, _task(ctx.task_ref), params, settings)
+        bad = {k: v for k, v in result.metrics.items() if not math.isfinite(v)}
+        if bad:
+            raise NonFiniteMetric(
+                f"trial {number} produced non-finite metrics {bad}; "
+                "lower the learning rate range (space.lr.high)"
             )
-        except LatencyMeterUnavailable as exc:  # the infrastructure's: Ray retries the trial
-            fail_run(client, run_id, f"{type(exc).__name__}: {exc}")
-            raise
-        except Exception as exc:  # the trial's own failure: recorded, told, never retried
-            fail_run(
-                client, run_id, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
-            )
-            tune.report(
-                {
-                    FAILED_KEY: 1,
-                    ERROR_KEY: f"{type(exc).__name__}: {exc}"[:500],
-                    "mlflow_run_id": run_id,
-                }
-            )
-            return
-        except BaseException as exc:
-            reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
-            fail_run(client, run_id, reason, status="KILLED" if _killed(exc) else "FAILED")
-            raise
+        record = TrialRecord.of(
+            ctx.spec,
+            number,
+            params,
+            settings,
+            result,
+            torch_threads=ctx.torch_threads,
+            baseline_threads=ctx.baseline_threads,
+        )
+        # Inside the try: a storage error writing the result (a full disk) is the trial's
+        # failure, recorded once; a retry would train again and fail the same way.
         finish_trial_run(
             client,
             run_id,
@@ -262,16 +271,64 @@ def make_trainable(
             onnx_path=result.onnx_path,
             record_json=record.to_json(),
         )
-        tune.report(
-            {
-                **result.metrics,
-                "mlflow_run_id": run_id,
-                "artifact": result.tags.get("artifact", ""),
-                "format": result.tags.get("format", ""),
-            }
-        )
+    except LatencyMeterUnavailable as exc:  # the infrastructure's: Ray retries the trial
+        fail_run(client, run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    except Exception as exc:  # the trial's own failure: recorded, told, never retried
+        _report_failure(client, ctx.tracking, run_id, trial_id, config, exc, report)
+        return
+    except BaseException as exc:
+        reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
+        fail_run(client, run_id, reason, status="KILLED" if _killed(exc) else "FAILED")
+        raise
+    report(
+        {
+            **result.metrics,
+            "mlflow_run_id": run_id,
+            "artifact": result.tags.get("artifact", ""),
+            "format": result.tags.get("format", ""),
+        }
+    )
 
-    return slimtune_trial
+
+def _replay(existing: Any, params: TrialParams, number: int, report: Report) -> None:
+    """Report a trial that finished before the driver went down (resume); do not re-run it."""
+    differ = _differing_params(existing, params)
+    if differ:  # a restored study never re-proposes a finished number otherwise
+        raise RecordDisagrees(
+            f"trial number {number} is already recorded with other parameters (run "
+            f"{existing.info.run_id}: {_describe(differ)}); the search state and MLflow "
+            "disagree. Fix: start a new search without --resume."
+        )
+    report(
+        {
+            **existing.data.metrics,
+            "mlflow_run_id": existing.info.run_id,
+            "artifact": existing.data.tags.get("artifact", ""),
+            "replayed": 1,
+        }
+    )
+
+
+def _report_failure(
+    client: MlflowClient,
+    target: TrackingTarget,
+    run_id: str | None,
+    trial_id: str,
+    config: dict[str, Any],
+    exc: Exception,
+    report: Report,
+) -> None:
+    """End the trial's run FAILED with the reason (opening one if it has none yet) and report
+    the failure. When MLflow cannot be written either, the report says so too."""
+    reason = f"{type(exc).__name__}: {exc}"
+    try:
+        if run_id is None:
+            run_id = start_failed_trial_run(client, target, trial_id=trial_id, config=config)
+        fail_run(client, run_id, f"{reason}\n{traceback.format_exc(limit=8)}")
+    except Exception as record_exc:
+        reason += f" (and recording it in MLflow failed: {type(record_exc).__name__}: {record_exc})"
+    report({FAILED_KEY: 1, ERROR_KEY: reason[:500], "mlflow_run_id": run_id or ""})
 
 
 def _run_body(

@@ -19,6 +19,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NO_FEASIBLE = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,14 +111,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except SlimtuneError as exc:
         kind = type(exc).__name__
-        code = {"NoFeasibleTrial": EXIT_NO_FEASIBLE, "SearchStopped": EXIT_FAILED}.get(
-            kind, EXIT_USAGE
-        )
+        code = {
+            "NoFeasibleTrial": EXIT_NO_FEASIBLE,
+            "SearchStopped": EXIT_FAILED,
+            "RecordsLost": EXIT_FAILED,
+            "SearchInterrupted": EXIT_INTERRUPTED,
+        }.get(kind, EXIT_USAGE)
         print(f"slimtune: {exc}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
         print("slimtune: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _search(args: argparse.Namespace) -> int:
