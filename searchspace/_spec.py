@@ -89,7 +89,10 @@ NAME_KNOBS = ("pruning", "quant_scheme")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a count is a whole number (not true, not "3", not 3.0), a float a number (an int
+    # is fine) and a name a string; allow_inf_nan=False: every float knob and setting is finite.
+    # Together they hold for every field of every model (tests/searchspace/test_strict_types.py).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class FloatRange(_Strict):
@@ -443,7 +446,8 @@ class SearchSpec(_Strict):
     """Everything one search needs, validated."""
 
     experiment: Annotated[str, Field(min_length=1, max_length=200)]
-    task: Annotated[str, Field(min_length=1)] = "digits"
+    # Required, like experiment: which model is compressed must never be a silent default.
+    task: Annotated[str, Field(min_length=1)]
     seed: int = 0
     trials: Annotated[int, Field(ge=1, le=100_000)] = 24
     concurrency: Annotated[int, Field(ge=1, le=10_000)] = 2
