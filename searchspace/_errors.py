@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from searchspace._secrets import mask_secrets
+
 # The longest value, field name or rule a message shows whole; longer ones are cut (the start
 # and the length), so that a 50 MB value in a config never becomes a 50 MB message.
 MAX_SHOWN_CHARS = 200
@@ -54,7 +56,7 @@ class ConfigError(SlimtuneError):
         return self._format()
 
     def _format(self) -> str:
-        where = self.source or "config"
+        where = self.source or ("command line" if self.field.startswith("--") else "config")
         if self.line is not None:
             where = f"{where}, line {self.line}"
         text = (
@@ -63,7 +65,7 @@ class ConfigError(SlimtuneError):
         )
         if self._more:
             text += f" ({self._more} more problem{'s' if self._more > 1 else ''} in this file.)"
-        return text
+        return mask_secrets(text)
 
 
 def _shown(value: object) -> str:

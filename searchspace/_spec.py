@@ -17,6 +17,8 @@ from pydantic import (
     model_validator,
 )
 
+from searchspace._secrets import CREDENTIALS_FIX, credentials_in
+
 # What one trial measures on its exported artifact, with each metric's natural direction.
 METRICS: dict[str, Literal["maximize", "minimize"]] = {
     "accuracy": "maximize",
@@ -433,13 +435,17 @@ class Tracking(_Strict):
     @field_validator("uri")
     @classmethod
     def _no_credentials(cls, v: str | None) -> str | None:
-        if v is not None and "://" in v and "@" in v.split("://", 1)[1].split("/", 1)[0]:
-            raise ValueError(
-                "the tracking URI must not hold a user name or password (they would end up in "
-                "logs and the recorded config); set MLFLOW_TRACKING_USERNAME and "
-                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment instead"
-            )
-        return v
+        return _no_credentials(v)
+
+
+def _no_credentials(uri: str | None) -> str | None:
+    found = credentials_in(uri) if uri is not None else None
+    if found is not None:
+        raise ValueError(
+            f"a URI must not hold credentials (they would end up in logs, the recorded config "
+            f"and other processes' argv), and this one holds {found}; {CREDENTIALS_FIX}"
+        )
+    return uri
 
 
 class SearchSpec(_Strict):
@@ -463,6 +469,11 @@ class SearchSpec(_Strict):
     # Where Ray Tune keeps the search's state (for --resume). None: <workdir>/.slimtune/ray.
     # On a multi-node cluster give a path every node sees (NFS) or a URI such as s3://bucket/x.
     storage: str | None = None
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str | None) -> str | None:
+        return _no_credentials(v)
 
     @field_validator("objectives")
     @classmethod
