@@ -121,8 +121,9 @@ def _search(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.config)  # fails here, before anything is started or written
     spec = _with_counts(spec, trials=args.trials, concurrency=args.concurrency)
-    from orchestrator._store import check_storage
+    from orchestrator._store import check_storage, check_uri
 
+    check_uri(args.address, field="--address")
     check_storage(spec.storage, args.workdir)  # before the task is loaded or MLflow is written
     # The task is loaded and dry-run by run_search before Ray starts or MLflow is written.
     from orchestrator._search import SearchOptions, run_search

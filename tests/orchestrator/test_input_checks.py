@@ -176,6 +176,16 @@ def test_search_refuses_credentials_in_the_config_and_masks_them(
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_search_refuses_credentials_in_the_ray_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    argv = ["search", str(tmp_path / "c.yaml"), "--workdir", str(tmp_path)]
+    code, err = _run([*argv, "--address", f"ray://admin:{SECRET}@head:10001"], capsys)
+    assert code == 2 and "'--address'" in err and SECRET not in err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_the_masks_agree() -> None:
     for uri in URIS_WITH_SECRETS:
         assert credentials_in(uri) is not None
