@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from reports import Selection
+    from reports import Constraints, Selection
 
 # reports.OPTIMIZABLE, repeated here so that building the parser imports nothing heavy.
 OPTIMIZE_CHOICES = ("accuracy", "latency_ms", "latency_p90_ms", "size_bytes", "size_gzip_bytes")
@@ -52,16 +52,8 @@ def add_select_options(c: argparse.ArgumentParser) -> None:
 
 
 def run_select(args: argparse.Namespace) -> int:
-    from orchestrator._tracking import redact_uri, resolve_tracking_uri
-    from reports import (
-        Constraints,
-        decision_record,
-        download_model,
-        load_search,
-        register_selection,
-        select,
-        with_remeasured_latency,
-    )
+    from orchestrator._store import existing_store, store_errors, writable_file_parent
+    from reports import Constraints
     from searchspace import ConfigError
 
     if args.remeasure_repeats < 5:
@@ -79,7 +71,25 @@ def run_select(args: argparse.Namespace) -> int:
         max_gzip_kb=args.max_gzip_kb,
         max_latency_p90_ms=args.max_latency_p90_ms,
     )
-    uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
+    uri = existing_store(args.tracking_uri, Path.cwd())  # never creates an empty store
+    out = writable_file_parent(args.out) if args.out is not None else None
+    with store_errors(uri):
+        return _run_select(args, uri, constraints, out)
+
+
+def _run_select(
+    args: argparse.Namespace, uri: str, constraints: Constraints, out: Path | None
+) -> int:
+    from orchestrator._tracking import redact_uri
+    from reports import (
+        decision_record,
+        download_model,
+        load_search,
+        register_selection,
+        select,
+        with_remeasured_latency,
+    )
+
     runs = load_search(uri, args.experiment, parent_run_id=args.run_id)
     choice = select(runs.trials, constraints, optimize=args.optimize, baseline=runs.baseline)
     remeasurement: dict[str, Any] | None = None
@@ -92,8 +102,8 @@ def run_select(args: argparse.Namespace) -> int:
         choice = select(df, constraints, optimize=args.optimize, baseline=runs.baseline)
         _print_remeasurement(remeasurement, finalists)
     _print_choice(choice)
-    if args.out is not None:
-        path = download_model(uri, str(choice.chosen["run_id"]), args.out)
+    if out is not None:
+        path = download_model(uri, str(choice.chosen["run_id"]), out)
         print(f"ONNX file written to {path}")
     if args.register:
         record = decision_record(choice, runs, remeasurement=remeasurement)

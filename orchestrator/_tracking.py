@@ -17,12 +17,12 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 
 from searchspace import SearchSpec, SlimtuneError, TrialParams
+from searchspace import redact_uri as redact_uri  # the one credential mask, re-exported
 
 ROLE_TAG = "slimtune.role"
 # On the search run: the name of its config file among the run's artifacts (what --resume
@@ -101,16 +101,6 @@ def use_wal(uri: str) -> bool:
     except sqlite3.Error:
         return False
     return bool(mode) and str(mode[0]).lower() == "wal"
-
-
-def redact_uri(uri: str) -> str:
-    """The URI with any user name and password removed, fit for a console or a log."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def open_experiment(client: MlflowClient, name: str, *, artifact_root: Path | None) -> str:

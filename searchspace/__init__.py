@@ -3,6 +3,7 @@
 from searchspace._distributions import to_distributions
 from searchspace._errors import ConfigError, SlimtuneError
 from searchspace._load import load_spec, parse_spec
+from searchspace._secrets import CREDENTIALS_FIX, credentials_in, mask_secrets, redact_uri
 from searchspace._spec import (
     INT8_FORMATS,
     KNOBS,
@@ -29,6 +30,7 @@ from searchspace._spec import (
 )
 
 __all__ = [
+    "CREDENTIALS_FIX",
     "INT8_FORMATS",
     "KNOBS",
     "METRICS",
@@ -53,7 +55,10 @@ __all__ = [
     "Tracking",
     "Training",
     "TrialParams",
+    "credentials_in",
     "load_spec",
+    "mask_secrets",
     "parse_spec",
+    "redact_uri",
     "to_distributions",
 ]

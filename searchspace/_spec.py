@@ -17,6 +17,8 @@ from pydantic import (
     model_validator,
 )
 
+from searchspace._secrets import CREDENTIALS_FIX, credentials_in
+
 # What one trial measures on its exported artifact, with each metric's natural direction.
 METRICS: dict[str, Literal["maximize", "minimize"]] = {
     "accuracy": "maximize",
@@ -89,7 +91,10 @@ NAME_KNOBS = ("pruning", "quant_scheme")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a count is a whole number (not true, not "3", not 3.0), a float a number (an int
+    # is fine) and a name a string; allow_inf_nan=False: every float knob and setting is finite.
+    # Together they hold for every field of every model (tests/searchspace/test_strict_types.py).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class FloatRange(_Strict):
@@ -430,20 +435,25 @@ class Tracking(_Strict):
     @field_validator("uri")
     @classmethod
     def _no_credentials(cls, v: str | None) -> str | None:
-        if v is not None and "://" in v and "@" in v.split("://", 1)[1].split("/", 1)[0]:
-            raise ValueError(
-                "the tracking URI must not hold a user name or password (they would end up in "
-                "logs and the recorded config); set MLFLOW_TRACKING_USERNAME and "
-                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment instead"
-            )
-        return v
+        return _no_credentials(v)
+
+
+def _no_credentials(uri: str | None) -> str | None:
+    found = credentials_in(uri) if uri is not None else None
+    if found is not None:
+        raise ValueError(
+            f"a URI must not hold credentials (they would end up in logs, the recorded config "
+            f"and other processes' argv), and this one holds {found}; {CREDENTIALS_FIX}"
+        )
+    return uri
 
 
 class SearchSpec(_Strict):
     """Everything one search needs, validated."""
 
     experiment: Annotated[str, Field(min_length=1, max_length=200)]
-    task: Annotated[str, Field(min_length=1)] = "digits"
+    # Required, like experiment: which model is compressed must never be a silent default.
+    task: Annotated[str, Field(min_length=1)]
     seed: int = 0
     trials: Annotated[int, Field(ge=1, le=100_000)] = 24
     concurrency: Annotated[int, Field(ge=1, le=10_000)] = 2
@@ -459,6 +469,11 @@ class SearchSpec(_Strict):
     # Where Ray Tune keeps the search's state (for --resume). None: <workdir>/.slimtune/ray.
     # On a multi-node cluster give a path every node sees (NFS) or a URI such as s3://bucket/x.
     storage: str | None = None
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str | None) -> str | None:
+        return _no_credentials(v)
 
     @field_validator("objectives")
     @classmethod

@@ -124,7 +124,9 @@ def test_select_with_impossible_constraints_says_which_excludes_most(search: Sea
 
 
 def test_bad_config_fails_fast_with_exit_2_and_writes_nothing(tmp_path: Path) -> None:
-    (tmp_path / "bad.yaml").write_text("experiment: x\nspace:\n  sparsity: {low: 0.2, high: 1.5}\n")
+    (tmp_path / "bad.yaml").write_text(
+        "experiment: x\ntask: digits\nspace:\n  sparsity: {low: 0.2, high: 1.5}\n"
+    )
     t0 = time.perf_counter()
     proc = _cli("search", "bad.yaml", cwd=tmp_path, timeout=120)
     assert proc.returncode == 2

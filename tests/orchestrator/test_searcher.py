@@ -15,7 +15,7 @@ from orchestrator import OptunaAskTell, build_sampler
 from orchestrator._searcher import TRIAL_NUMBER_KEY, SearcherStateDamaged, read_state
 from searchspace import SamplerSpec, parse_spec, to_distributions
 
-SPEC = parse_spec("experiment: x\n")
+SPEC = parse_spec("experiment: x\ntask: digits\n")
 
 
 def _searcher(max_trials: int = 5, sampler: str = "random") -> OptunaAskTell:

@@ -78,4 +78,4 @@ def test_ui_without_a_store_is_a_usage_error(tmp_path: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert proc.returncode == 2 and "must exist" in proc.stderr
+    assert proc.returncode == 2 and "no MLflow store" in proc.stderr
