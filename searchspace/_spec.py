@@ -277,11 +277,28 @@ def _check_knob(knob: Any, ok: Any, rule: str, *, allow_range: bool = True) -> A
     return knob
 
 
+# Metrics whose "auto" tolerance is zero: a file's bytes are exact.
+EXACT_METRICS: tuple[str, ...] = ("size_bytes", "size_gzip_bytes")
+
+
 class Objective(_Strict):
-    """One metric to optimize and its direction."""
+    """One metric to optimize, its direction, and the tolerance within which two trials tie.
+
+    ``tolerance`` (docs/noise.md): ``auto`` (the default) derives it from the measurement: for
+    ``accuracy`` one validation sample; for latencies the two medians' 95 % intervals (from the
+    block medians' CV and count) must not overlap; sizes are exact. ``exact`` (or 0) means no
+    tolerance; a number in (0, 1) is relative, e.g. 0.05 = 5 % of the larger of the two values.
+    """
 
     metric: str
     direction: Literal["maximize", "minimize"]
+    tolerance: Literal["auto", "exact"] | Annotated[float, Field(ge=0, lt=1)] = "auto"
+
+    def tolerance_text(self) -> str:
+        """The tolerance as the ``slimtune.tolerances`` tag writes it: auto, exact or a number."""
+        if isinstance(self.tolerance, str):
+            return self.tolerance
+        return "exact" if self.tolerance == 0 else f"{self.tolerance:g}"
 
     @model_validator(mode="after")
     def _check(self) -> Objective:
@@ -357,6 +374,9 @@ class Latency(_Strict):
         default_factory=dict
     )
     pause_trials: bool = True
+    # A measurement whose block medians' CV stays above target_cv is taken again, up to this
+    # many times, before its trial can enter the front (0: never).
+    remeasure: Annotated[int, Field(ge=0, le=20)] = 2
 
     @field_validator("max_repeats")
     @classmethod
