@@ -268,6 +268,7 @@ def make_trainable(
                 "mlflow_run_id": run_id,
                 "artifact": result.tags.get("artifact", ""),
                 "format": result.tags.get("format", ""),
+                "latency_converged": result.tags.get("latency_converged", ""),
             }
         )
 

@@ -10,6 +10,7 @@ from reports._decision import (
     with_remeasured_latency,
 )
 from reports._errors import ReportError, SearchNotFound
+from reports._flags import latency_flag
 from reports._interactive import interactive_figure, plot_interactive
 from reports._knobs import knob_value, knobs_text, varying_knobs
 from reports._mlflow import (
@@ -87,6 +88,7 @@ __all__ = [
     "interactive_figure",
     "knob_value",
     "knobs_text",
+    "latency_flag",
     "load_search",
     "pareto_front",
     "pareto_mask",

@@ -93,7 +93,7 @@ class Tolerance:
                 f"auto: the two medians' 95 % intervals do not overlap (half-width {Z:g} x "
                 "latency_median_cv x median / sqrt(latency_blocks))"
             )
-        return "auto: exact"
+        return "auto: exact (a measured size or count)"
 
 
 def parse_tolerances(tag: str | None, metrics: Sequence[str]) -> dict[str, Tolerance]:

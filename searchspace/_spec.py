@@ -251,6 +251,15 @@ class Space(_Strict):
     def knobs(self) -> dict[str, Knob | NameKnob]:
         return {name: getattr(self, name) for name in KNOBS}
 
+    def varying_knobs(self) -> list[str]:
+        """The knobs trials draw (a range, or two or more choices), in ``KNOBS`` order: what
+        every view of a search shows next to each trial."""
+        return [
+            name
+            for name, knob in self.knobs().items()
+            if isinstance(knob, FloatRange) or (isinstance(knob, Choice) and len(knob.choices) > 1)
+        ]
+
     def bit_widths(self) -> tuple[int, ...]:
         """The bit-widths trials can draw (``bits``' choices, or the one fixed width)."""
         values = self.bits.choices if isinstance(self.bits, Choice) else [self.bits]
