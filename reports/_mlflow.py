@@ -390,7 +390,11 @@ def publish_front(
     if interactive:
         paths.append(
             plot_interactive(
-                front, search.objectives, out / "trials.html", baseline=search.baseline
+                front,
+                search.objectives,
+                out / "trials.html",
+                baseline=search.baseline,
+                knobs=knobs,
             )
         )
     for path in paths:

@@ -175,7 +175,13 @@ def write_report(
 
     pngs = [*plot_tradeoffs(finished, objectives, out, baseline=search.baseline)]
     pngs.append(plot_hypervolume(history, out / "hypervolume.png", reference=reference))
-    plot_interactive(ranked, objectives, out / "trials.html", baseline=search.baseline)
+    plot_interactive(
+        ranked,
+        objectives,
+        out / "trials.html",
+        baseline=search.baseline,
+        knobs=varying_knobs(search.parent_params, ranked),
+    )
 
     cost = search_cost(search)
     bands = constraint_bands(ranked, search.baseline)

@@ -301,7 +301,21 @@ class Objective(_Strict):
 
     metric: str
     direction: Literal["maximize", "minimize"]
-    tolerance: Literal["auto", "exact"] | Annotated[float, Field(ge=0, lt=1)] = "auto"
+    tolerance: Literal["auto", "exact"] | float = "auto"
+
+    @field_validator("tolerance", mode="before")
+    @classmethod
+    def _tolerance(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip() in ("auto", "exact"):
+            return v.strip()
+        number = isinstance(v, int | float) and not isinstance(v, bool)
+        if number and math.isfinite(v) and 0 <= v < 1:
+            return float(v)
+        raise ValueError(
+            f"tolerance must be auto, exact, or a relative number in [0, 1) such as 0.05 (5 % "
+            f"of the larger of two values), got {v!r}; e.g. {{metric: latency_ms, direction: "
+            "minimize, tolerance: auto}"
+        )
 
     def tolerance_text(self) -> str:
         """The tolerance as the ``slimtune.tolerances`` tag writes it: auto, exact or a number."""
