@@ -198,14 +198,15 @@ def noise_ranks(
     n = len(df)
     ranks = np.full(n, -1, dtype=np.int64)
     left = np.ones(n, dtype=bool)
+    beaten_by = dominates.sum(axis=0)  # how many rows left dominate each row
     rank = 0
     while left.any():
-        beaten = (dominates[left][:, left]).any(axis=0)
-        layer = np.flatnonzero(left)[~beaten]
+        layer = np.flatnonzero(left & (beaten_by == 0))
         if len(layer) == 0:  # a cycle: everything left is beaten by something left
             layer = np.flatnonzero(left)
         ranks[layer] = rank
         left[layer] = False
+        beaten_by = beaten_by - dominates[layer].sum(axis=0)
         rank += 1
     return ranks
 
