@@ -25,7 +25,13 @@ from orchestrator._faults import FirstTrialsAllFail
 from orchestrator._int8 import resolution_tags, resolve_int8_format
 from orchestrator._latency import MeterRef, running_meter
 from orchestrator._live import LiveFrontCallback
-from orchestrator._progress import TrialLines, format_metrics, pareto_table
+from orchestrator._progress import (
+    TrialLines,
+    cost_summary,
+    format_metrics,
+    pareto_table,
+    table_knobs,
+)
 from orchestrator._records import (
     RecordsLost,
     RecordsWatch,
@@ -287,7 +293,10 @@ def _run(
         raise
     print(f"\n{finished} trials finished, {failed} failed in {wall:.0f} s. Pareto front:", file=out)
     if finished:
-        print(pareto_table(front), file=out)
+        print(pareto_table(front, table_knobs(spec.space.varying_knobs(), front)), file=out)
+    print(
+        cost_summary(front, cpu=spec.resources.cpu, gpu=spec.resources.gpu, wall_s=wall), file=out
+    )
     inspect = "slimtune ui" if uri == resolve_tracking_uri(None, workdir) else redact_uri(uri)
     print(f"\nInspect: {inspect}   (then open the experiment {spec.experiment!r})", file=out)
     # MLflow 3 opens an experiment in its GenAI view; runs, tags and charts are under "Model
@@ -415,6 +424,9 @@ def _tune(
             str(path), trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     else:
+        live = LiveFrontCallback(
+            ctx.tracking.uri, ctx.tracking.parent_run_id, out=out, background=True
+        )
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -432,10 +444,10 @@ def _tune(
                 callbacks=[
                     # result.json per trial: what Ray Tune's own ResultGrid reads back.
                     JsonLoggerCallback(),
-                    TrialLines(spec.trials, out=out),
-                    LiveFrontCallback(
-                        ctx.tracking.uri, ctx.tracking.parent_run_id, out=out, background=True
+                    TrialLines(
+                        spec.trials, out=out, knobs=spec.space.varying_knobs(), front=live.live
                     ),
+                    live,
                     *extra_callbacks,
                 ],
                 failure_config=tune.FailureConfig(max_failures=spec.faults.max_retries),

@@ -142,6 +142,10 @@ def start_search_run(
         tags={
             ROLE_TAG: "search",
             "slimtune.objectives": objectives,
+            # The rule of noise-aware dominance (reports.parse_tolerances reads it back).
+            "slimtune.tolerances": ",".join(
+                f"{o.metric}:{o.tolerance_text()}" for o in spec.objectives
+            ),
             "slimtune.task": spec.task,
             CONFIG_ARTIFACT_TAG: config_path.name,
         },

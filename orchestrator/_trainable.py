@@ -287,6 +287,7 @@ def run_trial_in_mlflow(
             "mlflow_run_id": run_id,
             "artifact": result.tags.get("artifact", ""),
             "format": result.tags.get("format", ""),
+            "latency_converged": result.tags.get("latency_converged", ""),
         }
     )
 

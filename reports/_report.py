@@ -20,8 +20,11 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from reports._errors import ReportError
+from reports._flags import failures_html, flagged
 from reports._interactive import plot_interactive
+from reports._knobs import knob_value, varying_knobs
 from reports._mlflow import SearchRuns, hypervolume_history, load_search
+from reports._noise import tolerance_summary
 from reports._pareto import hypervolume_curve, pareto_ranks, reference_point
 from reports._plots import plot_hypervolume, plot_tradeoffs
 from reports._select import BYTES_PER_KB, Constraints, NoFeasibleTrial, select
@@ -152,7 +155,7 @@ def write_report(
             "pass --out a folder you can write to."
         ) from exc
     objectives = search.objectives
-    ranked = pareto_ranks(search.trials, objectives)
+    ranked = pareto_ranks(search.trials, objectives, tolerances=search.tolerances)
     finished = ranked[ranked["status"] == "FINISHED"]
     failed = int((ranked["status"] != "FINISHED").sum())
 
@@ -163,11 +166,22 @@ def write_report(
         reference = None
     history = list(hv_history or [])
     if not history and reference is not None and len(finished):
-        history = [(k, hv) for k, hv, _ in hypervolume_curve(finished, objectives, reference)]
+        history = [
+            (k, hv)
+            for k, hv, _ in hypervolume_curve(
+                finished, objectives, reference, tolerances=search.tolerances
+            )
+        ]
 
     pngs = [*plot_tradeoffs(finished, objectives, out, baseline=search.baseline)]
     pngs.append(plot_hypervolume(history, out / "hypervolume.png", reference=reference))
-    plot_interactive(ranked, objectives, out / "trials.html", baseline=search.baseline)
+    plot_interactive(
+        ranked,
+        objectives,
+        out / "trials.html",
+        baseline=search.baseline,
+        knobs=varying_knobs(search.parent_params, ranked),
+    )
 
     cost = search_cost(search)
     bands = constraint_bands(ranked, search.baseline)
@@ -192,18 +206,16 @@ th{background:#f4f4f4}td.l,th.l{text-align:left}
 code{background:#f4f4f4;padding:0 .2em}
 """
 
+# The columns of a trials table: these, with the knobs that vary in the search after the rank.
 _COLUMNS = [
     ("trial_number", "trial", "{:d}"),
     ("pareto_rank", "rank", "{:d}"),
-    ("lr", "lr", "{:.2e}"),
-    ("batch_size", "batch", "{:d}"),
-    ("sparsity", "sparsity", "{:.2f}"),
-    ("bits", "bits", "{:d}"),
     ("accuracy", "accuracy", "{:.4f}"),
     ("size_bytes", "file KB", "kb"),
     ("size_gzip_bytes", "gzip KB", "kb"),
     ("latency_ms", "latency ms", "{:.4g}"),
     ("latency_p90_ms", "p90 ms", "{:.4g}"),
+    ("latency_flag", "latency", "{}"),
     ("artifact", "artifact", "{}"),
     ("run_id", "MLflow run", "{}"),
 ]
@@ -223,11 +235,17 @@ def _page(
 ) -> str:
     e = html.escape
     objectives = ", ".join(f"{m} ({d})" for m, d in search.objectives)
+    knobs = varying_knobs(search.parent_params, ranked)
     front = finished[finished["pareto"]]
+    shown = front[front["pareto_representative"]] if "pareto_representative" in front else front
     first, direction = search.objectives[0]
-    front = front.sort_values(
+    shown = shown.sort_values(
         [first, "trial_number"], ascending=[direction == "minimize", True], kind="stable"
     )
+    strict = int(finished["pareto_strict"].sum()) if "pareto_strict" in finished else len(front)
+    tolerances = tolerance_summary(search.objectives, search.tolerances, finished)
+    tol_items = "".join(f"<li>{e(m)}: {e(t)}</li>" for m, t in tolerances.items())
+    failures = ranked[ranked["status"] != "FINISHED"].sort_values("trial_number", kind="stable")
     hv_text = f"{history[-1][1]:.4f} after {history[-1][0]} finished trials" if history else "n/a"
     ref_text = (
         ", ".join(f"{k} = {v:.4g}" for k, v in reference.items())
@@ -254,9 +272,17 @@ def _page(
         f"<p><b>{e(hv_text)}</b>. It is the fraction of the box from the reference point to "
         "the ideal (accuracy 1, size 0, latency 0), objectives scaled to the reference, that "
         f"the finished trials dominate. Reference point (fixed by the baseline: 0 accuracy, 2x "
-        f"its size and latency): {e(ref_text)}.</p>",
-        f"<h2>Pareto front ({len(front)} of {len(finished)} finished trials)</h2>",
-        _table(front),
+        f"its size and latency): {e(ref_text)}. It is computed on the measured values, with no "
+        "tolerance.</p>",
+        f"<h2>Pareto front ({len(front)} of {len(finished)} finished trials, "
+        f"{len(shown)} groups)</h2>",
+        "<p>Noise-aware dominance (docs/noise.md): a trial dominates another when it is no "
+        "worse within the tolerance on every objective and better beyond it on one. Trials "
+        "tied within the tolerance on every objective form a group, shown by one "
+        "representative (the smallest file, then the highest accuracy); <i>tied</i> names the "
+        f"others. The strict front (no tolerance) has {strict} trials (tag pareto_strict). "
+        f"Tolerances:</p><ul>{tol_items}</ul>",
+        _table(flagged(shown), knobs, tied=True),
         "<h2>Best trial per constraint band</h2>",
         _bands_table(bands),
         "<h2>Cost of the search</h2>",
@@ -271,8 +297,10 @@ def _page(
         ),
         f"<h2>All trials ({len(ranked)})</h2>",
         "<details><summary>show the table</summary>",
-        _table(ranked.sort_values("trial_number", kind="stable"), status=True),
+        _table(flagged(ranked.sort_values("trial_number", kind="stable")), knobs, status=True),
         "</details>",
+        f"<h2>Failed trials ({len(failures)})</h2>",
+        failures_html(failures, knobs),
         "<p class='muted'>Accuracy is measured on the exported ONNX file in ONNX Runtime; "
         "sizes are the ONNX file (1 KB = 1000 bytes) and its gzip; latency is the batch-1 "
         "median. A simulated artifact has no real ONNX Runtime format at its bit-width.</p>",
@@ -281,8 +309,14 @@ def _page(
     return "\n".join(parts)
 
 
-def _table(df: pd.DataFrame, *, status: bool = False) -> str:
+def _table(
+    df: pd.DataFrame, knobs: Sequence[str] = (), *, status: bool = False, tied: bool = False
+) -> str:
     cols = [c for c in _COLUMNS if c[0] in df.columns]
+    at = 2 if len(cols) > 1 and cols[1][0] == "pareto_rank" else 1
+    cols[at:at] = [(k, k, f"knob:{k}") for k in knobs if k in df.columns]
+    if tied and "pareto_tied" in df.columns:
+        cols.append(("pareto_tied", "tied (within tolerance)", "{}"))
     if status and "status" in df.columns:
         cols.insert(1, ("status", "status", "{}"))
     head = "".join(
@@ -350,6 +384,8 @@ def _cost_html(cost: SearchCost) -> str:
 def _cell(value: object, fmt: str) -> str:
     if value is None or (not isinstance(value, str) and pd.isna(value)):  # type: ignore[arg-type]
         return ""
+    if fmt.startswith("knob:"):
+        return knob_value(fmt[len("knob:") :], value)
     if fmt == "kb":
         return f"{float(value) / BYTES_PER_KB:.1f}"  # type: ignore[arg-type]
     if fmt == "{:d}":

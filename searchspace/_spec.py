@@ -256,6 +256,15 @@ class Space(_Strict):
     def knobs(self) -> dict[str, Knob | NameKnob]:
         return {name: getattr(self, name) for name in KNOBS}
 
+    def varying_knobs(self) -> list[str]:
+        """The knobs trials draw (a range, or two or more choices), in ``KNOBS`` order: what
+        every view of a search shows next to each trial."""
+        return [
+            name
+            for name, knob in self.knobs().items()
+            if isinstance(knob, FloatRange) or (isinstance(knob, Choice) and len(knob.choices) > 1)
+        ]
+
     def bit_widths(self) -> tuple[int, ...]:
         """The bit-widths trials can draw (``bits``' choices, or the one fixed width)."""
         values = self.bits.choices if isinstance(self.bits, Choice) else [self.bits]
@@ -282,11 +291,42 @@ def _check_knob(knob: Any, ok: Any, rule: str, *, allow_range: bool = True) -> A
     return knob
 
 
+# Metrics whose "auto" tolerance is zero: a file's bytes are exact.
+EXACT_METRICS: tuple[str, ...] = ("size_bytes", "size_gzip_bytes")
+
+
 class Objective(_Strict):
-    """One metric to optimize and its direction."""
+    """One metric to optimize, its direction, and the tolerance within which two trials tie.
+
+    ``tolerance`` (docs/noise.md): ``auto`` (the default) derives it from the measurement: for
+    ``accuracy`` one validation sample; for latencies the two medians' 95 % intervals (from the
+    block medians' CV and count) must not overlap; sizes are exact. ``exact`` (or 0) means no
+    tolerance; a number in (0, 1) is relative, e.g. 0.05 = 5 % of the larger of the two values.
+    """
 
     metric: str
     direction: Literal["maximize", "minimize"]
+    tolerance: Literal["auto", "exact"] | float = "auto"
+
+    @field_validator("tolerance", mode="before")
+    @classmethod
+    def _tolerance(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip() in ("auto", "exact"):
+            return v.strip()
+        number = isinstance(v, int | float) and not isinstance(v, bool)
+        if number and math.isfinite(v) and 0 <= v < 1:
+            return float(v)
+        raise ValueError(
+            f"tolerance must be auto, exact, or a relative number in [0, 1) such as 0.05 (5 % "
+            f"of the larger of two values), got {v!r}; e.g. {{metric: latency_ms, direction: "
+            "minimize, tolerance: auto}"
+        )
+
+    def tolerance_text(self) -> str:
+        """The tolerance as the ``slimtune.tolerances`` tag writes it: auto, exact or a number."""
+        if isinstance(self.tolerance, str):
+            return self.tolerance
+        return "exact" if self.tolerance == 0 else f"{self.tolerance:g}"
 
     @model_validator(mode="after")
     def _check(self) -> Objective:
@@ -362,6 +402,9 @@ class Latency(_Strict):
         default_factory=dict
     )
     pause_trials: bool = True
+    # A measurement whose block medians' CV stays above target_cv is taken again, up to this
+    # many times, before its trial can enter the front (0: never).
+    remeasure: Annotated[int, Field(ge=0, le=20)] = 2
 
     @field_validator("max_repeats")
     @classmethod

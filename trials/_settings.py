@@ -74,6 +74,9 @@ class TrialSettings:
     # latency_target_cv, up to latency_max_repeats (None: 5 x latency_repeats). See LatencyPlan.
     latency_target_cv: float = 0.05
     latency_max_repeats: int | None = None
+    # A measurement that did not converge (block medians' CV above latency_target_cv) is taken
+    # again, up to this many times, through the same meter; the steadiest one is kept.
+    latency_remeasure: int = 2
     # Where fine-tuning (and a baseline not yet cached) trains: "cpu", "cuda" or "cuda:N".
     # Export and measurement run on the CPU whatever it is. See trials._device.
     device: str = "cpu"
@@ -111,6 +114,7 @@ class TrialSettings:
             baseline_seed=baseline_seed,
             latency_target_cv=spec.latency.target_cv,
             latency_max_repeats=spec.latency.max_repeats,
+            latency_remeasure=spec.latency.remeasure,
             device=device,
             int8_format=spec.quantization.int8_format,
             int8_auto=int8_auto,
@@ -136,6 +140,7 @@ class TrialSettings:
             "latency_repeats": 5,
             "latency_threads": 1,
             "calibration_samples": 1,
+            "latency_remeasure": 0,
         }
         for name, low in minimums.items():
             value = getattr(self, name)
