@@ -11,7 +11,7 @@ from searchspace import ConfigError, load_spec
 
 def _write(tmp_path: Path, objectives: str, space: str = "{}") -> Path:
     path = tmp_path / "c.yaml"
-    path.write_text(f"experiment: x\nobjectives:\n{objectives}\nspace: {space}\n")
+    path.write_text(f"experiment: x\ntask: digits\nobjectives:\n{objectives}\nspace: {space}\n")
     return path
 
 
