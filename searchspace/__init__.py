@@ -3,6 +3,7 @@
 from searchspace._distributions import to_distributions
 from searchspace._errors import ConfigError, SlimtuneError
 from searchspace._load import load_spec, parse_spec
+from searchspace._pruning import PRUNING_SCOPES, Pruning, layer_sparsity_cap
 from searchspace._spec import (
     INT8_FORMATS,
     KNOBS,
@@ -34,6 +35,7 @@ __all__ = [
     "METRICS",
     "NAME_KNOBS",
     "PRUNING_SCHEMES",
+    "PRUNING_SCOPES",
     "QUANT_SCHEMES",
     "SAMPLERS",
     "SIMULATED_BITS",
@@ -44,6 +46,7 @@ __all__ = [
     "FloatRange",
     "Latency",
     "Objective",
+    "Pruning",
     "Quantization",
     "Resources",
     "SamplerSpec",
@@ -53,6 +56,7 @@ __all__ = [
     "Tracking",
     "Training",
     "TrialParams",
+    "layer_sparsity_cap",
     "load_spec",
     "parse_spec",
     "to_distributions",
