@@ -237,6 +237,7 @@ def run_trial(
         extra=extra,
         meter=meter,
     )
+    result.tags.update(_pruning_effect(params, result.metrics["sparsity_achieved"]))
     return dataclasses.replace(result, lineage=lineage)
 
 
@@ -324,6 +325,22 @@ def _measured(
         "exporter": "torch.onnx.export(dynamo=True)",
     }
     return TrialResult(metrics=metrics, tags=all_tags, onnx_path=onnx_path)
+
+
+def _pruning_effect(params: TrialParams, achieved: float) -> dict[str, str]:
+    """The tag ``pruning_effect`` when unstructured pruning left under half the requested
+    sparsity in the artifact: it prunes Conv/Linear weights only, and the model keeps most of
+    its weights elsewhere (a GRU, an embedding, attention's in_proj)."""
+    if params.pruning != "unstructured" or params.sparsity <= 0:
+        return {}
+    if achieved >= 0.5 * params.sparsity:
+        return {}
+    return {
+        "pruning_effect": (
+            f"partial: sparsity {params.sparsity:g} requested, {achieved:.3f} of the artifact's "
+            "weights are zero; only Conv/Linear weights are pruned"
+        )
+    }
 
 
 def _step_hook(

@@ -306,6 +306,15 @@ def test_int4_and_simulated_claims_cover_the_gru(tmp_path: Path) -> None:
     assert check_export(simulated, ExportClaim(3, 8, 8, keep_float=("gru",)), what="t")
 
 
+def test_keep_float_is_a_validated_list_of_module_names() -> None:
+    spec = parse_spec("experiment: x\nquantization: {keep_float: [gru, encoder.layers.0]}\n")
+    assert spec.quantization.keep_float == ["gru", "encoder.layers.0"]
+    assert parse_spec("experiment: x\n").quantization.keep_float == []
+    for bad in ('[""]', "[gru, gru]", "[' gru']", "[3]", "gru"):
+        with pytest.raises(Exception, match=r"quantization\.keep_float"):
+            parse_spec(f"experiment: x\nquantization: {{keep_float: {bad}}}\n")
+
+
 def test_attention_int8_covers_in_proj(tmp_path: Path) -> None:
     fp32 = _export(AttentionNet(), SEQ, tmp_path / "fp32.onnx")
     int8 = tmp_path / "int8.onnx"
@@ -375,6 +384,7 @@ def test_gru_trial_is_honest_end_to_end(
     # Only the 8 x 32 head was pruned: half of it, a small share of every weight in the file.
     head, gru = 8 * 32, 3 * 32 * (12 + 32)
     assert result.metrics["sparsity_achieved"] == pytest.approx(0.5 * head / (head + gru), abs=0.01)
+    assert result.tags["pruning_effect"].startswith("partial: sparsity 0.5 requested")
     structured = TrialParams(lr=1e-3, batch_size=64, sparsity=0.5, bits=32, pruning="structured")
     with pytest.raises(PruningError, match="would change nothing"):
         run_trial(task, structured, settings)
@@ -390,6 +400,7 @@ def test_layer_scope_trial_prunes_every_layer_to_the_ratio(
     assert list(per_layer) == ["0", "3", "6", "8"]  # module names of the tiny CNN
     assert all(float(v) == pytest.approx(0.5, abs=0.01) for v in per_layer.values())
     assert result.metrics["sparsity_achieved"] == pytest.approx(0.5, abs=0.01)
+    assert "pruning_effect" not in result.tags
     assert TrialParams.from_dict({**params.to_dict()}).pruning_scope == "layer"
     assert TrialParams.from_dict({"lr": 1e-3, "batch_size": 8, "sparsity": 0, "bits": 8}) == (
         TrialParams(lr=1e-3, batch_size=8, sparsity=0, bits=8, pruning_scope="global")
