@@ -164,6 +164,16 @@ def check_export(
     }
 
 
+# ONNX Runtime input types -> numpy, to feed the example as the artifact's input type.
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
 def _check_loads(path: Path, example: np.ndarray | None, *, what: str) -> None:
     """The artifact loads in an ONNX Runtime CPU session (and runs once on ``example``)."""
     import onnxruntime as ort
@@ -171,17 +181,20 @@ def _check_loads(path: Path, example: np.ndarray | None, *, what: str) -> None:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
+    step = "load"
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         if example is not None:
-            session.run(None, {session.get_inputs()[0].name: example})
+            step = "run on the example input"
+            first = session.get_inputs()[0]
+            dtype = _ORT_DTYPES.get(first.type, example.dtype)
+            session.run(None, {first.name: np.asarray(example).astype(dtype, copy=False)})
     except Exception as exc:
-        step = "load" if "session" not in locals() else "run on the example input"
-        first = (str(exc).strip().splitlines() or ["(no message)"])[0]
+        reason = (str(exc).strip().splitlines() or ["(no message)"])[0]
         raise ExportClaimError(
             f"{what}: the artifact must {step} in ONNX Runtime, but {path.name} failed with "
-            f"{type(exc).__name__}: {first}. Fix: report this as a slimtune bug with the model; "
-            "meanwhile search other bit-widths for it (bits: [32, 8])."
+            f"{type(exc).__name__}: {reason}. Fix: report this as a slimtune bug with the "
+            "model; meanwhile search other bit-widths for it (bits: [32, 8])."
         ) from exc
 
 

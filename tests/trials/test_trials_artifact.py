@@ -221,6 +221,27 @@ def test_export_check_fails_an_artifact_ort_cannot_load(tmp_path: Path) -> None:
         check_export(broken, ExportClaim(16, 24, 24), what="t")
 
 
+def test_export_check_fails_an_artifact_that_cannot_run_the_example(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = numpy_helper.from_array(np.array([3], dtype=np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["input", "shape"], ["logits"])],
+        "bad",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+        [shape],
+    )
+    path = tmp_path / "bad.onnx"
+    onnx.save_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path
+    )
+    claim = ExportClaim(32, 0, 0)
+    assert check_export(path, claim, what="t")["export_check"] == "ok"  # it loads
+    with pytest.raises(ExportClaimError, match="must run on the example input"):
+        check_export(path, claim, what="t", example=np.ones((1, 4), np.float64))
+
+
 # 18.4: pruning scope and the per-layer cap.
 
 
