@@ -3,6 +3,7 @@
 from searchspace._distributions import to_distributions
 from searchspace._errors import ConfigError, SlimtuneError
 from searchspace._load import load_spec, parse_spec
+from searchspace._pruning import PRUNING_SCOPES, Pruning, layer_sparsity_cap
 from searchspace._secrets import CREDENTIALS_FIX, credentials_in, mask_secrets, redact_uri
 from searchspace._spec import (
     INT8_FORMATS,
@@ -36,6 +37,7 @@ __all__ = [
     "METRICS",
     "NAME_KNOBS",
     "PRUNING_SCHEMES",
+    "PRUNING_SCOPES",
     "QUANT_SCHEMES",
     "SAMPLERS",
     "SIMULATED_BITS",
@@ -46,6 +48,7 @@ __all__ = [
     "FloatRange",
     "Latency",
     "Objective",
+    "Pruning",
     "Quantization",
     "Resources",
     "SamplerSpec",
@@ -56,6 +59,7 @@ __all__ = [
     "Training",
     "TrialParams",
     "credentials_in",
+    "layer_sparsity_cap",
     "load_spec",
     "mask_secrets",
     "parse_spec",

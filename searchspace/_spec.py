@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from searchspace._pruning import PRUNING_SCOPES, Pruning
 from searchspace._secrets import CREDENTIALS_FIX, credentials_in
 
 # What one trial measures on its exported artifact, with each metric's natural direction.
@@ -71,6 +72,10 @@ FIELD_FIXES: dict[str, str] = {
     "latency.cpus": "set cpus: 0 (the default: the meter reserves no CPU and trials pause while "
     "it measures) or the CPUs the latency actor reserves; it needs where: actor",
     "latency.max_repeats": "set max_repeats >= repeats, or leave it out (5 x repeats)",
+    "pruning.round_to": "set round_to to a whole number >= 1: 8 (the default) keeps widths "
+    "multiples of 8, 1 keeps the exact ratio",
+    "space.pruning_scope": "write pruning_scope as global, layer or {choices: [global, layer]}",
+    "quantization.keep_float": "list module names of the model, e.g. keep_float: [gru, head]",
 }
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
@@ -84,10 +89,11 @@ KNOBS = (
     "distill_weight",
     "distill_temperature",
     "quant_scheme",
+    "pruning_scope",
 )
 
 # Knobs whose values are names (strings), not numbers.
-NAME_KNOBS = ("pruning", "quant_scheme")
+NAME_KNOBS = ("pruning", "quant_scheme", "pruning_scope")
 
 
 class _Strict(BaseModel):
@@ -175,6 +181,8 @@ class Space(_Strict):
     distill_temperature: Knob = 2.0
     # Declared after bits: its validator checks the bit-widths the scheme can produce.
     quant_scheme: NameKnob = Choice(choices=["qat"])
+    # Unstructured pruning's scope: global (one threshold, each layer capped) or layer.
+    pruning_scope: NameKnob = Choice(choices=["global"])
 
     @field_validator("quant_scheme")
     @classmethod
@@ -208,6 +216,18 @@ class Space(_Strict):
             raise ValueError(
                 f"pruning must be one of {list(PRUNING_SCHEMES)} (got {bad[0]!r}); "
                 "e.g. {choices: [unstructured, structured]}"
+            )
+        return v
+
+    @field_validator("pruning_scope")
+    @classmethod
+    def _pruning_scope(cls, v: Any) -> Any:
+        values = list(v.choices) if isinstance(v, Choice) else [v]
+        bad = [x for x in values if x not in PRUNING_SCOPES]
+        if bad:
+            raise ValueError(
+                f"pruning_scope must be one of {list(PRUNING_SCOPES)} (got {bad[0]!r}); "
+                "e.g. {choices: [global, layer]}"
             )
         return v
 
@@ -456,6 +476,22 @@ class Quantization(_Strict):
     """
 
     int8_format: Int8FormatSetting = "auto"
+    # Layers (module names, e.g. gru or encoder.layers.0.self_attn) whose weights may stay
+    # float in a quantized artifact; the export check fails a claim that leaves others float.
+    keep_float: list[Annotated[str, Field(min_length=1, strict=True)]] = Field(default_factory=list)
+
+    @field_validator("keep_float")
+    @classmethod
+    def _keep_float(cls, v: list[str]) -> list[str]:
+        blank = [name for name in v if not name.strip() or name != name.strip()]
+        if blank:
+            raise ValueError(
+                f"keep_float lists module names without surrounding spaces (got {blank[0]!r}); "
+                "e.g. keep_float: [gru, head]"
+            )
+        if len(set(v)) != len(v):
+            raise ValueError(f"keep_float must not repeat a name (got {v})")
+        return v
 
 
 class Faults(_Strict):
@@ -507,6 +543,7 @@ class SearchSpec(_Strict):
     training: Training = Training()
     latency: Latency = Latency()
     quantization: Quantization = Quantization()
+    pruning: Pruning = Pruning()
     tracking: Tracking = Tracking()
     faults: Faults = Faults()
     # Where Ray Tune keeps the search's state (for --resume). None: <workdir>/.slimtune/ray.
@@ -557,6 +594,7 @@ class TrialParams:
     distill_weight: float = 0.0
     distill_temperature: float = 2.0
     quant_scheme: str = "qat"
+    pruning_scope: str = "global"
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -588,6 +626,11 @@ class TrialParams:
                 f"quant_scheme must be one of {list(QUANT_SCHEMES)}, but got "
                 f"quant_scheme={self.quant_scheme!r}"
             )
+        if self.pruning_scope not in PRUNING_SCOPES:
+            raise ValueError(
+                f"pruning_scope must be one of {list(PRUNING_SCOPES)}, but got "
+                f"pruning_scope={self.pruning_scope!r}"
+            )
         if self.quant_scheme == "ptq" and self.bits in SIMULATED_BITS:
             raise ValueError(
                 f"quant_scheme 'ptq' cannot produce bits={self.bits} (simulated widths "
@@ -605,6 +648,7 @@ class TrialParams:
             distill_weight=float(d.get("distill_weight", 0.0)),
             distill_temperature=float(d.get("distill_temperature", 2.0)),
             quant_scheme=str(d.get("quant_scheme", "qat")),
+            pruning_scope=str(d.get("pruning_scope", "global")),
         )
 
     def to_dict(self) -> dict[str, Any]:

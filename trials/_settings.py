@@ -87,6 +87,10 @@ class TrialSettings:
     # start; None (a trial run as a library call): an 8-bit trial with "auto" times the formats
     # in its own process. Not part of a trial record: it records the format used (int8_format).
     int8_auto: Int8Resolution | None = None
+    # Structured pruning keeps widths multiples of this (config pruning.round_to; 1: exact).
+    pruning_round_to: int = 8
+    # Module names whose weights may stay float in a quantized artifact (quantization.keep_float).
+    keep_float: tuple[str, ...] = ()
 
     @classmethod
     def for_search(
@@ -118,6 +122,8 @@ class TrialSettings:
             device=device,
             int8_format=spec.quantization.int8_format,
             int8_auto=int8_auto,
+            pruning_round_to=spec.pruning.round_to,
+            keep_float=tuple(spec.quantization.keep_float),
         )
 
     def __post_init__(self) -> None:
@@ -141,6 +147,7 @@ class TrialSettings:
             "latency_threads": 1,
             "calibration_samples": 1,
             "latency_remeasure": 0,
+            "pruning_round_to": 1,
         }
         for name, low in minimums.items():
             value = getattr(self, name)
@@ -205,6 +212,18 @@ class TrialSettings:
                 value=cv,
                 rule="it must be a number in (0, 1]",
                 fix="set latency_target_cv to e.g. 0.05",
+                source="TrialSettings",
+            )
+        if isinstance(self.keep_float, list):  # as a JSON record holds it
+            object.__setattr__(self, "keep_float", tuple(self.keep_float))
+        if not isinstance(self.keep_float, tuple) or not all(
+            isinstance(n, str) and n.strip() for n in self.keep_float
+        ):
+            raise ConfigError(
+                field="keep_float",
+                value=self.keep_float,
+                rule="it must be a tuple of non-empty module names",
+                fix="pass e.g. keep_float=('gru',)",
                 source="TrialSettings",
             )
         check_device_name(self.device, source="TrialSettings")

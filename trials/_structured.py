@@ -3,6 +3,7 @@ torch-pruning's dependency graph, so the exported model is smaller and faster.""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,8 +37,28 @@ def output_units(model: nn.Module) -> int:
     return sum(_width(layer) for layer in prunable_layers(model))
 
 
+def kept_width(dense: int, ratio: float, round_to: int) -> int:
+    """The width a layer of ``dense`` units keeps when ``ratio`` of them is removed, rounded to
+    the nearest multiple of ``round_to`` (ties: the wider). Never 0 and never above ``dense``:
+    a layer narrower than ``round_to`` keeps the unrounded width (at least 1)."""
+    if dense < 1 or round_to < 1:
+        raise PruningError(
+            f"kept_width needs dense >= 1 and round_to >= 1, but got dense={dense}, "
+            f"round_to={round_to}. Fix: report this as a slimtune bug."
+        )
+    target = dense * (1.0 - ratio)
+    exact = min(dense, max(1, math.floor(target + 0.5)))
+    if round_to == 1 or dense < round_to:
+        return exact
+    lower = max(round_to, math.floor(target / round_to) * round_to)
+    upper = lower + round_to
+    if upper > dense:
+        return min(lower, dense)
+    return upper if upper - target <= target - lower else lower
+
+
 def prune_structured(
-    model: nn.Module, example: Tensor, ratio: float, *, what: str
+    model: nn.Module, example: Tensor, ratio: float, *, what: str, round_to: int = 8
 ) -> StructuredPruning:
     """Remove ``ratio`` of the output channels/neurons of every Conv/Linear layer but the last
     (uniform per layer, L2-magnitude importance), in place, through torch-pruning's
@@ -45,8 +66,10 @@ def prune_structured(
     layer's input channels, a Flatten into a Linear).
 
     Uniform per layer rather than global: every layer keeps ``1 - ratio`` of its width, so no
-    layer can be emptied and the latency gain is predictable. The last layer (the model's
-    output) is left whole; the output shape is checked to be unchanged.
+    layer can be emptied and the latency gain is predictable; that width is rounded to a
+    multiple of ``round_to`` (``kept_width``): a width of 52 runs slower than 56 or 48 in
+    vectorised kernels. The last layer (the model's output) is left whole; the output shape is
+    checked to be unchanged.
     """
     import torch_pruning as tp
 
@@ -55,13 +78,29 @@ def prune_structured(
     model.eval()
     with torch.no_grad():
         expected = tuple(model(example).shape)
-    if ratio > 0 and len(layers) > 1:
+    if ratio > 0 and len(layers) < 2:
+        raise PruningError(
+            f"{what}: structured pruning at {ratio:g} must remove channels or neurons, but the "
+            f"model's only Conv/Linear layer{'s are' if len(layers) != 1 else ' is'} its output "
+            "(kept whole), so it would change nothing; weights of other layers (nn.GRU, "
+            "nn.LSTM, nn.Embedding, attention parameters) are not pruned structurally. Fix: "
+            "search pruning: unstructured, or sparsity 0 with structured, for this model."
+        )
+    if ratio > 0:
+        # Per-layer ratios that make torch-pruning keep exactly kept_width(...) units: it keeps
+        # int(dense * (1 - r)), so r is set half a unit short of the exact ratio.
+        ratios: dict[nn.Module, float] = {}
+        for layer in layers[:-1]:
+            dense = _width(layer)
+            keep = kept_width(dense, ratio, round_to)
+            ratios[layer] = max(0.0, (dense - keep - 0.5) / dense)
         try:
             pruner = tp.pruner.MetaPruner(
                 model,
                 example,
                 importance=tp.importance.MagnitudeImportance(p=2),
                 pruning_ratio=ratio,
+                pruning_ratio_dict=ratios,  # type: ignore[arg-type]
                 global_pruning=False,
                 ignored_layers=[layers[-1]],
             )
