@@ -204,9 +204,10 @@ class TrialLines(Callback):
         print(f"      progress: {self.status()}", file=self.out, flush=True)
 
     def __getstate__(self) -> dict[str, Any]:
-        # The live display (a thread, a console) stays in its process; the output stream is
-        # the process's own (the Tuner pickles its callbacks).
-        return {**self.__dict__, "_live": None, "_out": None}
+        # The live display (a thread, a console) stays in its process, and so does the output
+        # stream (the Tuner pickles its callbacks); the counts and the clock start again in the
+        # process that restores it (--resume).
+        return {**self.__dict__, "_live": None, "_out": None, "_progress": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A search resumed from an older slimtune's saved state lacks the newer attributes.

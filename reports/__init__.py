@@ -3,6 +3,7 @@
 Reads and writes MLflow only through ``MlflowClient`` with explicit run ids.
 """
 
+from reports._cost import SearchCost, search_cost
 from reports._decision import (
     decision_record,
     download_model_version,
@@ -42,14 +43,7 @@ from reports._pareto import (
     reference_point,
 )
 from reports._plots import plot_hypervolume, plot_tradeoffs
-from reports._report import (
-    Band,
-    SearchCost,
-    build_report,
-    constraint_bands,
-    search_cost,
-    write_report,
-)
+from reports._report import Band, build_report, constraint_bands, write_report
 from reports._select import (
     BYTES_PER_KB,
     OPTIMIZABLE,

@@ -189,9 +189,13 @@ def _update(
     have = _rank_tags(trials.loc[finished.index])  # as logged
     for run_id, want in _rank_tags(finished).items():
         changed = [RunTag(k, v) for k, v in want.items() if have[run_id].get(k) != v]
+        # A trial that left the front keeps no group: its old pareto_group tag goes.
+        stale = [k for k in have[run_id] if k not in want]
         if changed:
             client.log_batch(run_id, tags=changed)
-            written += 1
+        for key in stale:
+            client.delete_tag(run_id, key)
+        written += bool(changed or stale)
 
     reference: dict[str, float] | None = None
     reference_error: str | None = None

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from reports._cost import SearchCost, cost_html, search_cost
 from reports._errors import ReportError
 from reports._flags import failures_html, flagged
 from reports._interactive import plot_interactive
@@ -45,44 +44,6 @@ class Band:
     optimize: str
     chosen: pd.Series | None
     feasible: int
-
-
-@dataclass(frozen=True)
-class SearchCost:
-    """What the search cost: reserved core-seconds and GPU-seconds of its trials.
-
-    ``cpu_seconds`` = sum over trials of ``trial_seconds`` x CPUs reserved per trial
-    (``resources.cpu``, 1 if the search did not log it); ``gpu_seconds`` likewise with
-    ``resources.gpu`` (0 if not logged). ``wall_seconds`` is the parent's ``search_seconds``
-    (NaN while running).
-    """
-
-    trials_with_time: int
-    trial_seconds: float
-    cpu_per_trial: float
-    gpu_per_trial: float
-    cpu_seconds: float
-    gpu_seconds: float
-    wall_seconds: float
-
-
-def search_cost(search: SearchRuns) -> SearchCost:
-    """The cost of ``search`` from its trials' ``trial_seconds`` and its reserved resources."""
-    seconds = pd.to_numeric(
-        search.trials.get("trial_seconds", pd.Series(dtype=float)), errors="coerce"
-    ).dropna()
-    cpu = _float(search.parent_params.get("resources.cpu"), 1.0)
-    gpu = _float(search.parent_params.get("resources.gpu"), 0.0)
-    total = float(seconds.sum())
-    return SearchCost(
-        trials_with_time=len(seconds),
-        trial_seconds=total,
-        cpu_per_trial=cpu,
-        gpu_per_trial=gpu,
-        cpu_seconds=total * cpu,
-        gpu_seconds=total * gpu,
-        wall_seconds=search.parent_metrics.get("search_seconds", math.nan),
-    )
 
 
 def constraint_bands(df: pd.DataFrame, baseline: Mapping[str, float]) -> list[Band]:
@@ -286,7 +247,7 @@ def _page(
         "<h2>Best trial per constraint band</h2>",
         _bands_table(bands),
         "<h2>Cost of the search</h2>",
-        _cost_html(cost),
+        cost_html(cost),
         "<h2>Plots</h2>",
         "<p>Interactive view of every trial (hover for details; opens offline): "
         "<a href='trials.html'>trials.html</a>.</p>",
@@ -362,25 +323,6 @@ def _bands_table(bands: list[Band]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def _cost_html(cost: SearchCost) -> str:
-    wall = f"{cost.wall_seconds:.0f} s" if math.isfinite(cost.wall_seconds) else "n/a"
-    return (
-        "<table>"
-        f"<tr><td class='l'>trials with a recorded time</td><td>{cost.trials_with_time}</td></tr>"
-        f"<tr><td class='l'>sum of trial_seconds</td><td>{cost.trial_seconds:.1f}</td></tr>"
-        f"<tr><td class='l'>CPUs / GPUs reserved per trial</td><td>{cost.cpu_per_trial:g} / "
-        f"{cost.gpu_per_trial:g}</td></tr>"
-        f"<tr><td class='l'><b>CPU seconds</b> (trial_seconds x CPUs)</td>"
-        f"<td><b>{cost.cpu_seconds:.1f}</b></td></tr>"
-        f"<tr><td class='l'><b>GPU seconds</b> (trial_seconds x GPUs)</td>"
-        f"<td><b>{cost.gpu_seconds:.1f}</b></td></tr>"
-        f"<tr><td class='l'>wall time of the whole search</td><td>{wall}</td></tr>"
-        "</table><p class='muted'>trial_seconds is each trial's own work (fine-tuning, "
-        "export, measurement); the dense baseline, Ray start-up and MLflow writes are in the "
-        "wall time only. Failed trials log no time.</p>"
-    )
-
-
 def _cell(value: object, fmt: str) -> str:
     if value is None or (not isinstance(value, str) and pd.isna(value)):  # type: ignore[arg-type]
         return ""
@@ -399,11 +341,3 @@ def _fmt_value(name: str, value: float) -> str:
     if name.endswith("_bytes"):
         return f"{value / BYTES_PER_KB:.1f} KB"
     return f"{value:.4g}"
-
-
-def _float(text: str | None, default: float) -> float:
-    try:
-        value = float(text) if text is not None else default
-    except ValueError:
-        return default
-    return value if np.isfinite(value) else default

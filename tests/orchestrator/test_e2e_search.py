@@ -41,6 +41,13 @@ def test_console_shows_a_line_per_trial_and_the_front(search: Search) -> None:
     assert len(lines) == TRIALS, proc.stdout
     assert "Pareto front" in proc.stdout
     assert "dense baseline" in proc.stdout
+    # Not a terminal (a pipe): plain progress lines, no control codes; the cost at the end.
+    assert "\x1b[" not in proc.stdout
+    progress = [ln for ln in proc.stdout.splitlines() if "progress: " in ln]
+    assert len(progress) == TRIALS
+    assert re.search(rf"progress: {TRIALS}/{TRIALS} trials: \d+ done, \d+ failed", progress[-1])
+    assert "ETA 0s" in progress[-1]
+    assert re.search(r"Search cost: [\d.]+ CPU seconds, 0\.0 GPU seconds", proc.stdout)
 
 
 def test_mlflow_holds_one_parent_and_a_child_per_trial(search: Search) -> None:

@@ -202,6 +202,25 @@ def test_recorded_search_tags_match_a_brute_force_front(tmp_path: Path) -> None:
     search = load_search(uri, "noise")
     assert set(search.trials.loc[search.trials["pareto"].astype(bool), "trial_number"]) == noisy
 
+    # A trial that beats the whole front by far: the others leave it and lose their group tag.
+    best = client.create_run(
+        exp,
+        tags={
+            "mlflow.parentRunId": parent,
+            "slimtune.role": "trial",
+            "slimtune.trial_number": "30",
+        },
+    ).info.run_id
+    top = {"accuracy": 1.0, "size_gzip_bytes": 100.0, "latency_ms": 0.01, "val_samples": 360.0}
+    client.log_batch(best, metrics=[Metric(k, v, 0, 0) for k, v in top.items()])
+    client.set_terminated(best, "FINISHED")
+    update_front(uri, parent)
+    children = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    tags = {int(r.data.tags["slimtune.trial_number"]): r.data.tags for r in children}
+    assert {n for n, t in tags.items() if t["pareto"] == "true"} == {30}
+    assert {n for n, t in tags.items() if "pareto_group" in t} == {30}
+    noisy = {30}
+
     # The final publish logs the tolerances used on the parent, and says the hypervolume ignores
     # them; the front table shows the knob that varies (bits) and not the fixed one (lr).
     publish_front(uri, parent, out_dir=tmp_path / "out", interactive=False)
