@@ -1,7 +1,7 @@
 """What is searched: knobs and their ranges, objectives with directions, the validated config."""
 
 from searchspace._distributions import to_distributions
-from searchspace._errors import ConfigError, SlimtuneError
+from searchspace._errors import ConfigError, SlimtuneError, shorten
 from searchspace._load import load_spec, parse_spec
 from searchspace._secrets import CREDENTIALS_FIX, credentials_in, mask_secrets, redact_uri
 from searchspace._spec import (
@@ -60,5 +60,6 @@ __all__ = [
     "mask_secrets",
     "parse_spec",
     "redact_uri",
+    "shorten",
     "to_distributions",
 ]

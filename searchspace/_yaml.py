@@ -103,10 +103,18 @@ def _line_index(node: yaml.Node | None, source: str) -> Lines:
             seen: dict[tuple[str, str], int] = {}
             for k, v in n.value:
                 line = k.start_mark.line + 1
-                if isinstance(k, yaml.ScalarNode):
-                    if (k.tag, k.value) in seen:
-                        _duplicate(path, k.value, seen[(k.tag, k.value)], line, source)
-                    seen[(k.tag, k.value)] = line
+                if not isinstance(k, yaml.ScalarNode):
+                    raise ConfigError(
+                        field=".".join(path) or "<root>",
+                        value=f"a {k.id} as a key",
+                        rule="every key of a config is a plain name",
+                        fix="write the key as a name, e.g. `trials: 24`",
+                        source=source,
+                        line=line,
+                    )
+                if (k.tag, k.value) in seen:
+                    _duplicate(path, k.value, seen[(k.tag, k.value)], line, source)
+                seen[(k.tag, k.value)] = line
                 key = (*path, str(k.value))
                 walk(v, key)
                 out[key] = line

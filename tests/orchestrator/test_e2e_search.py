@@ -130,7 +130,7 @@ def test_bad_config_fails_fast_with_exit_2_and_writes_nothing(tmp_path: Path) ->
     t0 = time.perf_counter()
     proc = _cli("search", "bad.yaml", cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
-    assert "space.sparsity" in proc.stderr and "line 3" in proc.stderr
+    assert "space.sparsity" in proc.stderr and "line 4" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
     assert time.perf_counter() - t0 < 60
