@@ -14,7 +14,7 @@ from orchestrator._rebuild_cmd import add_rebuild_parser, run_rebuild
 from orchestrator._report_cmd import add_report_parser, run_report
 from orchestrator._select_cmd import add_select_options, run_select
 from orchestrator._ui_cmd import add_ui_parser, run_ui
-from searchspace import ConfigError, SearchSpec, SlimtuneError, mask_secrets
+from searchspace import ConfigError, SearchSpec, SlimtuneError, mask_secrets, shorten
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "RecordsLost": EXIT_FAILED,
             "SearchInterrupted": EXIT_INTERRUPTED,
         }.get(kind, EXIT_USAGE)
-        print(f"slimtune: {mask_secrets(str(exc))}", file=sys.stderr)
+        print(f"slimtune: {shorten(mask_secrets(str(exc)), 4000)}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
         print("slimtune: interrupted", file=sys.stderr)

@@ -1,7 +1,7 @@
 """What is searched: knobs and their ranges, objectives with directions, the validated config."""
 
 from searchspace._distributions import to_distributions
-from searchspace._errors import ConfigError, SlimtuneError
+from searchspace._errors import ConfigError, SlimtuneError, shorten
 from searchspace._load import load_spec, parse_spec
 from searchspace._pruning import PRUNING_SCOPES, Pruning, layer_sparsity_cap
 from searchspace._secrets import CREDENTIALS_FIX, credentials_in, mask_secrets, redact_uri
@@ -64,5 +64,6 @@ __all__ = [
     "mask_secrets",
     "parse_spec",
     "redact_uri",
+    "shorten",
     "to_distributions",
 ]

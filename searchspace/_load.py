@@ -64,7 +64,7 @@ def _to_config_error(
     exc: ValidationError, source: str, lines: dict[tuple[str, ...], int]
 ) -> ConfigError:
     """Translate pydantic's first (most telling) error into our one-paragraph message."""
-    errors = exc.errors()
+    errors = exc.errors(include_url=False)
     # A misspelt key also makes the real key "missing": report the misspelling, it is the cause.
     # A value that is there and wrong tells more than a field that is not there.
     err = next(
@@ -73,7 +73,8 @@ def _to_config_error(
     )
     # A value that fails each branch of a union (a choice that is int | float | str) fails
     # every type check; a branch that took the type and refused the value says why.
-    same = [e for e in errors if _user_path(_loc(e)) == _user_path(_loc(err))]
+    where = _user_path(_loc(err))
+    same = [e for e in errors if _user_path(_loc(e)) == where]
     err = next((e for e in same if not str(e["type"]).endswith("_type")), err)
     error = _one_error(err, source, lines)
     error.more = len({_user_path(_loc(e)) for e in errors}) - 1

@@ -2,7 +2,8 @@
 
 Rules (docs/security.md): a config is at most ``MAX_CONFIG_BYTES``; anchors and aliases
 (``&name``, ``*name``) are refused altogether (an alias "bomb" expands exponentially, and a
-config never needs them); nesting is at most ``MAX_DEPTH`` levels; a key may appear once per
+config never needs them); nesting is at most ``MAX_DEPTH`` levels and a list or mapping holds
+at most ``MAX_ITEMS`` entries; a key may appear once per
 mapping (YAML would silently keep the last). Only ``yaml.SafeLoader``'s plain types are ever
 constructed. Everything here is linear in the size of the text.
 """
@@ -17,6 +18,7 @@ from searchspace._errors import ConfigError
 
 MAX_CONFIG_BYTES = 1_000_000
 MAX_DEPTH = 32
+MAX_ITEMS = 10_000
 
 # libyaml's parser when PyYAML was built with it (faster on big files), else the pure-Python one.
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -63,8 +65,10 @@ def read_yaml(text: str, *, source: str) -> tuple[Any, Lines]:
 
 
 def _check_events(text: str, source: str) -> None:
-    """One pass over the parser's events: no anchor or alias, no nesting past ``MAX_DEPTH``."""
-    depth = 0
+    """One pass over the parser's events: no anchor or alias, no nesting past ``MAX_DEPTH``,
+    no list or mapping of more than ``MAX_ITEMS`` entries."""
+    # Per open collection: nodes seen so far, and the cap (a mapping's entry is two nodes).
+    sizes: list[list[int]] = []
     for event in yaml.parse(text, Loader=_Loader):
         anchor = getattr(event, "anchor", None)
         line = event.start_mark.line + 1 if event.start_mark is not None else None
@@ -78,19 +82,33 @@ def _check_events(text: str, source: str) -> None:
                 source=source,
                 line=line,
             )
+        if isinstance(event, yaml.NodeEvent) and sizes:
+            sizes[-1][0] += 1
+            if sizes[-1][0] > sizes[-1][1]:
+                raise _limit(
+                    f"more than {MAX_ITEMS:,} items",
+                    f"lists and mappings hold at most {MAX_ITEMS:,} items",
+                    "a config lists a few values per knob; keep data in the task",
+                    source,
+                    line,
+                )
         if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise ConfigError(
-                    field="<yaml>",
-                    value=f"more than {MAX_DEPTH} levels",
-                    rule=f"a config nests mappings and lists at most {MAX_DEPTH} levels deep",
-                    fix="remove the extra brackets or indentation; see examples/digits.yaml",
-                    source=source,
-                    line=line,
+            per_item = 2 if isinstance(event, yaml.MappingStartEvent) else 1
+            sizes.append([0, per_item * MAX_ITEMS])
+            if len(sizes) > MAX_DEPTH:
+                raise _limit(
+                    f"more than {MAX_DEPTH} levels",
+                    f"a config nests mappings and lists at most {MAX_DEPTH} levels deep",
+                    "remove the extra brackets or indentation; see examples/digits.yaml",
+                    source,
+                    line,
                 )
         elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
+            sizes.pop()
+
+
+def _limit(value: str, rule: str, fix: str, source: str, line: int | None) -> ConfigError:
+    return ConfigError(field="<yaml>", value=value, rule=rule, fix=fix, source=source, line=line)
 
 
 def _line_index(node: yaml.Node | None, source: str) -> Lines:
@@ -103,10 +121,18 @@ def _line_index(node: yaml.Node | None, source: str) -> Lines:
             seen: dict[tuple[str, str], int] = {}
             for k, v in n.value:
                 line = k.start_mark.line + 1
-                if isinstance(k, yaml.ScalarNode):
-                    if (k.tag, k.value) in seen:
-                        _duplicate(path, k.value, seen[(k.tag, k.value)], line, source)
-                    seen[(k.tag, k.value)] = line
+                if not isinstance(k, yaml.ScalarNode):
+                    raise ConfigError(
+                        field=".".join(path) or "<root>",
+                        value=f"a {k.id} as a key",
+                        rule="every key of a config is a plain name",
+                        fix="write the key as a name, e.g. `trials: 24`",
+                        source=source,
+                        line=line,
+                    )
+                if (k.tag, k.value) in seen:
+                    _duplicate(path, k.value, seen[(k.tag, k.value)], line, source)
+                seen[(k.tag, k.value)] = line
                 key = (*path, str(k.value))
                 walk(v, key)
                 out[key] = line

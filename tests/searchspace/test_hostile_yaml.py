@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from searchspace import ConfigError, load_spec, parse_spec
-from searchspace._yaml import MAX_CONFIG_BYTES
+from searchspace._yaml import MAX_CONFIG_BYTES, MAX_ITEMS
 
 
 def _main_in_subprocess(config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -57,15 +57,30 @@ def test_text_over_the_cap_is_refused_by_parse_spec() -> None:
     assert info.value.field == "<file>"
 
 
-def test_a_list_just_under_the_cap_is_linear(tmp_path: Path) -> None:
-    # ~125k choices that repeat: one pass to reject them, and a message that does not echo them.
-    items = MAX_CONFIG_BYTES // 8
-    text = "experiment: x\ntask: digits\nspace:\n  bits: {choices: [" + "8, " * items + "8]}\n"
+def test_a_long_list_is_refused_by_the_item_cap_at_once() -> None:
+    # ~125k list items fit in the size cap; the parser's first pass stops at MAX_ITEMS.
+    text = "experiment: x\ntask: digits\nspace:\n  bits: {choices: [" + "8, " * 125_000 + "8]}\n"
     start = time.perf_counter()
     with pytest.raises(ConfigError) as info:
         parse_spec(text, source="big.yaml")
-    assert time.perf_counter() - start < 20.0  # linear: ~1-2 s here; quadratic would be hours
-    assert info.value.field == "space.bits.choices"
+    assert time.perf_counter() - start < 5.0  # ~0.2 s here
+    assert info.value.field == "<yaml>" and f"at most {MAX_ITEMS:,} items" in str(info.value)
+    assert len(str(info.value)) < 600
+
+
+@pytest.mark.parametrize("item", ["8", "true", ".nan"])
+def test_a_list_at_the_item_cap_is_checked_in_linear_time(item: str) -> None:
+    # MAX_ITEMS bad choices: each fails every branch of the choice's union (3 errors each).
+    text = (
+        "experiment: x\ntask: digits\nspace:\n  bits: {choices: ["
+        + f"{item}, " * (MAX_ITEMS - 1)
+        + f"{item}]}}\n"
+    )
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as info:
+        parse_spec(text, source="big.yaml")
+    assert time.perf_counter() - start < 10.0  # ~0.5-2 s here; quadratic would be minutes
+    assert info.value.field.startswith("space.bits.choices")
     assert len(str(info.value)) < 1500
 
 
