@@ -453,8 +453,9 @@ def _assert_interrupted(proc: subprocess.Popen[str], uri: str, experiment: str) 
 
 
 def test_ctrl_c_ends_the_search_killed_and_resume_continues_it(tmp_path: Path) -> None:
-    """SIGINT to the driver, then to the whole process group of the resumed search; between
-    them, a damaged and an untrusted saved state are refused; the last resume finishes."""
+    """SIGINT to the driver before its trials start (the dense baseline) and while they run,
+    then to the whole process group of a resumed search; between them, a damaged and an
+    untrusted saved state are refused; the last resume finishes."""
     trials = 6
     (tmp_path / "c.yaml").write_text(small_config("sigint", trials=trials))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -462,7 +463,20 @@ def test_ctrl_c_ends_the_search_killed_and_resume_continues_it(tmp_path: Path) -
     def finished_at_least(n: int) -> Any:
         return lambda: sum(c.info.status == "FINISHED" for c in _children(uri, "sigint")) >= n
 
-    proc = _search(tmp_path)
+    def search_started() -> bool:
+        client = MlflowClient(uri)
+        return bool(client.get_experiment_by_name("sigint")) and bool(_searches(uri, "sigint"))
+
+    early = _search(tmp_path)
+    try:
+        _wait_for(search_started, 600, "the search run", early)
+        os.kill(early.pid, signal.SIGINT)  # most likely during the baseline: no trial yet
+        _assert_interrupted(early, uri, "sigint")
+    finally:
+        if early.poll() is None:
+            _kill_group(early)
+
+    proc = _search(tmp_path, "--resume")
     try:
         _wait_for(finished_at_least(1), 600, "a finished trial", proc)
         os.kill(proc.pid, signal.SIGINT)  # the driver alone
