@@ -7,12 +7,20 @@ from collections.abc import Callable
 
 from trials._errors import TaskError
 from trials._task import Task
-from trials.tasks import DigitsTask, Mnist1dLargeTask, Mnist1dTask
+from trials.tasks import (
+    DigitsTask,
+    Mnist1dLargeTask,
+    Mnist1dTask,
+    TransformerLinearTask,
+    TransformerTask,
+)
 
 BUILTIN_TASKS: dict[str, Callable[[], Task]] = {
     DigitsTask.name: DigitsTask,
     Mnist1dTask.name: Mnist1dTask,
     Mnist1dLargeTask.name: Mnist1dLargeTask,
+    TransformerTask.name: TransformerTask,
+    TransformerLinearTask.name: TransformerLinearTask,
 }
 
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from trials._compress import prunable_layers
 from trials._errors import PruningError
+from trials._heads import HeadPruning, attention_modules, prune_heads
 
 
 @dataclass(frozen=True)
@@ -20,10 +21,15 @@ class StructuredPruning:
     dense_units: int
     units: int
     widths: tuple[int, ...]
+    heads: tuple[HeadPruning, ...] = ()
 
     @property
     def removed(self) -> int:
         return self.dense_units - self.units
+
+    def attention_tag(self) -> str:
+        """Which attention modules lost heads (and how many), and which were left out and why."""
+        return "; ".join(h.describe() for h in self.heads)
 
     @property
     def channel_sparsity(self) -> float:
@@ -44,6 +50,11 @@ def prune_structured(
     ``MetaPruner``: the dependency graph shrinks the layers that consume them too (the next
     layer's input channels, a Flatten into a Linear).
 
+    Attention (any module with a head count and q/k/v/out ``nn.Linear`` children,
+    ``trials._heads``) loses whole heads instead, ``floor(ratio * heads)`` per module, checked
+    to compute what the model did with those heads zeroed; its Linear layers, and every layer
+    whose channels are tied to them (the residual stream), are never pruned as neurons.
+
     Uniform per layer rather than global: every layer keeps ``1 - ratio`` of its width, so no
     layer can be emptied and the latency gain is predictable. The last layer (the model's
     output) is left whole; the output shape is checked to be unchanged.
@@ -55,17 +66,22 @@ def prune_structured(
     model.eval()
     with torch.no_grad():
         expected = tuple(model(example).shape)
+    heads: list[HeadPruning] = []
     if ratio > 0 and len(layers) > 1:
         try:
+            heads = prune_heads(model, example, ratio)
+            attention = [m for a in attention_modules(model) for m in a.modules()]
             pruner = tp.pruner.MetaPruner(
                 model,
                 example,
                 importance=tp.importance.MagnitudeImportance(p=2),
                 pruning_ratio=ratio,
                 global_pruning=False,
-                ignored_layers=[layers[-1]],
+                ignored_layers=[layers[-1], *attention],
             )
             pruner.step()
+            with torch.no_grad():
+                model(example)
         except Exception as exc:
             raise PruningError(
                 f"{what}: structured pruning must trace the model with torch-pruning's "
@@ -80,7 +96,9 @@ def prune_structured(
             f"is {got} now. Fix: search pruning: unstructured for this model."
         )
     widths = tuple(_width(layer) for layer in prunable_layers(model))
-    return StructuredPruning(dense_units=dense_units, units=sum(widths), widths=widths)
+    return StructuredPruning(
+        dense_units=dense_units, units=sum(widths), widths=widths, heads=tuple(heads)
+    )
 
 
 def _width(layer: nn.Module) -> int:

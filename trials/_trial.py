@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from searchspace import SIMULATED_BITS, TrialParams
+from trials._attention import rewrite_multihead_attention
 from trials._baseline import ensure_baseline, load_baseline_model
 from trials._compress import (
     GradualPruning,
@@ -131,6 +132,9 @@ def run_trial(
         torch.manual_seed(settings.seed)
         model = load_baseline_model(task, baseline)
         baseline_sha256 = weights_sha256(model)
+        rewrite = rewrite_multihead_attention(model)
+        if rewrite.rewritten or rewrite.kept:
+            tags["attention_rewrite"] = rewrite.tag()
         if not prunable_layers(model):
             raise TaskError(
                 f"{what}: the model must have Conv or Linear layers to prune and quantize, but "
@@ -141,6 +145,8 @@ def run_trial(
         if params.pruning == "structured":
             structured = prune_structured(model, example, params.sparsity, what=what)
             tags["pruning_widths"] = ",".join(str(w) for w in structured.widths)
+            if structured.heads:
+                tags["pruning_heads"] = structured.attention_tag()
         layers = prunable_layers(model)
         masks = [torch.ones_like(layer.weight, dtype=torch.bool) for layer in layers]
         schedule: GradualPruning | None = None
@@ -201,6 +207,12 @@ def run_trial(
             model, example, onnx_path, params, int8, _calibration(x_train, settings), what=what
         )
     )
+    tables = embedding_tables(model)
+    if tables:
+        tags["embeddings"] = (
+            f"{'fp16' if params.bits == 16 else 'fp32'}: {tables} nn.Embedding weights kept "
+            "float (not quantized) at every bit-width"
+        )
     claim = ExportClaim(
         bits=params.bits,
         units=units,
@@ -467,6 +479,11 @@ def _export_artifact(
         }
     finally:
         fp32_path.unlink(missing_ok=True)
+
+
+def embedding_tables(model: nn.Module) -> int:
+    """How many weights the model's ``nn.Embedding`` tables hold (kept float in every artifact)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
 
 
 def _check_sparsity(
