@@ -94,6 +94,7 @@ def quantize_int8(
             weight_type=QuantType.QInt8,
             extra_options={"WeightSymmetric": True},
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=float_tables(pre_path),
         )
     except Exception as exc:
         raise QuantizationError(
@@ -112,6 +113,22 @@ def quantize_int8(
             "no Conv/Gemm/MatMul that ONNX Runtime quantizes; search bits=32 for it."
         )
     _finish_artifact(out_path, what=what)
+
+
+def float_tables(path: Path) -> list[str]:
+    """Names of the nodes int8 leaves fp32: a Gather that looks up a constant table
+    (``nn.Embedding``) and any other non-layer op with a constant matrix input (a positional
+    embedding added to the activations). ONNX Runtime's static quantizer would give such a
+    table one per-tensor scale even in a per-channel format; kept fp32, the claim
+    (``embeddings`` tag, export check) says exactly what the file holds."""
+    model = onnx.load(str(path), load_external_data=False)
+    tables = {t.name for t in model.graph.initializer if len(t.dims) >= 2}
+    layers = {"Conv", "Gemm", "MatMul"}
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type not in layers and any(name in tables for name in n.input)
+    ]
 
 
 def quantize_int4(

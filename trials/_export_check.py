@@ -102,6 +102,7 @@ def check_export(
         )
 
     slimtune_bug = "report this as a slimtune bug; the trial's numbers are not trustworthy"
+    _check_tables_float(graph, inits, producer_of(graph), claim.bits, fail)
     if claim.bits == 8:
         if not (ops >= _QDQ or any(o.startswith("QLinear") or o in _INT_OPS for o in ops)):
             raise fail(
@@ -111,6 +112,13 @@ def check_export(
         if n_int8 == 0 or n_int4:
             raise fail(
                 "an 8-bit artifact stores int8/uint8 weight initializers and no int4 ones",
+                slimtune_bug,
+            )
+        floats = sorted({w.op for w in weights if w.stored not in _INT8_TYPES})
+        if floats or unresolved:
+            raise fail(
+                "an 8-bit artifact stores every Conv/Gemm/MatMul weight as int8 "
+                f"({floats or 'computed'} layers keep other weights)",
                 slimtune_bug,
             )
         if claim.int8_format is not None:
@@ -237,6 +245,34 @@ def _check_coverage(
             f"{shown}{' ...' if len(left) > 5 else ''} (weight bytes {census.share_text()})",
             "let those layers stay float by name (quantization.keep_float: [<module>], e.g. "
             "keep_float: [gru]), or search bits: [32] (16 for fp16 weights) for this model",
+        )
+
+
+def producer_of(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """The node producing each tensor of ``graph``."""
+    return {out: node for node in graph.node for out in node.output}
+
+
+def _check_tables_float(
+    graph: onnx.GraphProto,
+    inits: dict[str, TensorProto],
+    producer: dict[str, onnx.NodeProto],
+    bits: int,
+    fail: Callable[[str, str], ExportClaimError],
+) -> None:
+    """Lookup tables (a Gather of a constant matrix: ``nn.Embedding``) stay float at every
+    bit-width, as the trial's ``embeddings`` tag says: fp16 in an fp16 artifact, else fp32."""
+    want = TensorProto.FLOAT16 if bits == 16 else TensorProto.FLOAT
+    for node in graph.node:
+        if node.op_type != "Gather":
+            continue
+        table = _constant(node.input[0], inits, producer)
+        if table is None or len(table.dims) < 2 or table.data_type == want:
+            continue
+        raise fail(
+            f"embedding tables stay {TensorProto.DataType.Name(want).lower()} (the Gather of "
+            f"{table.name} reads {TensorProto.DataType.Name(table.data_type).lower()})",
+            "report this as a slimtune bug; the trial's numbers are not trustworthy",
         )
 
 

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from trials._compress import prunable_layers
 from trials._errors import PruningError
+from trials._heads import HeadPruning, attention_modules, prune_heads
 
 
 @dataclass(frozen=True)
@@ -21,10 +22,15 @@ class StructuredPruning:
     dense_units: int
     units: int
     widths: tuple[int, ...]
+    heads: tuple[HeadPruning, ...] = ()
 
     @property
     def removed(self) -> int:
         return self.dense_units - self.units
+
+    def attention_tag(self) -> str:
+        """Which attention modules lost heads (and how many), and which were left out and why."""
+        return "; ".join(h.describe() for h in self.heads)
 
     @property
     def channel_sparsity(self) -> float:
@@ -65,6 +71,11 @@ def prune_structured(
     ``MetaPruner``: the dependency graph shrinks the layers that consume them too (the next
     layer's input channels, a Flatten into a Linear).
 
+    Attention (any module with a head count and q/k/v/out ``nn.Linear`` children,
+    ``trials._heads``) loses whole heads instead, ``floor(ratio * heads)`` per module, checked
+    to compute what the model did with those heads zeroed; its Linear layers, and every layer
+    whose channels are tied to them (the residual stream), are never pruned as neurons.
+
     Uniform per layer rather than global: every layer keeps ``1 - ratio`` of its width, so no
     layer can be emptied and the latency gain is predictable; that width is rounded to a
     multiple of ``round_to`` (``kept_width``): a width of 52 runs slower than 56 or 48 in
@@ -78,6 +89,7 @@ def prune_structured(
     model.eval()
     with torch.no_grad():
         expected = tuple(model(example).shape)
+    heads: list[HeadPruning] = []
     if ratio > 0 and len(layers) < 2:
         raise PruningError(
             f"{what}: structured pruning at {ratio:g} must remove channels or neurons, but the "
@@ -95,6 +107,8 @@ def prune_structured(
             keep = kept_width(dense, ratio, round_to)
             ratios[layer] = max(0.0, (dense - keep - 0.5) / dense)
         try:
+            heads = prune_heads(model, example, ratio)
+            attention = [m for a in attention_modules(model) for m in a.modules()]
             pruner = tp.pruner.MetaPruner(
                 model,
                 example,
@@ -102,9 +116,11 @@ def prune_structured(
                 pruning_ratio=ratio,
                 pruning_ratio_dict=ratios,  # type: ignore[arg-type]
                 global_pruning=False,
-                ignored_layers=[layers[-1]],
+                ignored_layers=[layers[-1], *attention],
             )
             pruner.step()
+            with torch.no_grad():
+                model(example)
         except Exception as exc:
             raise PruningError(
                 f"{what}: structured pruning must trace the model with torch-pruning's "
@@ -119,7 +135,9 @@ def prune_structured(
             f"is {got} now. Fix: search pruning: unstructured for this model."
         )
     widths = tuple(_width(layer) for layer in prunable_layers(model))
-    return StructuredPruning(dense_units=dense_units, units=sum(widths), widths=widths)
+    return StructuredPruning(
+        dense_units=dense_units, units=sum(widths), widths=widths, heads=tuple(heads)
+    )
 
 
 def _width(layer: nn.Module) -> int:

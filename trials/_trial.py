@@ -14,6 +14,7 @@ from torch import nn
 
 from searchspace import SIMULATED_BITS, TrialParams
 from trials._artifact_weights import artifact_sparsity
+from trials._attention import rewrite_multihead_attention
 from trials._baseline import ensure_baseline, load_baseline_model
 from trials._compress import (
     GradualPruning,
@@ -132,6 +133,9 @@ def run_trial(
         torch.manual_seed(settings.seed)
         model = load_baseline_model(task, baseline)
         baseline_sha256 = weights_sha256(model)
+        rewrite = rewrite_multihead_attention(model)
+        if rewrite.rewritten or rewrite.kept:
+            tags["attention_rewrite"] = rewrite.tag()
         if not prunable_layers(model):
             raise TaskError(
                 f"{what}: the model must have Conv or Linear layers to prune and quantize, but "
@@ -150,6 +154,8 @@ def run_trial(
                     f"none: ratio {params.sparsity:g} removes no unit at round_to "
                     f"{settings.pruning_round_to}"
                 )
+            if structured.heads:
+                tags["pruning_heads"] = structured.attention_tag()
         layers = prunable_layers(model)
         masks = [torch.ones_like(layer.weight, dtype=torch.bool) for layer in layers]
         schedule: GradualPruning | None = None
@@ -214,6 +220,12 @@ def run_trial(
             model, example, onnx_path, params, int8, _calibration(x_train, settings), what=what
         )
     )
+    tables = embedding_tables(model)
+    if tables:
+        tags["embeddings"] = (
+            f"{'fp16' if params.bits == 16 else 'fp32'}: {tables} nn.Embedding weights kept "
+            "float (not quantized) at every bit-width"
+        )
     claim = ExportClaim(
         bits=params.bits,
         units=units,
@@ -502,6 +514,11 @@ def _export_artifact(
         }
     finally:
         fp32_path.unlink(missing_ok=True)
+
+
+def embedding_tables(model: nn.Module) -> int:
+    """How many weights the model's ``nn.Embedding`` tables hold (kept float in every artifact)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
 
 
 def _check_sparsity(
