@@ -75,6 +75,9 @@ def run_trial(
          mask is fixed); with ``epochs=0`` it is one-shot.
        - ``structured``: ``params.sparsity`` of the output channels/neurons of every Conv/Linear
          layer but the last are removed (torch-pruning, uniform per layer) before fine-tuning.
+         Attention modules lose whole heads instead (``trials._heads``; tag ``pruning_heads``).
+       Every ``nn.MultiheadAttention`` is first rewritten on four ``nn.Linear`` (same outputs,
+       checked; tag ``attention_rewrite``) so that every knob reaches its projections.
     3. Fine-tune ``settings.epochs`` epochs with Adam (``params.lr``, ``params.batch_size``,
        shuffling seeded by ``settings.seed``); at 2-8 bits with ``params.quant_scheme`` qat the
        weights are fake-quantized on the exported grid (at 8 bits the int8 format's, chosen
