@@ -148,7 +148,10 @@ def check_account(
         raise records_lost(watch.lost, client.tracking_uri)
     verify_records(client, parent_run_id, watch.identity, account.finished_run_ids)
     if account.ended < trials:
-        raise SearchInterrupted(f"the search ended after {account.ended} of {trials} trials")
+        raise SearchInterrupted(
+            f"the search stopped with {trials - account.ended} of its {trials} trials not run "
+            "to the end"
+        )
     gone = "its process ended without recording an outcome (see Ray's error in the log)"
     close_trial_runs(client, parent_run_id, {**account.errors, "": gone}, status="FAILED")
 
@@ -236,7 +239,7 @@ def end_interrupted(
 
     Its trial runs cut off mid-way end KILLED (``--resume`` runs them again into the same run),
     the search run logs the counts MLflow holds and ends KILLED."""
-    detail = str(exc) if isinstance(exc, SearchInterrupted) else "interrupted (Ctrl-C)"
+    detail = str(exc) if isinstance(exc, SearchInterrupted) else "Ctrl-C (SIGINT)"
     resume = f"slimtune search {config} --resume"
     note = ""
     finished = failed = 0

@@ -145,7 +145,7 @@ def _as_if_recorded_before_quant_scheme(work: Path, uri: str, experiment: str) -
     recorded, whose driver died after its trials finished in MLflow but before Ray's state
     said so: no ``quant_scheme`` in the child runs' params nor in Ray's trial configs, every
     Ray trial RUNNING, the search run KILLED and without the tag naming its config artifact.
-    (The pickled Optuna study is left as it is: a finished trial's replay does not consult
+    (The saved Optuna study is left as it is: a finished trial's replay does not consult
     it.)"""
     # The newest state file: the one Ray restores from (a resumed search writes another).
     state_file = sorted((work / ".slimtune" / "ray").glob("search-*/experiment_state-*.json"))[-1]

@@ -83,7 +83,9 @@ def test_results_short_of_the_trials_are_an_interruption_and_runs_left_open_are_
     identity = StoreIdentity.of(client.tracking_uri)
     results = [_result({**DONE, "mlflow_run_id": runs["done"]})]
     account = SearchAccount.of(results, OBJECTIVES)
-    with pytest.raises(SearchInterrupted, match="ended after 1 of 2 trials"):
+    with pytest.raises(
+        SearchInterrupted, match="stopped with 1 of its 2 trials not run to the end"
+    ):
         check_account(client, parent, 2, account, RecordsWatch(identity))
     assert client.get_run(runs["cut"]).info.status == "RUNNING"  # left to end_interrupted
     check_account(client, parent, 1, account, RecordsWatch(identity))
