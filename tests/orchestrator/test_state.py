@@ -15,7 +15,7 @@ from orchestrator._searcher import SearcherStateDamaged
 from orchestrator._state import SavedStateDamaged, SavedStateNotTrusted, check_saved_state
 from searchspace import SamplerSpec, parse_spec, to_distributions
 
-SPEC = parse_spec("experiment: x\n")
+SPEC = parse_spec("experiment: x\ntask: digits\n")
 SPACE = to_distributions(SPEC.space)
 
 
