@@ -136,10 +136,10 @@ def test_structured_pruning_keeps_widths_multiples_of_round_to(ratio: float) -> 
 
 def test_round_to_is_a_validated_config_field() -> None:
     assert parse_spec("experiment: x\ntask: digits\n").pruning.round_to == 8
-    assert parse_spec("experiment: x\npruning: {round_to: 1}\n").pruning.round_to == 1
+    assert parse_spec("experiment: x\ntask: digits\npruning: {round_to: 1}\n").pruning.round_to == 1
     for bad in ("0", "-8", "2.5", "eight"):
         with pytest.raises(Exception, match=r"pruning.round_to"):
-            parse_spec(f"experiment: x\npruning: {{round_to: {bad}}}\n")
+            parse_spec(f"experiment: x\ntask: digits\npruning: {{round_to: {bad}}}\n")
 
 
 # 18.2: no exporter metadata in the artifact; ORT outputs bit-identical.
@@ -261,10 +261,12 @@ def test_global_pruning_caps_each_layer_and_layer_scope_prunes_each_evenly() -> 
 
 def test_pruning_scope_is_a_searchable_knob() -> None:
     assert parse_spec("experiment: x\ntask: digits\n").space.pruning_scope.choices == ["global"]  # type: ignore[union-attr]
-    spec = parse_spec("experiment: x\nspace:\n  pruning_scope: {choices: [global, layer]}\n")
+    spec = parse_spec(
+        "experiment: x\ntask: digits\nspace:\n  pruning_scope: {choices: [global, layer]}\n"
+    )
     assert to_distributions(spec.space)["pruning_scope"].choices == ("global", "layer")  # type: ignore[attr-defined]
     with pytest.raises(Exception, match=r"space.pruning_scope"):
-        parse_spec("experiment: x\nspace:\n  pruning_scope: model\n")
+        parse_spec("experiment: x\ntask: digits\nspace:\n  pruning_scope: model\n")
 
 
 # 18.5: sparsity over every weight of the artifact.
@@ -328,12 +330,14 @@ def test_int4_and_simulated_claims_cover_the_gru(tmp_path: Path) -> None:
 
 
 def test_keep_float_is_a_validated_list_of_module_names() -> None:
-    spec = parse_spec("experiment: x\nquantization: {keep_float: [gru, encoder.layers.0]}\n")
+    spec = parse_spec(
+        "experiment: x\ntask: digits\nquantization: {keep_float: [gru, encoder.layers.0]}\n"
+    )
     assert spec.quantization.keep_float == ["gru", "encoder.layers.0"]
     assert parse_spec("experiment: x\ntask: digits\n").quantization.keep_float == []
     for bad in ('[""]', "[gru, gru]", "[' gru']", "[3]", "gru"):
         with pytest.raises(Exception, match=r"quantization\.keep_float"):
-            parse_spec(f"experiment: x\nquantization: {{keep_float: {bad}}}\n")
+            parse_spec(f"experiment: x\ntask: digits\nquantization: {{keep_float: {bad}}}\n")
 
 
 def test_attention_int8_covers_in_proj(tmp_path: Path) -> None:
