@@ -24,10 +24,12 @@ from orchestrator._faults import FirstTrialsAllFail
 from orchestrator._int8 import resolution_tags, resolve_int8_format
 from orchestrator._latency import MeterRef, running_meter
 from orchestrator._live import LiveFrontCallback
+from orchestrator._mo_asha import MoAshaState
 from orchestrator._progress import TrialLines, format_metrics, pareto_table
 from orchestrator._resources import check_resources
 from orchestrator._resume import check_resume_config
 from orchestrator._samplers import build_sampler
+from orchestrator._scheduler import STATE_FILE, EarlyStopRecords, FinalReportsOnly, MoAsha
 from orchestrator._searcher import TRIAL_NUMBER_KEY, OptunaAskTell
 from orchestrator._tracking import (
     TrackingTarget,
@@ -233,7 +235,7 @@ def _run(
             latency_meter=meter,
             int8_auto=int8_auto,
         )
-        finished, failed, stopper = _tune(
+        counts, stopper = _tune(
             spec,
             ctx,
             runs_dir,
@@ -250,10 +252,17 @@ def _run(
             )
         front = publish_front(uri, parent, out_dir=runs_dir / "report", backfill=True)
         wall = time.perf_counter() - t0
+        finished, failed = counts.finished, counts.failed
         log_metrics(
             client,
             parent,
-            {"trials_finished": finished, "trials_failed": failed, "search_seconds": wall},
+            {
+                "trials_finished": finished,
+                "trials_failed": failed,
+                "trials_stopped": counts.stopped,
+                "trial_seconds_total": counts.seconds,
+                "search_seconds": wall,
+            },
         )
         client.set_terminated(parent, "FINISHED")
     except KeyboardInterrupt:
@@ -262,7 +271,11 @@ def _run(
     except BaseException as exc:
         fail_run(client, parent, f"{type(exc).__name__}: {exc}")
         raise
-    print(f"\n{finished} trials finished, {failed} failed in {wall:.0f} s. Pareto front:", file=out)
+    stopped = f", {counts.stopped} stopped early" if spec.early_stopping.enabled else ""
+    print(
+        f"\n{finished} trials finished, {failed} failed{stopped} in {wall:.0f} s. Pareto front:",
+        file=out,
+    )
     if finished:
         print(pareto_table(front), file=out)
     inspect = "slimtune ui" if uri == resolve_tracking_uri(None, workdir) else redact_uri(uri)
@@ -357,7 +370,7 @@ def _tune(
     resume: bool,
     body: TrialBody,
     extra_callbacks: Sequence[Callback] = (),
-) -> tuple[int, int, FirstTrialsAllFail]:
+) -> tuple[TrialCounts, FirstTrialsAllFail]:
     from ray import tune
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -372,6 +385,11 @@ def _tune(
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     trainable = tune.with_resources(make_trainable(ctx, body=body), resources)
     stopper = FirstTrialsAllFail(spec.faults.stop_after_failures)
+    scheduler = (
+        MoAsha(MoAshaState.for_spec(spec), runs_dir / STATE_FILE)
+        if spec.early_stopping.enabled
+        else None
+    )
     storage = spec.storage or str(runs_dir.parent.parent / "ray")
     name = f"search-{ctx.tracking.parent_run_id}"
     if resume:
@@ -394,13 +412,15 @@ def _tune(
                 num_samples=spec.trials,
                 max_concurrent_trials=spec.concurrency,
                 reuse_actors=True,
+                scheduler=scheduler,
             ),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage,
                 verbose=0,
                 # FirstTrialsAllFail must see every result: CombinedStopper asks in order.
-                stop=tune.stopper.CombinedStopper(stopper, EndAtReport()),
+                # (it counts trials: rung reports of early stopping are not trials).
+                stop=tune.stopper.CombinedStopper(FinalReportsOnly(stopper), EndAtReport()),
                 callbacks=[
                     # result.json per trial: what Ray Tune's own ResultGrid reads back.
                     JsonLoggerCallback(),
@@ -408,6 +428,7 @@ def _tune(
                     LiveFrontCallback(
                         ctx.tracking.uri, ctx.tracking.parent_run_id, out=out, background=True
                     ),
+                    *([EarlyStopRecords(scheduler, ctx.tracking.uri)] if scheduler else []),
                     *extra_callbacks,
                 ],
                 failure_config=tune.FailureConfig(max_failures=spec.faults.max_retries),
@@ -421,8 +442,7 @@ def _tune(
         stopper.replay(
             r.metrics for r in sorted(results, key=_trial_number) if r.metrics is not None
         )
-    counts = TrialCounts.of(results, spec.metric_names)
-    return counts.finished, counts.failed, stopper
+    return TrialCounts.of(results, spec.metric_names), stopper
 
 
 def _trial_number(result: Any) -> int:

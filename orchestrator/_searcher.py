@@ -2,7 +2,8 @@
 
 Ours rather than ``ray.tune.search.optuna.OptunaSearch`` because that one swallows errors from
 ``tell``, forces a NopPruner and has exclusive integer bounds (see the stack notes). This one is
-small: ``suggest`` asks, ``on_trial_complete`` tells (values, or FAIL with the reason).
+small: ``suggest`` asks, ``on_trial_complete`` tells (values, PRUNED for a trial stopped early
+at a rung, or FAIL with the reason).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
+
+from orchestrator._scheduler import RUNG_KEY, is_rung
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,11 @@ class OptunaAskTell(Searcher):
     ) -> None:
         trial = self._live.pop(trial_id, None)
         if trial is None:
+            return
+        if not error and is_rung(result):
+            # Its last report was a rung: the search's scheduler stopped it early.
+            trial.set_user_attr("pruned_at_epoch", int(result[RUNG_KEY]))  # type: ignore[index]
+            self._study.tell(trial, state=TrialState.PRUNED)
             return
         values = _objective_values(result, self._metrics) if not error else None
         if values is None:

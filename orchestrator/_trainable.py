@@ -24,21 +24,26 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Result, Stopper
 
 from orchestrator._latency import LatencyMeterUnavailable, MeterRef
+from orchestrator._scheduler import RUNG_KEY, STOPPED_KEY, is_rung, rung_result
 from orchestrator._searcher import TRIAL_NUMBER_KEY
 from orchestrator._tracking import (
     TrackingTarget,
     fail_run,
     find_trial_run,
     finish_trial_run,
+    log_metrics,
     start_trial_run,
 )
 from searchspace import SearchSpec, SlimtuneError, TrialParams
 from trials import (
     Int8Resolution,
+    RungReport,
+    RungReporter,
     Task,
     TrialRecord,
     TrialResult,
@@ -117,7 +122,8 @@ def _task(ref: str) -> Task:
 
 
 class EndAtReport(Stopper):
-    """Stop each trial at its report: the trial function reports once, at its very end.
+    """Stop each trial at its final report: the trial function reports once, at its very end
+    (with early stopping it also reports at its rungs, which this lets pass).
 
     Without it Ray Tune asks the function for a next result after that report, and learns only
     one more driver round trip later that it returned: ~2 round trips per trial instead of 1
@@ -126,7 +132,7 @@ class EndAtReport(Stopper):
     """
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        return True
+        return not is_rung(result)
 
     def stop_all(self) -> bool:
         return False
@@ -144,11 +150,26 @@ class TrialCounts:
 
     finished: int
     failed: int
+    stopped: int = 0  # stopped early by the search's scheduler (last report at a rung)
+    seconds: float = 0.0  # the search's cost: trial-seconds of finished and stopped trials
 
     @classmethod
     def of(cls, results: Iterable[Result], metric_names: Sequence[str]) -> TrialCounts:
+        results = list(results)
         done = [_finished(r, metric_names) for r in results]
-        return cls(finished=sum(done), failed=len(done) - sum(done))
+        stopped = [r.error is None and is_rung(r.metrics) for r in results]
+        seconds = sum(_seconds(r.metrics or {}) for r in results)
+        return cls(
+            finished=sum(done),
+            failed=len(done) - sum(done) - sum(stopped),
+            stopped=sum(stopped),
+            seconds=seconds,
+        )
+
+
+def _seconds(metrics: dict[str, Any]) -> float:
+    value = metrics.get("trial_seconds", metrics.get("rung_seconds", 0.0))
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else 0.0
 
 
 def _finished(result: Result, metric_names: Sequence[str]) -> bool:
@@ -193,6 +214,10 @@ def make_trainable(
                 f"{existing.info.run_id}: {_describe(differ)}); the search state and MLflow "
                 "disagree. Fix: start a new search without --resume."
             )
+        if existing is not None and existing.data.tags.get("early_stopped") == "true":
+            # Stopped early before the driver went down (resume): it stays stopped.
+            tune.report(_stopped_replay(existing))
+            return
         if existing is not None and existing.info.status == "FINISHED":
             # Finished before the driver went down (resume): report the record, do not re-run.
             tune.report(
@@ -218,8 +243,16 @@ def make_trainable(
                 params=params,
                 extra_params={"seed": settings.seed, "epochs": settings.epochs},
             )
+        rungs = _RungReports(client, run_id, ctx.spec.metric_names, tune.report)
         try:
-            result = _run_body(body, ctx.latency_meter, _task(ctx.task_ref), params, settings)
+            result = _run_body(
+                body,
+                ctx.latency_meter,
+                _task(ctx.task_ref),
+                params,
+                settings,
+                rungs if ctx.spec.early_stopping.enabled else None,
+            )
             bad = {k: v for k, v in result.metrics.items() if not math.isfinite(v)}
             if bad:
                 raise NonFiniteMetric(
@@ -235,6 +268,9 @@ def make_trainable(
                 torch_threads=ctx.torch_threads,
                 baseline_threads=ctx.baseline_threads,
             )
+        except StoppedAtRung as stop:  # the search's scheduler stopped it: recorded, told
+            rungs.record_stop(stop.report)
+            raise SystemExit(0) from None  # how Ray ends a trial it stops, as tune.report did
         except LatencyMeterUnavailable as exc:  # the infrastructure's: Ray retries the trial
             fail_run(client, run_id, f"{type(exc).__name__}: {exc}")
             raise
@@ -280,15 +316,81 @@ def _run_body(
     task: Task,
     params: TrialParams,
     settings: TrialSettings,
+    rungs: RungReporter | None = None,
 ) -> TrialResult:
     """Run ``trials.run_trial`` inside this machine's measurement gate, its latency timed by
-    the search's meter. Any other body (the orchestration benchmark's fixed work) measures no
-    latency and runs as it is."""
-    if meter_ref is None or body is not run_trial:
+    the search's meter, reporting to ``rungs`` with early stopping. Any other body (the
+    orchestration benchmark's fixed work) measures no latency and runs as it is."""
+    if body is not run_trial:
         return body(task, params, settings)
+    if meter_ref is None:
+        return run_trial(task, params, settings, rungs=rungs)
     meter = meter_ref.connect()
     with meter.working():
-        return run_trial(task, params, settings, meter=meter)
+        return run_trial(task, params, settings, meter=meter, rungs=rungs)
+
+
+class StoppedAtRung(BaseException):
+    """Ray Tune ended the trial at this rung report (its scheduler said stop). A
+    BaseException, as the ``SystemExit`` it replaces: no handler of the trial's own failures
+    may take it for one."""
+
+    def __init__(self, report: RungReport) -> None:
+        super().__init__(f"stopped at epoch {report.epoch}")
+        self.report = report
+
+
+class _RungReports:
+    """A trial's ``RungReporter``: each rung goes to its MLflow run as metric history
+    (``rung_<metric>`` at step = epoch) and to Ray Tune; the ``SystemExit`` by which
+    ``tune.report`` ends a trial that the scheduler stopped becomes :class:`StoppedAtRung`."""
+
+    def __init__(
+        self, client: MlflowClient, run_id: str, objectives: list[str], report: Callable[..., None]
+    ) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.objectives = objectives
+        self.report = report
+        self.first: RungReport | None = None
+
+    def __call__(self, rung: RungReport) -> None:
+        if self.first is None:
+            self.first = rung
+        payload = rung_result(rung, self.objectives, self.run_id)
+        history = {k: v for k, v in payload.items() if k.startswith("rung_") and k != RUNG_KEY}
+        if "torch_accuracy" in rung.metrics:
+            history["rung_torch_accuracy"] = rung.metrics["torch_accuracy"]
+        log_metrics(self.client, self.run_id, history, step=rung.epoch)
+        try:
+            self.report(payload)
+        except SystemExit:
+            raise StoppedAtRung(rung) from None
+
+    def record_stop(self, rung: RungReport) -> None:
+        """End the run KILLED, early-stopped at ``rung``, with the early measurement and the
+        seconds the trial cost (the driver adds the scheduler's reason)."""
+        metrics = {"trial_seconds": rung.seconds}
+        if self.first is not None:
+            metrics.update({f"early_{k}": v for k, v in self.first.metrics.items()})
+        log_metrics(self.client, self.run_id, metrics)
+        tags = {
+            "early_stopped": "true",
+            "stopped_at_epoch": str(rung.epoch),
+        }
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.set_terminated(self.run_id, "KILLED")
+
+
+def _stopped_replay(run: Any) -> dict[str, Any]:
+    """The report of a trial recorded as stopped early (a re-run after --resume)."""
+    return {
+        RUNG_KEY: int(run.data.tags.get("stopped_at_epoch", "0") or 0),
+        STOPPED_KEY: 1,
+        "rung_seconds": float(run.data.metrics.get("trial_seconds", 0.0)),
+        "mlflow_run_id": run.info.run_id,
+        "replayed": 1,
+    }
 
 
 # A knob's default is what slimtune did before the knob existed (quant_scheme: qat, the only

@@ -1,6 +1,7 @@
 """What is searched: knobs and their ranges, objectives with directions, the validated config."""
 
 from searchspace._distributions import to_distributions
+from searchspace._early_stopping import EARLY_STOPPING_NAMES, EarlyStopping
 from searchspace._errors import ConfigError, SlimtuneError
 from searchspace._load import load_spec, parse_spec
 from searchspace._spec import (
@@ -29,6 +30,7 @@ from searchspace._spec import (
 )
 
 __all__ = [
+    "EARLY_STOPPING_NAMES",
     "INT8_FORMATS",
     "KNOBS",
     "METRICS",
@@ -40,6 +42,7 @@ __all__ = [
     "SUPPORTED_BITS",
     "Choice",
     "ConfigError",
+    "EarlyStopping",
     "Faults",
     "FloatRange",
     "Latency",
