@@ -8,6 +8,7 @@ from typing import Any, TextIO
 import pandas as pd
 from ray.tune import Callback
 
+from orchestrator._scheduler import RUNG_KEY
 from orchestrator._searcher import TRIAL_NUMBER_KEY
 
 
@@ -24,6 +25,11 @@ class TrialLines(Callback):
         r = trial.last_result or {}
         if r.get("trial_failed"):
             self._print(f"{_knobs(trial.config)} | FAILED: {str(r.get('trial_error'))[:200]}")
+            return
+        if RUNG_KEY in r:  # its last report was a rung: the early-stopping scheduler stopped it
+            acc = r.get("rung_accuracy")
+            at = f" (accuracy {acc:.4f})" if isinstance(acc, float) else ""
+            self._print(f"{_knobs(trial.config)} | stopped early at epoch {r[RUNG_KEY]}{at}")
             return
         self._print(f"{_knobs(trial.config)} | {format_metrics(r)}")
 

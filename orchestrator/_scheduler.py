@@ -14,10 +14,11 @@ whose last report was a rung) tell the two apart by it.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import RunTag
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback, Stopper
 from ray.tune.experiment import Trial
@@ -141,10 +142,12 @@ class FinalReportsOnly(Stopper):
 
 class EarlyStopRecords(Callback):
     """In the driver: a trial that ``scheduler`` stopped gets its MLflow run ended KILLED with
-    tags ``early_stopped=true``, ``stopped_at_epoch`` and ``early_stop_reason``.
+    tags ``early_stopped=true``, ``stopped_at_epoch`` and ``early_stop_reason``, and metric
+    ``trial_seconds`` (its seconds up to the stop: its cost).
 
-    The trial's own process records the same status and the first two tags as it stops; this
-    adds the reason (only the scheduler knows it) and covers a process that ended first."""
+    The driver does it, not the trial: only the scheduler knows the reason, and the trial's
+    thread must end at once when stopped, or Ray cannot reuse its actor for the next trial
+    (it waits ``TUNE_FUNCTION_THREAD_TIMEOUT_S`` for it, then fails that next trial)."""
 
     def __init__(self, scheduler: MoAsha, tracking_uri: str) -> None:
         self.scheduler = scheduler
@@ -158,7 +161,14 @@ class EarlyStopRecords(Callback):
         if decision is None or not run_id:
             return
         client = MlflowClient(tracking_uri=self.tracking_uri)
-        client.log_batch(str(run_id), tags=[RunTag(k, v) for k, v in stop_tags(decision).items()])
+        seconds = (trial.last_result or {}).get("rung_seconds")
+        metrics = (
+            [Metric("trial_seconds", float(seconds), int(time.time() * 1000), 0)]
+            if isinstance(seconds, int | float)
+            else []
+        )
+        tags = [RunTag(k, v) for k, v in stop_tags(decision).items()]
+        client.log_batch(str(run_id), metrics=metrics, tags=tags)
         client.set_terminated(str(run_id), "KILLED")
 
 

@@ -98,6 +98,10 @@ def _local_env() -> None:
     # trial's start, result and end (~5 ms per trial, a TensorBoard writer thread each) and
     # duplicate what MLflow records; the search adds back only the JSON one (see _tune).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # A trial stopped early ends its thread inside tune.report; Ray waits this long (default
+    # 2 s) for it before reusing the actor, and fails the next trial if it has not ended (on a
+    # loaded machine the unwinding, e.g. leaving the latency gate, can take longer).
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
     # torch configures its loggers when imported (by now): keep the exporter's notices quiet.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 

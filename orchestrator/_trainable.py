@@ -24,7 +24,6 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Result, Stopper
 
@@ -268,8 +267,8 @@ def make_trainable(
                 torch_threads=ctx.torch_threads,
                 baseline_threads=ctx.baseline_threads,
             )
-        except StoppedAtRung as stop:  # the search's scheduler stopped it: recorded, told
-            rungs.record_stop(stop.report)
+        except StoppedAtRung:  # the search's scheduler stopped it; the driver records it
+            # (EarlyStopRecords): end the thread at once, so that Ray can reuse this actor
             raise SystemExit(0) from None  # how Ray ends a trial it stops, as tune.report did
         except LatencyMeterUnavailable as exc:  # the infrastructure's: Ray retries the trial
             fail_run(client, run_id, f"{type(exc).__name__}: {exc}")
@@ -352,34 +351,20 @@ class _RungReports:
         self.run_id = run_id
         self.objectives = objectives
         self.report = report
-        self.first: RungReport | None = None
 
     def __call__(self, rung: RungReport) -> None:
-        if self.first is None:
-            self.first = rung
         payload = rung_result(rung, self.objectives, self.run_id)
         history = {k: v for k, v in payload.items() if k.startswith("rung_") and k != RUNG_KEY}
         if "torch_accuracy" in rung.metrics:
             history["rung_torch_accuracy"] = rung.metrics["torch_accuracy"]
         log_metrics(self.client, self.run_id, history, step=rung.epoch)
+        if rung.epoch == 0:  # the early measurement, kept if the trial is stopped
+            early = {f"early_{k}": v for k, v in rung.metrics.items()}
+            log_metrics(self.client, self.run_id, early)
         try:
             self.report(payload)
         except SystemExit:
             raise StoppedAtRung(rung) from None
-
-    def record_stop(self, rung: RungReport) -> None:
-        """End the run KILLED, early-stopped at ``rung``, with the early measurement and the
-        seconds the trial cost (the driver adds the scheduler's reason)."""
-        metrics = {"trial_seconds": rung.seconds}
-        if self.first is not None:
-            metrics.update({f"early_{k}": v for k, v in self.first.metrics.items()})
-        log_metrics(self.client, self.run_id, metrics)
-        tags = {
-            "early_stopped": "true",
-            "stopped_at_epoch": str(rung.epoch),
-        }
-        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        self.client.set_terminated(self.run_id, "KILLED")
 
 
 def _stopped_replay(run: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from mlflow.entities import Metric, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from reports._early import STOPPED_COLUMNS
 from reports._errors import ReportError, SearchNotFound
 from reports._interactive import plot_interactive
 from reports._pareto import (
@@ -35,7 +36,12 @@ BASELINE_PREFIX = "baseline_"
 
 _FLOAT_PARAMS = ("lr", "sparsity")
 _INT_PARAMS = ("batch_size", "bits")
-_TAG_COLUMNS = {"artifact": "artifact", "format": "format", "slimtune.error": "error"}
+_TAG_COLUMNS = {
+    "artifact": "artifact",
+    "format": "format",
+    "slimtune.error": "error",
+    **STOPPED_COLUMNS,
+}
 _BASE_COLUMNS = [
     "run_id",
     "trial_id",

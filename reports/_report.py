@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from reports._early import StoppedTrials, stopped_mask
 from reports._errors import ReportError
 from reports._interactive import plot_interactive
 from reports._mlflow import SearchRuns, hypervolume_history, load_search
@@ -154,7 +155,7 @@ def write_report(
     objectives = search.objectives
     ranked = pareto_ranks(search.trials, objectives)
     finished = ranked[ranked["status"] == "FINISHED"]
-    failed = int((ranked["status"] != "FINISHED").sum())
+    failed = int(((ranked["status"] != "FINISHED") & ~stopped_mask(ranked)).sum())
 
     reference: dict[str, float] | None
     try:
@@ -261,6 +262,8 @@ def _page(
         _bands_table(bands),
         "<h2>Cost of the search</h2>",
         _cost_html(cost),
+        "<h2>Stopped early</h2>",
+        StoppedTrials.of(ranked).html(),
         "<h2>Plots</h2>",
         "<p>Interactive view of every trial (hover for details; opens offline): "
         "<a href='trials.html'>trials.html</a>.</p>",

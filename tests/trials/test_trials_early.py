@@ -45,6 +45,7 @@ def test_early_measurement_matches_final_and_keeps_weights(
     # Size is fixed by the structure: the early file has exactly the final file's bytes.
     assert early.metrics["early_size_bytes"] == early.metrics["size_bytes"]
     assert early.tags["early_size_bytes_match"] == "true"
+    assert early.metrics["early_size_bytes_drift"] == 0
     for name in ("size_gzip_bytes", "latency_ms", "accuracy"):
         assert f"early_{name}" in early.metrics
     assert all(r.metrics["size_bytes"] == early.metrics["size_bytes"] for r in reports)
