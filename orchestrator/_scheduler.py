@@ -25,6 +25,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from orchestrator._mo_asha import Decision, MoAshaState
+from searchspace import SlimtuneError
 from trials import RungReport
 
 RUNG_KEY = "rung_epoch"  # in every rung report, never in a final one
@@ -59,6 +60,10 @@ def _rung_metrics(result: dict[str, Any]) -> dict[str, float]:
     }
 
 
+class SchedulerStateDamaged(SlimtuneError):
+    """The saved state of the early-stopping scheduler cannot be read back."""
+
+
 class MoAsha(FIFOScheduler):
     """Multi-objective ASHA (see ``orchestrator._mo_asha``): stop a trial at a rung epoch
     unless its non-dominated rank there puts it in the top ``1/eta``; asynchronous.
@@ -82,11 +87,18 @@ class MoAsha(FIFOScheduler):
     @property
     def state(self) -> MoAshaState:
         if self._state is None:
-            self._state = (
-                MoAshaState.from_json(self._path.read_text())
-                if self._path.exists()
-                else MoAshaState(**vars(self._initial))
-            )
+            if not self._path.exists():  # a copy: _initial stays empty
+                self._state = MoAshaState.from_json(self._initial.to_json())
+                return self._state
+            try:
+                self._state = MoAshaState.from_json(self._path.read_text())
+            except (OSError, ValueError, TypeError, KeyError) as exc:
+                raise SchedulerStateDamaged(
+                    f"the early-stopping scheduler's state {self._path} must be the JSON it "
+                    f"wrote, but it cannot be read ({type(exc).__name__}: {exc}). Fix: delete "
+                    "that file and resume again (the rungs start over empty; trials already "
+                    "stopped stay stopped), or start a new search."
+                ) from exc
         return self._state
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:

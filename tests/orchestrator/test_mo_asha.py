@@ -22,6 +22,7 @@ from orchestrator._scheduler import (
     STOPPED_KEY,
     FinalReportsOnly,
     MoAsha,
+    SchedulerStateDamaged,
     rung_result,
 )
 from orchestrator._searcher import OptunaAskTell
@@ -237,3 +238,11 @@ def test_config_block_validates() -> None:
     assert spec.early_stopping.rungs(9) == (1, 3)
     assert MoAshaState.for_spec(spec).rungs == [1, 3]
     assert SearchSpec(experiment="x").early_stopping.enabled is False
+
+
+def test_a_damaged_state_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text('{"version": 1, "rungs": [1')
+    scheduler = MoAsha(_state(), path)
+    with pytest.raises(SchedulerStateDamaged, match="delete that file and resume again"):
+        scheduler.on_trial_result(None, _FakeTrial("t0"), _tune_result(1, 0.8, 4000, 0.2))
