@@ -28,8 +28,8 @@ predictive?). Studies run in parallel, one process each (``--workers``); latency
 inline while the others run, equally noisy for every strategy: run it on a quiet machine with
 at least one core per study.
 
-``--smoke``: one seed, digits, 3 trials of 2 epochs, a short latency plan: checks that the
-script runs (seconds), not a result.
+``--smoke``: one seed, digits, 2 trials of 2 epochs, a short latency plan: checks that the
+script runs (a few minutes on a busy 2-core machine), not a result.
 """
 
 from __future__ import annotations
@@ -293,16 +293,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=9)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--raw", type=Path)
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=ROOT / ".slimtune" / "cache",
+        help="the dense baselines' cache (trained once per task and seed)",
+    )
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.config, args.seeds, args.n, args.epochs = str(ROOT / "examples/digits.yaml"), [0], 3, 2
+        args.config, args.seeds, args.n, args.epochs = str(ROOT / "examples/digits.yaml"), [0], 2, 2
     command = "python benchmarks/early_stopping.py " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="slimtune-es-") as tmp:
-        cache, work = Path(tmp) / "cache", Path(tmp) / "work"
+        cache, work = args.cache_dir.resolve(), Path(tmp) / "work"
         work.mkdir(parents=True)
         base_job = Job(
             args.config,
