@@ -47,6 +47,9 @@ class LiveFront:
         self.out = out or sys.stderr
         self.seconds: list[float] = []
         self.errors = 0
+        # The front as of the last successful update (the progress line shows them).
+        self.front_size: int | None = None
+        self.hypervolume: float | None = None
         self._tracker: FrontTracker | None = None  # made at the first update, in the driver
         self._ended: set[str] = set()
         self._lock = threading.Lock()
@@ -63,7 +66,8 @@ class LiveFront:
         try:
             if self._tracker is None:
                 self._tracker = FrontTracker(self.tracking_uri, self.parent_run_id)
-            self._tracker.update(ended, backfill=True)
+            done = self._tracker.update(ended, backfill=True)
+            self.front_size, self.hypervolume = done.front_size, done.hypervolume
         except (SlimtuneError, MlflowException, OSError, ValueError) as exc:
             with self._lock:  # not read yet: the next update reads them
                 self._ended |= ended
@@ -83,7 +87,14 @@ class LiveFront:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A search resumed from an older slimtune's saved state lacks the newer attributes.
-        defaults: dict[str, Any] = {"_tracker": None, "_ended": set(), "seconds": [], "errors": 0}
+        defaults: dict[str, Any] = {
+            "_tracker": None,
+            "_ended": set(),
+            "seconds": [],
+            "errors": 0,
+            "front_size": None,
+            "hypervolume": None,
+        }
         self.__dict__.update({**defaults, **state, "_lock": threading.Lock()})
 
     def log_cost(self) -> None:

@@ -64,8 +64,9 @@ def add_rebuild_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     r.add_argument(
         "--cache-dir",
         type=Path,
-        help="dense baseline cache (default: the search's, when it is on this machine; "
-        "else OUT/cache, where the baseline is trained again)",
+        help="dense baseline cache (default: ./.slimtune/cache, the search's default, when it "
+        "exists here; else OUT/cache, where the baseline is trained again). The record's own "
+        "cache path is never used: an edited record must not choose where slimtune writes",
     )
     r.add_argument(
         "--device",
@@ -78,17 +79,18 @@ def run_rebuild(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     """Rebuild the trial ``args.run_id`` into ``args.out``; 0 when reproduced, 1 when not."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator._tracking import redact_uri, resolve_tracking_uri
+    from orchestrator._store import existing_store, store_errors, writable_dir
+    from orchestrator._tracking import redact_uri
 
     out = out or sys.stdout
-    uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
+    uri = existing_store(args.tracking_uri, Path.cwd())
+    dest = writable_dir(args.out)
+    cache_dir = _cache_dir(args.cache_dir, dest)
     client = MlflowClient(tracking_uri=uri)
-    run = _trial_run(client, args.run_id, redact_uri(uri))
-    record = _read_record(client, run)
+    with store_errors(uri):
+        run = _trial_run(client, args.run_id, redact_uri(uri))
+        record = _read_record(client, run)
     _warn_drift(record.version_drift(), args.run_id)
-    dest = args.out.resolve()
-    dest.mkdir(parents=True, exist_ok=True)
-    cache_dir = _cache_dir(args.cache_dir, record, dest)
     device = _device(args.device, record, args.run_id)
     print(
         f"rebuilding trial {record.number} (run {args.run_id}) of task {record.spec.task!r}: "
@@ -165,11 +167,16 @@ def _warn_drift(drift: list[VersionDrift], run_id: str) -> None:
     )
 
 
-def _cache_dir(given: Path | None, record: TrialRecord, dest: Path) -> Path:
+def _cache_dir(given: Path | None, dest: Path) -> Path:
+    """``--cache-dir``, else the search's default cache here, else ``dest/cache``. Never the
+    record's ``baseline.cache_dir``: a record is data from elsewhere and must not choose where
+    slimtune writes."""
+    from orchestrator._store import writable_dir
+
     if given is not None:
-        return given.resolve()
-    searched = Path(record.baseline_cache_dir)
-    return searched if searched.is_dir() else dest / "cache"
+        return writable_dir(given, field="--cache-dir")
+    default = Path.cwd() / ".slimtune" / "cache"
+    return default.resolve() if default.is_dir() else dest / "cache"
 
 
 @contextlib.contextmanager

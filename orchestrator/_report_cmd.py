@@ -16,12 +16,14 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from orchestrator._tracking import resolve_tracking_uri
+    from orchestrator._store import existing_store, store_errors, writable_dir
     from reports import build_report
 
-    uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
+    uri = existing_store(args.tracking_uri, Path.cwd())  # never creates an empty store
+    out = writable_dir(args.out)
     start = time.perf_counter()
-    index = build_report(uri, args.experiment, args.out, parent_run_id=args.run_id)
+    with store_errors(uri):
+        index = build_report(uri, args.experiment, out, parent_run_id=args.run_id)
     print(
         f"report written to {index} in {time.perf_counter() - start:.1f} s "
         f"(interactive view: {index.parent / 'trials.html'}); it opens without a server"

@@ -30,6 +30,7 @@ from trials import RungReport
 
 RUNG_KEY = "rung_epoch"  # in every rung report, never in a final one
 STOPPED_KEY = "early_stopped"  # a replayed report of a trial stopped before --resume
+STOPPED_TAG = "early_stopped"  # the MLflow tag ("true") of a trial run stopped early
 RUNG_PREFIX = "rung_"
 STATE_FILE = "mo_asha_state.json"
 
@@ -186,7 +187,7 @@ class EarlyStopRecords(Callback):
 
 def stop_tags(decision: Decision) -> dict[str, str]:
     return {
-        "early_stopped": "true",
+        STOPPED_TAG: "true",
         "stopped_at_epoch": str(decision.epoch),
         "early_stop_reason": decision.reason[:500],
     }

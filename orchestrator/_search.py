@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 import torch
 from mlflow.entities import RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.logger import JsonLoggerCallback
@@ -25,20 +26,45 @@ from orchestrator._int8 import resolution_tags, resolve_int8_format
 from orchestrator._latency import MeterRef, running_meter
 from orchestrator._live import LiveFrontCallback
 from orchestrator._mo_asha import MoAshaState
-from orchestrator._progress import TrialLines, format_metrics, pareto_table
+from orchestrator._progress import (
+    TrialLines,
+    cost_summary,
+    format_metrics,
+    pareto_table,
+    table_knobs,
+)
+from orchestrator._records import (
+    RecordsLost,
+    RecordsWatch,
+    SearchAccount,
+    SearchInterrupted,
+    StoreIdentity,
+    check_account,
+    end_failed,
+    end_interrupted,
+    records_unwritable,
+    trial_runs,
+)
 from orchestrator._resources import check_resources
 from orchestrator._resume import check_resume_config
 from orchestrator._samplers import build_sampler
-from orchestrator._scheduler import STATE_FILE, EarlyStopRecords, FinalReportsOnly, MoAsha
+from orchestrator._scheduler import (
+    STATE_FILE,
+    EarlyStopRecords,
+    FinalReportsOnly,
+    MoAsha,
+    is_rung,
+)
 from orchestrator._searcher import TRIAL_NUMBER_KEY, OptunaAskTell
+from orchestrator._state import check_resume_state, default_storage, state_dir
 from orchestrator._tracking import (
     TrackingTarget,
-    fail_run,
     log_metrics,
     log_onnx,
     open_experiment,
     probe_tracking,
     redact_uri,
+    reopen_run,
     resolve_tracking_uri,
     resumable_search_run,
     start_search_run,
@@ -48,7 +74,6 @@ from orchestrator._trainable import (
     EndAtReport,
     TrialBody,
     TrialContext,
-    TrialCounts,
     make_trainable,
 )
 from reports import publish_front
@@ -137,6 +162,9 @@ def run_search(
         # Before Ray and before MLflow is written: a config other than the one the search
         # started with is refused with nothing recorded altered.
         check_resume_config(MlflowClient(tracking_uri=uri), spec, out=out)
+        # A damaged state would make Ray hang, a planted one run code: checked first (exit 2).
+        space = to_distributions(spec.space)
+        check_resume_state(MlflowClient(tracking_uri=uri), spec, workdir, space)
     _start_ray(spec, opts)
     try:
         # Before MLflow: a latency meter that cannot start leaves no half-made records.
@@ -189,10 +217,11 @@ def _run(
         use_wal(uri)  # every writer is on this machine; see use_wal for what it saves
     if opts.resume:
         parent = resumable_search_run(client, exp_id, spec.experiment)
-        client.update_run(parent, status="RUNNING")
+        reopen_run(client, client.get_run(parent))
     else:
         parent = start_search_run(client, exp_id, spec, config_path=opts.config_path)
     target = TrackingTarget(uri=uri, experiment_id=exp_id, parent_run_id=parent)
+    watch = RecordsWatch(StoreIdentity.of(uri))  # the store the search's records go to
     runs_dir = workdir / ".slimtune" / "runs" / parent
     cache_dir = workdir / ".slimtune" / "cache"
     print(
@@ -239,7 +268,7 @@ def _run(
             latency_meter=meter,
             int8_auto=int8_auto,
         )
-        counts, stopper = _tune(
+        account, stopper = _tune(
             spec,
             ctx,
             runs_dir,
@@ -247,6 +276,7 @@ def _run(
             resume=opts.resume,
             body=trial_body,
             extra_callbacks=tune_callbacks,
+            watch=watch,
         )
         if stopper.triggered:
             raise SearchStopped(
@@ -254,9 +284,11 @@ def _run(
                 f"({stopper.common_reason()}). Fix that cause, then run the search again; "
                 "`faults.stop_after_failures` sets how many failures in a row stop a search."
             )
+        check_account(client, parent, spec.trials, account, watch)
+        counts = account.counts
+        finished, failed = counts.finished, counts.failed
         front = publish_front(uri, parent, out_dir=runs_dir / "report", backfill=True)
         wall = time.perf_counter() - t0
-        finished, failed = counts.finished, counts.failed
         log_metrics(
             client,
             parent,
@@ -269,11 +301,14 @@ def _run(
             },
         )
         client.set_terminated(parent, "FINISHED")
-    except KeyboardInterrupt:
-        fail_run(client, parent, "interrupted by the user", status="KILLED")
-        raise
+    except (KeyboardInterrupt, SearchInterrupted) as exc:
+        raise end_interrupted(client, parent, spec.trials, opts.config_path, exc) from exc
+    except RecordsLost:
+        raise  # nothing can be written: the store is gone
     except BaseException as exc:
-        fail_run(client, parent, f"{type(exc).__name__}: {exc}")
+        end_failed(client, parent, f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, MlflowException | OSError):  # e.g. the store's disk is full
+            raise records_unwritable(exc, uri) from exc
         raise
     stopped = f", {counts.stopped} stopped early" if spec.early_stopping.enabled else ""
     print(
@@ -281,7 +316,10 @@ def _run(
         file=out,
     )
     if finished:
-        print(pareto_table(front), file=out)
+        print(pareto_table(front, table_knobs(spec.space.varying_knobs(), front)), file=out)
+    print(
+        cost_summary(front, cpu=spec.resources.cpu, gpu=spec.resources.gpu, wall_s=wall), file=out
+    )
     inspect = "slimtune ui" if uri == resolve_tracking_uri(None, workdir) else redact_uri(uri)
     print(f"\nInspect: {inspect}   (then open the experiment {spec.experiment!r})", file=out)
     # MLflow 3 opens an experiment in its GenAI view; runs, tags and charts are under "Model
@@ -374,7 +412,8 @@ def _tune(
     resume: bool,
     body: TrialBody,
     extra_callbacks: Sequence[Callback] = (),
-) -> tuple[TrialCounts, FirstTrialsAllFail]:
+    watch: RecordsWatch,
+) -> tuple[SearchAccount, FirstTrialsAllFail]:
     from ray import tune
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -394,11 +433,15 @@ def _tune(
         if spec.early_stopping.enabled
         else None
     )
-    storage = spec.storage or str(runs_dir.parent.parent / "ray")
+    storage = spec.storage or default_storage(runs_dir.parent.parent.parent)
     name = f"search-{ctx.tracking.parent_run_id}"
+    path = state_dir(storage, ctx.tracking.parent_run_id)
+    if resume and not tune.Tuner.can_restore(path) and not _has_trials(ctx):
+        # Interrupted before its first trial started (e.g. during the baseline): start them.
+        print("slimtune: no trial had started; starting the search's trials", file=out)
+        resume = False
     if resume:
-        path = f"{storage.rstrip('/')}/{name}"
-        if not tune.Tuner.can_restore(str(path)):
+        if not tune.Tuner.can_restore(path):
             raise SearchStopped(
                 f"cannot resume: no saved search state at {path}. Fix: run without --resume "
                 "(the state lives under .slimtune/ray/ of the directory the search ran in)."
@@ -409,6 +452,9 @@ def _tune(
             str(path), trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     else:
+        live = LiveFrontCallback(
+            ctx.tracking.uri, ctx.tracking.parent_run_id, out=out, background=True
+        )
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -424,14 +470,14 @@ def _tune(
                 verbose=0,
                 # FirstTrialsAllFail must see every result: CombinedStopper asks in order.
                 # (it counts trials: rung reports of early stopping are not trials).
-                stop=tune.stopper.CombinedStopper(FinalReportsOnly(stopper), EndAtReport()),
+                stop=tune.stopper.CombinedStopper(FinalReportsOnly(stopper), watch, EndAtReport()),
                 callbacks=[
                     # result.json per trial: what Ray Tune's own ResultGrid reads back.
                     JsonLoggerCallback(),
-                    TrialLines(spec.trials, out=out),
-                    LiveFrontCallback(
-                        ctx.tracking.uri, ctx.tracking.parent_run_id, out=out, background=True
+                    TrialLines(
+                        spec.trials, out=out, knobs=spec.space.varying_knobs(), front=live.live
                     ),
+                    live,
                     *([EarlyStopRecords(scheduler, ctx.tracking.uri)] if scheduler else []),
                     *extra_callbacks,
                 ],
@@ -443,10 +489,27 @@ def _tune(
     if resume and len(results) < spec.trials:
         # The search ended short of its trials. Ray Tune consulted the stopper it restored, not
         # this one: apply the rule to the results, in trial order, to say why.
+        # (FinalReportsOnly: the rule counts trials, a last report at a rung is none.)
         stopper.replay(
-            r.metrics for r in sorted(results, key=_trial_number) if r.metrics is not None
+            r.metrics
+            for r in sorted(results, key=_trial_number)
+            if r.metrics is not None and not is_rung(r.metrics)
         )
-    return TrialCounts.of(results, spec.metric_names), stopper
+    return SearchAccount.of(results, spec.metric_names, _stopped_ids(scheduler, results)), stopper
+
+
+def _stopped_ids(scheduler: MoAsha | None, results: Sequence[Any]) -> frozenset[str]:
+    """The trials among ``results`` that the early-stopping scheduler stopped. After --resume
+    ``scheduler`` is not the one Ray Tune ran (it restored its own): it reads the decisions
+    back from the state file, which the running one writes at every decision."""
+    if scheduler is None:
+        return frozenset()
+    ids = (str((r.metrics or {}).get("trial_id", "")) for r in results)
+    return frozenset(i for i in ids if i and scheduler.stopped(i) is not None)
+
+
+def _has_trials(ctx: TrialContext) -> bool:
+    return bool(trial_runs(MlflowClient(tracking_uri=ctx.tracking.uri), ctx.tracking.parent_run_id))
 
 
 def _trial_number(result: Any) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from reports import Selection
+    from reports import Constraints, Selection
 
 # reports.OPTIMIZABLE, repeated here so that building the parser imports nothing heavy.
 OPTIMIZE_CHOICES = ("accuracy", "latency_ms", "latency_p90_ms", "size_bytes", "size_gzip_bytes")
@@ -52,16 +52,8 @@ def add_select_options(c: argparse.ArgumentParser) -> None:
 
 
 def run_select(args: argparse.Namespace) -> int:
-    from orchestrator._tracking import redact_uri, resolve_tracking_uri
-    from reports import (
-        Constraints,
-        decision_record,
-        download_model,
-        load_search,
-        register_selection,
-        select,
-        with_remeasured_latency,
-    )
+    from orchestrator._store import existing_store, store_errors, writable_file_parent
+    from reports import Constraints
     from searchspace import ConfigError
 
     if args.remeasure_repeats < 5:
@@ -79,21 +71,44 @@ def run_select(args: argparse.Namespace) -> int:
         max_gzip_kb=args.max_gzip_kb,
         max_latency_p90_ms=args.max_latency_p90_ms,
     )
-    uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
+    uri = existing_store(args.tracking_uri, Path.cwd())  # never creates an empty store
+    out = writable_file_parent(args.out) if args.out is not None else None
+    with store_errors(uri):
+        return _run_select(args, uri, constraints, out)
+
+
+def _run_select(
+    args: argparse.Namespace, uri: str, constraints: Constraints, out: Path | None
+) -> int:
+    from orchestrator._tracking import redact_uri
+    from reports import (
+        decision_record,
+        download_model,
+        load_search,
+        pareto_ranks,
+        register_selection,
+        select,
+        varying_knobs,
+        with_remeasured_latency,
+    )
+
     runs = load_search(uri, args.experiment, parent_run_id=args.run_id)
-    choice = select(runs.trials, constraints, optimize=args.optimize, baseline=runs.baseline)
+    # The front by the search's own rule (noise-aware, its tolerances), as every surface shows it.
+    ranked = pareto_ranks(runs.trials, runs.objectives, tolerances=runs.tolerances)
+    knobs = varying_knobs(runs.parent_params, ranked)
+    choice = select(ranked, constraints, optimize=args.optimize, baseline=runs.baseline)
     remeasurement: dict[str, Any] | None = None
     if args.register:
         finalists = [choice.chosen, *(r for _, r in choice.runners_up.iterrows())]
         ids = [str(r["run_id"]) for r in finalists]
         remeasurement = remeasure_latency(uri, ids, repeats=args.remeasure_repeats)
         medians = {k: v["latency_ms"] for k, v in remeasurement["results"].items()}
-        df = with_remeasured_latency(runs.trials, medians)
+        df = with_remeasured_latency(ranked, medians)
         choice = select(df, constraints, optimize=args.optimize, baseline=runs.baseline)
         _print_remeasurement(remeasurement, finalists)
-    _print_choice(choice)
-    if args.out is not None:
-        path = download_model(uri, str(choice.chosen["run_id"]), args.out)
+    _print_choice(choice, knobs)
+    if out is not None:
+        path = download_model(uri, str(choice.chosen["run_id"]), out)
         print(f"ONNX file written to {path}")
     if args.register:
         record = decision_record(choice, runs, remeasurement=remeasurement)
@@ -191,22 +206,43 @@ def _print_remeasurement(m: dict[str, Any], finalists: list[Any]) -> None:
         )
 
 
-def _print_choice(choice: Selection) -> None:
+def _print_choice(choice: Selection, knobs: list[str]) -> None:
+    from reports import knobs_text, latency_flag
+
     best = choice.chosen
+    flag = latency_flag(best)
     print(
         f"chosen: trial {int(best['trial_number'])} (run {best['run_id']}) of "
         f"{choice.feasible} trials meeting the constraints ({choice.describe_bounds()}); "
         f"optimizing {choice.optimize}\n"
-        f"  lr={best['lr']:.2e} batch_size={int(best['batch_size'])} "
-        f"sparsity={best['sparsity']:.2f} bits={int(best['bits'])} "
-        f"artifact={best.get('artifact', '?')}\n"
+        f"  {knobs_text(best, knobs)} artifact={best.get('artifact', '?')}\n"
         f"  accuracy={best['accuracy']:.4f} size={best['size_bytes'] / 1000:.1f} KB "
         f"gzip={best['size_gzip_bytes'] / 1000:.1f} KB latency={best['latency_ms']:.3f} ms "
-        f"(p90 {best['latency_p90_ms']:.3f} ms)"
+        f"(p90 {best['latency_p90_ms']:.3f} ms)" + (f" [latency {flag}]" if flag else "")
     )
+    print(f"  {_front_line(best)}")
     for _, r in choice.runners_up.iterrows():
+        flag = latency_flag(r)
         print(
-            f"  runner-up: trial {int(r['trial_number'])} accuracy={r['accuracy']:.4f} "
-            f"size={r['size_bytes'] / 1000:.1f} KB latency={r['latency_ms']:.3f} ms: "
+            f"  runner-up: trial {int(r['trial_number'])} {knobs_text(r, knobs)} "
+            f"accuracy={r['accuracy']:.4f} size={r['size_bytes'] / 1000:.1f} KB "
+            f"latency={r['latency_ms']:.3f} ms{f' [latency {flag}]' if flag else ''}: "
             f"{choice.why_lost(r)}"
         )
+
+
+def _front_line(row: Any) -> str:
+    """Where the trial stands on the noise-aware front (docs/noise.md)."""
+    rank = row.get("pareto_rank")
+    if rank is None or str(rank) in ("<NA>", "nan"):
+        return "Pareto front: not ranked"
+    if int(rank) > 0:
+        return f"Pareto front: no (rank {int(rank)} under noise-aware dominance)"
+    tied = str(row.get("pareto_tied") or "")
+    group = row.get("pareto_group")
+    if not tied:
+        return "Pareto front: yes (no other trial ties it within the tolerances)"
+    return (
+        f"Pareto front: yes, in the group of trial {int(group)}; tied within the tolerances "
+        f"with trials {tied}"
+    )

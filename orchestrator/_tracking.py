@@ -17,12 +17,12 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 
 from searchspace import SearchSpec, SlimtuneError, TrialParams
+from searchspace import redact_uri as redact_uri  # the one credential mask, re-exported
 
 ROLE_TAG = "slimtune.role"
 # On the search run: the name of its config file among the run's artifacts (what --resume
@@ -103,16 +103,6 @@ def use_wal(uri: str) -> bool:
     return bool(mode) and str(mode[0]).lower() == "wal"
 
 
-def redact_uri(uri: str) -> str:
-    """The URI with any user name and password removed, fit for a console or a log."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def open_experiment(client: MlflowClient, name: str, *, artifact_root: Path | None) -> str:
     """Return the experiment's id, creating it (with a local artifact root if given)."""
     found = find_experiment(client, name)
@@ -152,6 +142,10 @@ def start_search_run(
         tags={
             ROLE_TAG: "search",
             "slimtune.objectives": objectives,
+            # The rule of noise-aware dominance (reports.parse_tolerances reads it back).
+            "slimtune.tolerances": ",".join(
+                f"{o.metric}:{o.tolerance_text()}" for o in spec.objectives
+            ),
             "slimtune.task": spec.task,
             CONFIG_ARTIFACT_TAG: config_path.name,
         },
@@ -283,6 +277,29 @@ def start_trial_run(
     return run_id
 
 
+def start_failed_trial_run(
+    client: MlflowClient, target: TrackingTarget, *, trial_id: str, config: Mapping[str, object]
+) -> str:
+    """Open the run of a trial that failed before its own run existed (e.g. a config that is no
+    TrialParams), tagged like any trial's, with the config it was given as params; the caller
+    ends it FAILED with the reason."""
+    number = str(config.get("trial_number", "?"))[:50]
+    run = client.create_run(
+        target.experiment_id,
+        run_name=f"trial-{number:>03}",
+        tags={
+            "mlflow.parentRunId": target.parent_run_id,
+            ROLE_TAG: "trial",
+            "slimtune.trial_id": trial_id,
+            "slimtune.trial_number": number,
+        },
+    )
+    run_id = str(run.info.run_id)
+    params = [Param(str(k)[:250], str(v)[:500]) for k, v in config.items()]
+    client.log_batch(run_id, params=params[:100])
+    return run_id
+
+
 def finish_trial_run(
     client: MlflowClient,
     run_id: str,
@@ -304,6 +321,18 @@ def finish_trial_run(
     if record_json is not None:
         client.log_text(run_id, record_json, RECORD_ARTIFACT)
     client.set_terminated(run_id, "FINISHED")
+
+
+def reopen_run(client: MlflowClient, run: Run) -> None:
+    """Mark ``run`` RUNNING again (a retried or resumed trial, a resumed search). Why its last
+    attempt ended moves from ``slimtune.error`` to ``slimtune.previous_error``: it is not this
+    attempt's outcome."""
+    run_id = run.info.run_id
+    client.update_run(run_id, status="RUNNING")
+    previous = run.data.tags.get("slimtune.error")
+    if previous is not None:
+        client.set_tag(run_id, "slimtune.previous_error", previous)
+        client.delete_tag(run_id, "slimtune.error")
 
 
 def fail_run(client: MlflowClient, run_id: str, reason: str, *, status: str = "FAILED") -> None:

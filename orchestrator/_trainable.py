@@ -8,8 +8,9 @@ Two kinds of failure are kept apart:
 - the loss of the process running it (a dead node, a worker killed by the OOM killer) never
   reaches this code: Ray sees the actor die and retries the trial up to ``faults.max_retries``
   times. The retry, and a re-run after ``--resume``, find the trial's run by its trial id and
-  reuse it, so every trial has exactly one run. A failure to write to MLflow after training
-  is raised too, and retried the same way.
+  reuse it, so every trial has exactly one run.
+A failure before the trial's run exists (a config that is no TrialParams) or while writing its
+result (a full disk) is the trial's own too: a FAILED run with the reason, reported once.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import itertools
 import math
 import os
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Result, Stopper
 
 from orchestrator._latency import LatencyMeterUnavailable, MeterRef
-from orchestrator._scheduler import RUNG_KEY, STOPPED_KEY, is_rung, rung_result
+from orchestrator._scheduler import RUNG_KEY, STOPPED_KEY, STOPPED_TAG, is_rung, rung_result
 from orchestrator._searcher import TRIAL_NUMBER_KEY
 from orchestrator._tracking import (
     TrackingTarget,
@@ -36,6 +37,8 @@ from orchestrator._tracking import (
     find_trial_run,
     finish_trial_run,
     log_metrics,
+    reopen_run,
+    start_failed_trial_run,
     start_trial_run,
 )
 from searchspace import SearchSpec, SlimtuneError, TrialParams
@@ -142,9 +145,10 @@ class TrialCounts:
     """How many of a search's trials finished and how many failed, from Ray Tune's results.
 
     A trial finished when Ray ended it without an error and its last report carries every
-    objective and no failure. Anything else failed: a trial whose own work failed (it reports
-    ``FAILED_KEY``), one Ray ended with an error (a trial restored by ``--resume`` that fails
-    again keeps the result it reported before, objectives included), one that never reported.
+    objective and no failure. A trial stopped early by the search's scheduler (:func:`is_stopped`)
+    is neither. Anything else failed: a trial whose own work failed (it reports ``FAILED_KEY``),
+    one Ray ended with an error (a trial restored by ``--resume`` that fails again keeps the
+    result it reported before, objectives included), one that never reported.
     """
 
     finished: int
@@ -153,10 +157,16 @@ class TrialCounts:
     seconds: float = 0.0  # the search's cost: trial-seconds of finished and stopped trials
 
     @classmethod
-    def of(cls, results: Iterable[Result], metric_names: Sequence[str]) -> TrialCounts:
+    def of(
+        cls,
+        results: Iterable[Result],
+        metric_names: Sequence[str],
+        stopped_ids: Container[str] | None = None,
+    ) -> TrialCounts:
+        """``stopped_ids``: the trials the search's scheduler stopped (see :func:`is_stopped`)."""
         results = list(results)
-        done = [_finished(r, metric_names) for r in results]
-        stopped = [r.error is None and is_rung(r.metrics) for r in results]
+        done = [is_finished(r, metric_names) for r in results]
+        stopped = [is_stopped(r, stopped_ids) for r in results]
         seconds = sum(_seconds(r.metrics or {}) for r in results)
         return cls(
             finished=sum(done),
@@ -171,7 +181,23 @@ def _seconds(metrics: dict[str, Any]) -> float:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else 0.0
 
 
-def _finished(result: Result, metric_names: Sequence[str]) -> bool:
+def is_stopped(result: Result, stopped_ids: Container[str] | None = None) -> bool:
+    """Whether Ray's ``result`` is a trial stopped early by the search's scheduler: no error,
+    its last report a rung, and, given ``stopped_ids`` (the trial ids the scheduler stopped),
+    one of those or replayed as stopped by ``--resume``. With ``stopped_ids`` a trial cut off
+    after a rung report (Ctrl-C) is not stopped early: it did not end, and runs again."""
+    metrics = result.metrics or {}
+    if result.error is not None or not is_rung(metrics):
+        return False
+    return (
+        stopped_ids is None
+        or bool(metrics.get(STOPPED_KEY))
+        or str(metrics.get("trial_id", "")) in stopped_ids
+    )
+
+
+def is_finished(result: Result, metric_names: Sequence[str]) -> bool:
+    """Whether Ray's ``result`` is a finished trial (see :class:`TrialCounts`)."""
     metrics = result.metrics or {}
     return (
         result.error is None
@@ -192,8 +218,9 @@ def make_trainable(
 ) -> Callable[[dict[str, Any]], None]:
     """Return the Ray Tune function trainable bound to ``ctx``; each trial runs ``body``.
 
-    The function calls ``tune.report`` exactly once, when the trial's work and its MLflow run
-    are done (or its failure is recorded): run it with :class:`EndAtReport`.
+    The function calls ``tune.report`` once at its end, when the trial's work and its MLflow run
+    are done (or its failure is recorded), and with early stopping also at each rung: run it
+    with :class:`EndAtReport`.
     """
 
     def slimtune_trial(config: dict[str, Any]) -> None:
@@ -201,38 +228,56 @@ def make_trainable(
         from ray import tune
 
         torch.set_num_threads(ctx.torch_threads)
+        trial_id = tune.get_context().get_trial_id() or f"trial-{config.get(TRIAL_NUMBER_KEY)}"
+        run_trial_in_mlflow(ctx, config, trial_id, body=body, report=tune.report)
+
+    return slimtune_trial
+
+
+Report = Callable[[dict[str, Any]], None]
+
+
+class RecordDisagrees(SlimtuneError):
+    """A trial's MLflow record and the search's saved state disagree (after ``--resume``)."""
+
+
+def run_trial_in_mlflow(
+    ctx: TrialContext,
+    config: dict[str, Any],
+    trial_id: str,
+    *,
+    body: TrialBody = run_trial,
+    report: Report,
+) -> None:
+    """Run one trial inside its MLflow child run and ``report`` its outcome once (to Ray Tune
+    in a search: ``tune.report``); with early stopping, its rungs too (``_RungReports``), and
+    a stop at a rung ends the trial with the ``SystemExit`` Ray expects, its run left to the
+    driver (``EarlyStopRecords``).
+
+    Whatever fails, at whatever stage (a config that is no TrialParams, a lookup in MLflow,
+    the trial's work, writing its result to a full disk), the trial's run ends FAILED with the
+    reason in ``slimtune.error`` and the failure is *reported*, not raised: Ray does not retry
+    what would fail the same way. A run that cannot be written at all (the store is gone) is
+    left to the driver, which closes it or fails the search (``orchestrator._records``).
+    """
+    client = MlflowClient(tracking_uri=ctx.tracking.uri)
+    run_id: str | None = None
+    try:
         number = int(config[TRIAL_NUMBER_KEY])
         params = TrialParams.from_dict(config)
-        trial_id = tune.get_context().get_trial_id() or f"trial-{number}"
-        client = MlflowClient(tracking_uri=ctx.tracking.uri)
         existing = find_trial_run(client, ctx.tracking, trial_id, number)
-        differ = _differing_params(existing, params) if existing is not None else {}
-        if existing is not None and existing.info.status == "FINISHED" and differ:
-            raise RuntimeError(  # a restored study never re-proposes a finished number otherwise
-                f"trial number {number} is already recorded with other parameters (run "
-                f"{existing.info.run_id}: {_describe(differ)}); the search state and MLflow "
-                "disagree. Fix: start a new search without --resume."
-            )
-        if existing is not None and existing.data.tags.get("early_stopped") == "true":
+        run_id = existing.info.run_id if existing is not None else None
+        if existing is not None and existing.data.tags.get(STOPPED_TAG) == "true":
             # Stopped early before the driver went down (resume): it stays stopped.
-            tune.report(_stopped_replay(existing))
+            report(_stopped_replay(existing))
             return
         if existing is not None and existing.info.status == "FINISHED":
-            # Finished before the driver went down (resume): report the record, do not re-run.
-            tune.report(
-                {
-                    **existing.data.metrics,
-                    "mlflow_run_id": existing.info.run_id,
-                    "artifact": existing.data.tags.get("artifact", ""),
-                    "replayed": 1,
-                }
-            )
+            _replay(existing, params, number, report)
             return
         settings = ctx.settings(number)
         if existing is not None:
-            run_id = existing.info.run_id
-            client.update_run(run_id, status="RUNNING")
-            client.set_tag(run_id, "slimtune.attempts", _attempts(existing) + 1)
+            reopen_run(client, existing)
+            client.set_tag(existing.info.run_id, "slimtune.attempts", _attempts(existing) + 1)
         else:
             run_id = start_trial_run(
                 client,
@@ -242,53 +287,33 @@ def make_trainable(
                 params=params,
                 extra_params={"seed": settings.seed, "epochs": settings.epochs},
             )
-        rungs = _RungReports(client, run_id, ctx.spec.metric_names, tune.report)
-        try:
-            result = _run_body(
-                body,
-                ctx.latency_meter,
-                _task(ctx.task_ref),
-                params,
-                settings,
-                rungs if ctx.spec.early_stopping.enabled else None,
+    except RecordDisagrees:
+        raise  # Ray retries it, then ends it with an error: counted as failed, run unchanged
+    except Exception as exc:  # before the trial's run is open: still a FAILED run, reported
+        _report_failure(client, ctx.tracking, run_id, trial_id, config, exc, report)
+        return
+    assert run_id is not None  # set on every path that reaches here
+    early = ctx.spec.early_stopping.enabled
+    rungs = _RungReports(client, run_id, ctx.spec.metric_names, report) if early else None
+    try:
+        result = _run_body(body, ctx.latency_meter, _task(ctx.task_ref), params, settings, rungs)
+        bad = {k: v for k, v in result.metrics.items() if not math.isfinite(v)}
+        if bad:
+            raise NonFiniteMetric(
+                f"trial {number} produced non-finite metrics {bad}; "
+                "lower the learning rate range (space.lr.high)"
             )
-            bad = {k: v for k, v in result.metrics.items() if not math.isfinite(v)}
-            if bad:
-                raise NonFiniteMetric(
-                    f"trial {number} produced non-finite metrics {bad}; "
-                    "lower the learning rate range (space.lr.high)"
-                )
-            record = TrialRecord.of(
-                ctx.spec,
-                number,
-                params,
-                settings,
-                result,
-                torch_threads=ctx.torch_threads,
-                baseline_threads=ctx.baseline_threads,
-            )
-        except StoppedAtRung:  # the search's scheduler stopped it; the driver records it
-            # (EarlyStopRecords): end the thread at once, so that Ray can reuse this actor
-            raise SystemExit(0) from None  # how Ray ends a trial it stops, as tune.report did
-        except LatencyMeterUnavailable as exc:  # the infrastructure's: Ray retries the trial
-            fail_run(client, run_id, f"{type(exc).__name__}: {exc}")
-            raise
-        except Exception as exc:  # the trial's own failure: recorded, told, never retried
-            fail_run(
-                client, run_id, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
-            )
-            tune.report(
-                {
-                    FAILED_KEY: 1,
-                    ERROR_KEY: f"{type(exc).__name__}: {exc}"[:500],
-                    "mlflow_run_id": run_id,
-                }
-            )
-            return
-        except BaseException as exc:
-            reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
-            fail_run(client, run_id, reason, status="KILLED" if _killed(exc) else "FAILED")
-            raise
+        record = TrialRecord.of(
+            ctx.spec,
+            number,
+            params,
+            settings,
+            result,
+            torch_threads=ctx.torch_threads,
+            baseline_threads=ctx.baseline_threads,
+        )
+        # Inside the try: a storage error writing the result (a full disk) is the trial's
+        # failure, recorded once; a retry would train again and fail the same way.
         finish_trial_run(
             client,
             run_id,
@@ -297,16 +322,68 @@ def make_trainable(
             onnx_path=result.onnx_path,
             record_json=record.to_json(),
         )
-        tune.report(
-            {
-                **result.metrics,
-                "mlflow_run_id": run_id,
-                "artifact": result.tags.get("artifact", ""),
-                "format": result.tags.get("format", ""),
-            }
-        )
+    except StoppedAtRung:  # the search's scheduler stopped it; the driver records it
+        # (EarlyStopRecords): end the thread at once, so that Ray can reuse this actor
+        raise SystemExit(0) from None  # how Ray ends a trial it stops, as tune.report did
+    except LatencyMeterUnavailable as exc:  # the infrastructure's: Ray retries the trial
+        fail_run(client, run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    except Exception as exc:  # the trial's own failure: recorded, told, never retried
+        _report_failure(client, ctx.tracking, run_id, trial_id, config, exc, report)
+        return
+    except BaseException as exc:
+        reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
+        fail_run(client, run_id, reason, status="KILLED" if _killed(exc) else "FAILED")
+        raise
+    report(
+        {
+            **result.metrics,
+            "mlflow_run_id": run_id,
+            "artifact": result.tags.get("artifact", ""),
+            "format": result.tags.get("format", ""),
+            "latency_converged": result.tags.get("latency_converged", ""),
+        }
+    )
 
-    return slimtune_trial
+
+def _replay(existing: Any, params: TrialParams, number: int, report: Report) -> None:
+    """Report a trial that finished before the driver went down (resume); do not re-run it."""
+    differ = _differing_params(existing, params)
+    if differ:  # a restored study never re-proposes a finished number otherwise
+        raise RecordDisagrees(
+            f"trial number {number} is already recorded with other parameters (run "
+            f"{existing.info.run_id}: {_describe(differ)}); the search state and MLflow "
+            "disagree. Fix: start a new search without --resume."
+        )
+    report(
+        {
+            **existing.data.metrics,
+            "mlflow_run_id": existing.info.run_id,
+            "artifact": existing.data.tags.get("artifact", ""),
+            "replayed": 1,
+        }
+    )
+
+
+def _report_failure(
+    client: MlflowClient,
+    target: TrackingTarget,
+    run_id: str | None,
+    trial_id: str,
+    config: dict[str, Any],
+    exc: Exception,
+    report: Report,
+) -> None:
+    """End the trial's run FAILED with the reason (opening one if it has none yet) and report
+    the failure. When MLflow cannot be written either, the report says so too."""
+    reason = f"{type(exc).__name__}: {exc}"
+    try:
+        if run_id is None:
+            run_id = start_failed_trial_run(client, target, trial_id=trial_id, config=config)
+        fail_run(client, run_id, f"{reason}\n{traceback.format_exc(limit=8)}")
+    except Exception as record_exc:
+        reason += f" (and recording it in MLflow failed: {type(record_exc).__name__}: {record_exc})"
+    report({FAILED_KEY: 1, ERROR_KEY: reason[:500], "mlflow_run_id": run_id or ""})
 
 
 def _run_body(

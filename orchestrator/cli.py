@@ -13,12 +13,14 @@ from pathlib import Path
 from orchestrator._rebuild_cmd import add_rebuild_parser, run_rebuild
 from orchestrator._report_cmd import add_report_parser, run_report
 from orchestrator._select_cmd import add_select_options, run_select
-from searchspace import ConfigError, SearchSpec, SlimtuneError
+from orchestrator._ui_cmd import add_ui_parser, run_ui
+from searchspace import ConfigError, SearchSpec, SlimtuneError, mask_secrets, shorten
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NO_FEASIBLE = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,12 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     v.add_argument("config", type=Path, help="YAML config")
 
-    u = sub.add_parser("ui", help="serve the MLflow UI on this directory's records")
-    u.add_argument("--tracking-uri", help="MLflow store (default: ./mlflow.db)")
-    u.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
-    )
-    u.add_argument("--port", type=int, default=5000)
+    add_ui_parser(sub)
 
     sub.add_parser("schema", help="print the config's JSON Schema (for editors)")
     return p
@@ -103,21 +100,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             return _validate(args)
         if args.command == "ui":
-            return _ui(args)
+            return run_ui(args)
         return _select(args)
     except ConfigError as exc:
-        print(f"slimtune: config error: {exc}", file=sys.stderr)
+        print(f"slimtune: config error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except SlimtuneError as exc:
         kind = type(exc).__name__
-        code = {"NoFeasibleTrial": EXIT_NO_FEASIBLE, "SearchStopped": EXIT_FAILED}.get(
-            kind, EXIT_USAGE
-        )
-        print(f"slimtune: {exc}", file=sys.stderr)
+        code = {
+            "NoFeasibleTrial": EXIT_NO_FEASIBLE,
+            "SearchStopped": EXIT_FAILED,
+            "RecordsLost": EXIT_FAILED,
+            "SearchInterrupted": EXIT_INTERRUPTED,
+        }.get(kind, EXIT_USAGE)
+        print(f"slimtune: {shorten(mask_secrets(str(exc)), 4000)}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
         print("slimtune: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -125,6 +125,10 @@ def _search(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.config)  # fails here, before anything is started or written
     spec = _with_counts(spec, trials=args.trials, concurrency=args.concurrency)
+    from orchestrator._store import check_storage, check_uri
+
+    check_uri(args.address, field="--address")
+    check_storage(spec.storage, args.workdir)  # before the task is loaded or MLflow is written
     # The task is loaded and dry-run by run_search before Ray starts or MLflow is written.
     from orchestrator._search import SearchOptions, run_search
 
@@ -175,35 +179,6 @@ def _validate(args: argparse.Namespace) -> int:
         f"{report.input_shape}, {report.num_classes} classes); {steps}"
     )
     return EXIT_OK
-
-
-def _ui(args: argparse.Namespace) -> int:
-    import shutil
-
-    from orchestrator._tracking import redact_uri, resolve_tracking_uri
-
-    uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
-    if uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise ConfigError(
-            field="--tracking-uri",
-            value=uri,
-            rule="the MLflow store must exist",
-            fix="run `slimtune search CONFIG` here first, or pass --tracking-uri",
-        )
-    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    cmd = [exe, "server", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        # MLflow refuses other Host headers unless told which to allow.
-        cmd += ["--allowed-hosts", "*"]
-        print(f"slimtune: serving on {args.host}: reachable from other machines", file=sys.stderr)
-    print(f"MLflow UI for {redact_uri(uri)} at http://{args.host}:{args.port}", flush=True)
-    print(
-        "  (pick 'Model training' at the top left of an experiment to see its runs, Pareto tags "
-        "and charts)",
-        flush=True,
-    )
-    sys.stdout.flush()
-    os.execv(exe, cmd)  # the server replaces this process: signals and exit codes are its own
 
 
 def _schema() -> int:

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from reports._errors import ReportError
+from reports._flags import latency_flag
 from reports._pareto import pareto_ranks
 
 _SIZE_METRICS = ("size_gzip_bytes", "size_bytes")
@@ -23,12 +24,15 @@ def interactive_figure(
     objectives: Sequence[tuple[str, str]],
     *,
     baseline: Mapping[str, float] | None = None,
+    knobs: Sequence[str] = _PARAMS,
 ) -> go.Figure:
     """Accuracy vs size and vs latency for every FINISHED trial, hover for its details.
 
     Colour is the non-dominated rank (0 = the Pareto front, drawn larger with a black edge);
     a diamond marks a simulated artifact. Hovering a point shows the trial number, MLflow run
-    id, knobs, metrics, artifact kind and rank. The baseline, when given, is a star.
+    id, its ``knobs`` (e.g. :func:`reports.varying_knobs`), metrics, artifact kind, rank, the
+    trials it ties with within the tolerances and a flag on an unconverged latency. The
+    baseline, when given, is a star.
     """
     size_metric = next((m for m, _ in objectives if m in _SIZE_METRICS), "size_bytes")
     needed = ["accuracy", size_metric, "latency_ms"]
@@ -50,7 +54,7 @@ def interactive_figure(
         horizontal_spacing=0.06,
         subplot_titles=(f"accuracy vs {size_metric}", "accuracy vs latency_ms"),
     )
-    hover = [_hover(row) for _, row in data.iterrows()]
+    hover = [_hover(row, knobs) for _, row in data.iterrows()]
     rank = data["pareto_rank"].astype("Float64").fillna(-1).to_numpy(dtype=float)
     on_front = rank == 0
     simulated = (data.get("artifact", pd.Series(index=data.index)) == "simulated").to_numpy()
@@ -113,22 +117,23 @@ def plot_interactive(
     path: Path,
     *,
     baseline: Mapping[str, float] | None = None,
+    knobs: Sequence[str] = _PARAMS,
 ) -> Path:
     """Write :func:`interactive_figure` as a standalone HTML file (plotly.js inlined)."""
-    fig = interactive_figure(df, objectives, baseline=baseline)
+    fig = interactive_figure(df, objectives, baseline=baseline, knobs=knobs)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(str(out), include_plotlyjs=True, full_html=True, config={"displaylogo": False})
     return out
 
 
-def _hover(row: pd.Series) -> str:
+def _hover(row: pd.Series, params: Sequence[str] = _PARAMS) -> str:
     lines = []
     if "trial_number" in row and not pd.isna(row["trial_number"]):
         lines.append(f"<b>trial {int(row['trial_number'])}</b>")
     if "run_id" in row and row["run_id"] is not None:
         lines.append(f"run {row['run_id']}")
-    knobs = [f"{p}={_fmt(row[p])}" for p in _PARAMS if p in row and not pd.isna(row[p])]
+    knobs = [f"{p}={_fmt(row[p])}" for p in params if p in row and not pd.isna(row[p])]
     if knobs:
         lines.append(" ".join(knobs))
     for m in _METRICS:
@@ -138,6 +143,11 @@ def _hover(row: pd.Series) -> str:
         lines.append(f"artifact={row['artifact']} format={row.get('format') or '?'}")
     if "pareto_rank" in row and not pd.isna(row["pareto_rank"]):
         lines.append(f"pareto_rank={int(row['pareto_rank'])}")
+    if row.get("pareto_tied"):
+        lines.append(f"tied within tolerance with trials {row['pareto_tied']}")
+    flag = latency_flag(row)
+    if flag:
+        lines.append(f"latency {flag}")
     return "<br>".join(lines)
 
 

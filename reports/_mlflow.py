@@ -20,7 +20,15 @@ from mlflow.tracking import MlflowClient
 from reports._early import STOPPED_COLUMNS
 from reports._errors import ReportError, SearchNotFound
 from reports._interactive import plot_interactive
+from reports._knobs import varying_knobs
+from reports._noise import (
+    TOLERANCES_TAG,
+    Tolerance,
+    parse_tolerances,
+    tolerance_summary,
+)
 from reports._pareto import (
+    front_size,
     hypervolume,
     hypervolume_curve,
     pareto_ranks,
@@ -40,6 +48,7 @@ _TAG_COLUMNS = {
     "artifact": "artifact",
     "format": "format",
     "slimtune.error": "error",
+    "latency_converged": "latency_converged",
     **STOPPED_COLUMNS,
 }
 _BASE_COLUMNS = [
@@ -79,6 +88,9 @@ class SearchRuns:
     parent_params: dict[str, str] = field(default_factory=dict)
     parent_metrics: dict[str, float] = field(default_factory=dict)
     parent_tags: dict[str, str] = field(default_factory=dict)
+    # metric -> the tolerance of noise-aware dominance (the parent's slimtune.tolerances tag;
+    # auto for a metric it does not name). Every front of this search is ranked with them.
+    tolerances: dict[str, Tolerance] = field(default_factory=dict)
 
 
 def load_search(
@@ -171,7 +183,7 @@ def _update(
     """``last_step``: the last ``pareto_size`` step logged on the parent, when the caller knows
     it (:class:`FrontTracker`); ``None`` reads it from the store."""
     trials = search.trials
-    ranked = pareto_ranks(trials, search.objectives)
+    ranked = pareto_ranks(trials, search.objectives, tolerances=search.tolerances)
     finished_mask = ranked["status"] == "FINISHED"
     finished = ranked[finished_mask]
 
@@ -179,9 +191,13 @@ def _update(
     have = _rank_tags(trials.loc[finished.index])  # as logged
     for run_id, want in _rank_tags(finished).items():
         changed = [RunTag(k, v) for k, v in want.items() if have[run_id].get(k) != v]
+        # A trial that left the front keeps no group: its old pareto_group tag goes.
+        stale = [k for k in have[run_id] if k not in want]
         if changed:
             client.log_batch(run_id, tags=changed)
-            written += 1
+        for key in stale:
+            client.delete_tag(run_id, key)
+        written += bool(changed or stale)
 
     reference: dict[str, float] | None = None
     reference_error: str | None = None
@@ -201,14 +217,14 @@ def _update(
         points: list[Metric] = []
         if reference is not None:
             for k, hv, size in hypervolume_curve(
-                finished, search.objectives, reference, steps=steps
+                finished, search.objectives, reference, steps=steps, tolerances=search.tolerances
             ):
                 points.append(Metric("pareto_size", float(size), now, k))
                 points.append(Metric("hypervolume", hv, now, k))
         else:
             for k in steps:
-                size = int(
-                    pareto_ranks(_first_finished(finished, k), search.objectives)["pareto"].sum()
+                size = front_size(
+                    _first_finished(finished, k), search.objectives, tolerances=search.tolerances
                 )
                 points.append(Metric("pareto_size", float(size), now, k))
         client.log_batch(search.parent_run_id, metrics=points)
@@ -291,26 +307,36 @@ def _runs_by_id(client: MlflowClient, parent: Run, run_ids: list[str]) -> list[R
     return runs
 
 
+# Tags the front writes on each finished trial, and the table columns they mirror.
+RANK_TAGS = ("pareto", "pareto_rank", "pareto_strict", "pareto_group")
+_BOOL_TAGS = ("pareto", "pareto_strict")
+
+
 def _rank_tags(trials: pd.DataFrame) -> dict[str, dict[str, str]]:
-    """Run id -> the ``pareto``/``pareto_rank`` tag values that the table's columns hold (a
-    missing column or value: no tag)."""
+    """Run id -> the ``RANK_TAGS`` values that the table's columns hold (a missing column or
+    value: no tag)."""
     n = len(trials)
-    pareto = trials["pareto"].tolist() if "pareto" in trials.columns else [None] * n
-    rank = trials["pareto_rank"].tolist() if "pareto_rank" in trials.columns else [None] * n
+    columns = {
+        name: trials[name].tolist() if name in trials.columns else [None] * n for name in RANK_TAGS
+    }
     out: dict[str, dict[str, str]] = {}
-    for run_id, p, r in zip(trials["run_id"].tolist(), pareto, rank, strict=True):
+    for i, run_id in enumerate(trials["run_id"].tolist()):
         tags = {}
-        if p is not None and not pd.isna(p):
-            tags["pareto"] = "true" if bool(p) else "false"
-        if r is not None and not pd.isna(r):
-            tags["pareto_rank"] = str(int(r))
+        for name in RANK_TAGS:
+            value = columns[name][i]
+            if value is None or pd.isna(value):
+                continue
+            if name in _BOOL_TAGS:
+                tags[name] = "true" if bool(value) else "false"
+            else:
+                tags[name] = str(int(value))
         out[str(run_id)] = tags
     return out
 
 
 def _with_tags(trials: pd.DataFrame, tags: dict[str, dict[str, str]]) -> pd.DataFrame:
-    """``trials`` with the ``pareto``/``pareto_rank`` columns set from ``tags`` (run id ->
-    tags as last written) where the fetched runs are older than those writes."""
+    """``trials`` with the ``RANK_TAGS`` columns set from ``tags`` (run id -> tags as last
+    written) where the fetched runs are older than those writes."""
     if not tags or trials.empty:
         return trials
     out = trials.copy()
@@ -318,14 +344,17 @@ def _with_tags(trials: pd.DataFrame, tags: dict[str, dict[str, str]]) -> pd.Data
     has = known.notna()
     if not has.any():
         return out
-    pareto = known[has].map(lambda t: t.get("pareto") == "true")
-    rank = known[has].map(lambda t: int(t["pareto_rank"]) if "pareto_rank" in t else None)
-    if "pareto" not in out.columns:
-        out["pareto"] = pd.Series([pd.NA] * len(out), dtype="boolean")
-    if "pareto_rank" not in out.columns:
-        out["pareto_rank"] = pd.Series([pd.NA] * len(out), dtype="Int64")
-    out.loc[has, "pareto"] = pareto.astype("boolean")
-    out.loc[has, "pareto_rank"] = pd.array(rank.tolist(), dtype="Int64")
+    for name in RANK_TAGS:
+        if name in _BOOL_TAGS:
+            got = known[has].map(lambda t, n=name: t.get(n) == "true" if n in t else None)
+            dtype = "boolean"
+        else:
+            got = known[has].map(lambda t, n=name: int(t[n]) if n in t else None)
+            dtype = "Int64"
+        if name not in out.columns:
+            out[name] = pd.Series([pd.NA] * len(out), dtype=dtype)
+        out[name] = out[name].astype(dtype)
+        out.loc[has, name] = pd.array(got.tolist(), dtype=dtype)
     return out
 
 
@@ -358,14 +387,20 @@ def publish_front(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "pareto.csv"
-    _front_table(finished, search.objectives).to_csv(csv_path, index=False)
+    knobs = varying_knobs(search.parent_params, front)
+    _front_table(finished, search.objectives, knobs).to_csv(csv_path, index=False)
+    log_tolerances(client, search, finished)
     paths = [csv_path, *plot_tradeoffs(finished, search.objectives, out, baseline=search.baseline)]
     history = hypervolume_history(client, parent_run_id)
     paths.append(plot_hypervolume(history, out / "hypervolume.png", reference=update.reference))
     if interactive:
         paths.append(
             plot_interactive(
-                front, search.objectives, out / "trials.html", baseline=search.baseline
+                front,
+                search.objectives,
+                out / "trials.html",
+                baseline=search.baseline,
+                knobs=knobs,
             )
         )
     for path in paths:
@@ -473,6 +508,7 @@ def _search_runs(parent: Run, children: list[Run], *, experiment: str) -> Search
             "Fix: set the tag on the parent run (the orchestrator writes it when a search starts)."
         )
     objectives = parse_objectives(tag)
+    tolerances = parse_tolerances(parent.data.tags.get(TOLERANCES_TAG), [m for m, _ in objectives])
     baseline = {
         key[len(BASELINE_PREFIX) :]: float(value)
         for key, value in parent.data.metrics.items()
@@ -489,6 +525,7 @@ def _search_runs(parent: Run, children: list[Run], *, experiment: str) -> Search
         parent_params=dict(parent.data.params),
         parent_metrics={k: float(v) for k, v in parent.data.metrics.items()},
         parent_tags=dict(parent.data.tags),
+        tolerances=tolerances,
     )
 
 
@@ -511,10 +548,12 @@ def _trials_frame(runs: list[Run], metrics: list[str]) -> pd.DataFrame:
         row.update({k: float(v) for k, v in run.data.metrics.items()})
         for tag, column in _TAG_COLUMNS.items():
             row[column] = tags.get(tag)
-        if "pareto" in tags:
-            row["pareto"] = tags["pareto"] == "true"
-        if tags.get("pareto_rank", "").isdigit():
-            row["pareto_rank"] = int(tags["pareto_rank"])
+        for name in _BOOL_TAGS:
+            if name in tags:
+                row[name] = tags[name] == "true"
+        for name in ("pareto_rank", "pareto_group"):
+            if tags.get(name, "").isdigit():
+                row[name] = int(tags[name])
         row["end_time"] = float(run.info.end_time) if run.info.end_time else math.nan
         for name, value in params.items():
             if name not in row:
@@ -536,10 +575,9 @@ def _trials_frame(runs: list[Run], metrics: list[str]) -> pd.DataFrame:
     metric_columns = {k for run in runs for k in run.data.metrics} | set(metrics)
     for column in metric_columns:
         df[column] = df[column].astype(float)
-    if "pareto" in df.columns:
-        df["pareto"] = df["pareto"].astype("boolean")
-    if "pareto_rank" in df.columns:
-        df["pareto_rank"] = df["pareto_rank"].astype("Int64")
+    for column in RANK_TAGS:
+        if column in df.columns:
+            df[column] = df[column].astype("boolean" if column in _BOOL_TAGS else "Int64")
     if "end_time" not in df.columns:
         df["end_time"] = pd.Series(dtype=float)
     df = df.sort_values(["trial_number", "run_id"], kind="stable", na_position="last")
@@ -562,20 +600,39 @@ def _number(run: Run, what: str, text: str | None, *, integer: bool) -> float | 
     return int(value) if integer else value
 
 
-def _front_table(finished: pd.DataFrame, objectives: list[tuple[str, str]]) -> pd.DataFrame:
+def _front_table(
+    finished: pd.DataFrame, objectives: list[tuple[str, str]], knobs: list[str]
+) -> pd.DataFrame:
+    """The front as ``pareto.csv`` writes it: the knobs that vary, the objectives, the tie
+    group (``pareto_group``: its representative's trial; ``pareto_tied``: the others) and the
+    latency flag, best first objective first."""
     metric_names = [m for m, _ in objectives]
-    columns = [
+    wanted = [
         "run_id",
         "trial_number",
-        "lr",
-        "batch_size",
-        "sparsity",
-        "bits",
+        *knobs,
         *metric_names,
+        "latency_converged",
+        "pareto_group",
+        "pareto_representative",
+        "pareto_tied",
+        "pareto_strict",
         "artifact",
     ]
+    columns = [c for c in dict.fromkeys(wanted) if c in finished.columns]
     front = finished[finished["pareto"]][columns]
     first, direction = objectives[0]
     return front.sort_values(
         [first, "trial_number"], ascending=[direction == "minimize", True], kind="stable"
     )
+
+
+def log_tolerances(client: MlflowClient, search: SearchRuns, finished: pd.DataFrame) -> None:
+    """Log on the parent run the tolerance each objective's dominance used
+    (``tolerance.<metric>`` tags) and say that the hypervolume ignores them."""
+    summary = tolerance_summary(search.objectives, search.tolerances, finished)
+    tags = {f"tolerance.{m}": t for m, t in summary.items()}
+    tags["hypervolume_values"] = "measured (no tolerance)"
+    changed = [RunTag(k, v[:5000]) for k, v in tags.items() if search.parent_tags.get(k) != v]
+    if changed:
+        client.log_batch(search.parent_run_id, tags=changed)

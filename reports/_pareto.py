@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from reports._errors import ReportError
+from reports._noise import Tolerance, dominance, noise_ranks, tie_groups
 
 DIRECTIONS = ("maximize", "minimize")
 
@@ -102,53 +103,100 @@ def _check_objectives(
     return pairs
 
 
-def pareto_front(df: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> pd.DataFrame:
-    """Return a copy of ``df`` with a bool column ``pareto``: True for non-dominated trials.
+def pareto_front(
+    df: pd.DataFrame,
+    objectives: Sequence[tuple[str, str]],
+    *,
+    tolerances: Mapping[str, Tolerance] | None = None,
+) -> pd.DataFrame:
+    """Return a copy of ``df`` with a bool column ``pareto``: True for non-dominated trials
+    under noise-aware dominance (:func:`pareto_ranks`, which adds the other columns too).
 
     Only rows with a finite value for every objective can be on the front, and, when ``df`` has
     a ``status`` column, only FINISHED ones: failed or running trials never are.
     """
-    pairs = _check_objectives(df, objectives)
-    out = df.copy()
-    names = [m for m, _ in pairs]
-    values = out[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-    eligible = np.isfinite(values).all(axis=1)
-    if "status" in out.columns:
-        eligible &= (out["status"] == "FINISHED").to_numpy(dtype=bool)
-    mask = np.zeros(len(out), dtype=bool)
-    mask[eligible] = pareto_mask(values[eligible], [d for _, d in pairs])
-    out["pareto"] = mask
-    return out
+    return pareto_ranks(df, objectives, tolerances=tolerances)
 
 
-def pareto_ranks(df: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> pd.DataFrame:
-    """Return a copy of ``df`` with ``pareto_rank`` (nullable Int64) and ``pareto`` (bool).
+def pareto_ranks(
+    df: pd.DataFrame,
+    objectives: Sequence[tuple[str, str]],
+    *,
+    tolerances: Mapping[str, Tolerance] | None = None,
+) -> pd.DataFrame:
+    """Return a copy of ``df`` ranked by noise-aware dominance (reports._noise, docs/noise.md).
 
-    ``pareto_rank`` is the non-dominated sorting rank (moocore's ``pareto_rank``): 0 for the
-    front, 1 for the front of the rest, and so on; identical points share a rank. Rows that
-    cannot be ranked (not FINISHED, or a missing objective value) get ``<NA>`` and
-    ``pareto=False``. ``pareto`` equals ``pareto_rank == 0`` and :func:`pareto_front`.
+    ``tolerances`` (metric -> :class:`Tolerance`; ``SearchRuns.tolerances``) say within what two
+    trials tie on each objective; ``None`` or a metric left out: ``auto``. Columns added:
+
+    - ``pareto_rank`` (Int64): non-dominated sorting rank under those tolerances, 0 for the
+      front; ``<NA>`` for rows that cannot be ranked (not FINISHED, or a missing value);
+    - ``pareto`` (bool): ``pareto_rank == 0``;
+    - ``pareto_strict`` (bool): on the strict front (no tolerance; moocore, identical points
+      kept), which a noise-aware front may differ from;
+    - ``pareto_group`` (Int64): for front rows, the trial number (or row label) of the
+      representative of its group of trials tied within tolerance on every objective;
+      ``pareto_representative`` (bool); ``pareto_tied`` (str): the other members, e.g. "3,7".
     """
     pairs = _check_objectives(df, objectives)
+    tols = dict(tolerances or {})
     out = df.copy()
     values, eligible = _objective_values(out, pairs)
     ranks = pd.array([pd.NA] * len(out), dtype="Int64")
-    if eligible.any():
-        maximise = [d == "maximize" for _, d in pairs]
-        got = moocore.pareto_rank(values[eligible], maximise=maximise)
-        ranks[np.flatnonzero(eligible)] = np.asarray(got, dtype=np.int64)
+    strict = np.zeros(len(out), dtype=bool)
+    groups = pd.array([pd.NA] * len(out), dtype="Int64")
+    representative = np.zeros(len(out), dtype=bool)
+    tied_text = [""] * len(out)
+    rows = np.flatnonzero(eligible)
+    if len(rows):
+        strict[rows] = pareto_mask(values[eligible], [d for _, d in pairs])
+        sub = out.iloc[rows]
+        got = noise_ranks(sub, pairs, tols)
+        ranks[rows] = got
+        on_front = rows[got == 0]
+        front_df = out.iloc[on_front]
+        _, tied = dominance(front_df, pairs, tols)
+        _, members = tie_groups(front_df, tied)
+        labels = _labels(front_df)
+        for group in members:
+            rep = labels[group[0]]
+            representative[on_front[group[0]]] = True
+            for i in group:
+                groups[on_front[i]] = rep
+                tied_text[on_front[i]] = ",".join(str(labels[j]) for j in group if j != i)
     out["pareto_rank"] = ranks
     out["pareto"] = (out["pareto_rank"] == 0).fillna(False).astype(bool)
+    out["pareto_strict"] = strict
+    out["pareto_group"] = groups
+    out["pareto_representative"] = representative
+    out["pareto_tied"] = tied_text
     return out
 
 
-def front(df: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> pd.DataFrame:
-    """The non-dominated trials of ``df``, best first objective first (a notebook helper).
+def _labels(df: pd.DataFrame) -> list[int]:
+    """Trial numbers of ``df``'s rows (their position when the table has none)."""
+    if "trial_number" in df.columns:
+        numbers = pd.to_numeric(df["trial_number"], errors="coerce")
+        if numbers.notna().all():
+            return [int(v) for v in numbers]
+    return list(range(len(df)))
+
+
+def front(
+    df: pd.DataFrame,
+    objectives: Sequence[tuple[str, str]],
+    *,
+    tolerances: Mapping[str, Tolerance] | None = None,
+) -> pd.DataFrame:
+    """The non-dominated trials of ``df`` under noise-aware dominance, best first objective
+    first (a notebook helper).
 
     ``df`` is e.g. ``load_search(...).trials``; ``objectives`` its ``objectives`` (a list of
-    ``(metric, direction)``). The result keeps every column of ``df`` and adds ``pareto_rank``.
+    ``(metric, direction)``), ``tolerances`` its ``tolerances``. The result keeps every column
+    of ``df`` and adds those of :func:`pareto_ranks` (``pareto_rank``, ``pareto_group``,
+    ``pareto_tied``, ...).
     """
-    ranked = pareto_ranks(df, objectives)
+    ranked = pareto_ranks(df, objectives, tolerances=tolerances)
     out = ranked[ranked["pareto"]]
     first, direction = _check_objectives(df, objectives)[0]
     by = [first, "trial_number"] if "trial_number" in out.columns else [first]
@@ -199,7 +247,8 @@ def hypervolume(
 ) -> float:
     """Normalised hypervolume of the FINISHED trials of ``df`` against ``reference``.
 
-    Each objective is scaled to its reference: a maximised one as ``value / 1`` (accuracy is a
+    The values are the measured ones: no tolerance enters the hypervolume. Each objective is
+    scaled to its reference: a maximised one as ``value / 1`` (accuracy is a
     fraction; reference 0), a minimised one as ``value / reference`` (reference 1). The result
     is the fraction of the box ``[0, 1] accuracy x [0, reference] per cost`` that the trials
     dominate: 0 with no useful trial, 1 for a perfect model of zero size and latency. Trials
@@ -247,12 +296,14 @@ def hypervolume_curve(
     reference: Mapping[str, float],
     *,
     steps: Sequence[int] | None = None,
+    tolerances: Mapping[str, Tolerance] | None = None,
 ) -> list[tuple[int, float, int]]:
     """Hypervolume and front size after each finished trial: (k, hypervolume, front size).
 
     The FINISHED trials of ``df`` are taken in the order they ended (column ``end_time`` when
     present, then ``trial_number``); point k covers the first k. ``steps`` restricts the k
-    computed (default: 1..n).
+    computed (default: 1..n). The hypervolume is of the measured values (no tolerance); the
+    front size counts the noise-aware front (``tolerances``, as :func:`pareto_ranks`).
     """
     pairs = _check_objectives(df, objectives)
     finished = df if "status" not in df.columns else df[df["status"] == "FINISHED"]
@@ -262,6 +313,22 @@ def hypervolume_curve(
     out = []
     for k in wanted:
         subset = order.iloc[:k]
-        size = int(pareto_ranks(subset, pairs)["pareto"].sum())
+        size = front_size(subset, pairs, tolerances=tolerances)
         out.append((int(k), hypervolume(subset, pairs, reference), size))
     return out
+
+
+def front_size(
+    df: pd.DataFrame,
+    objectives: Sequence[tuple[str, str]],
+    *,
+    tolerances: Mapping[str, Tolerance] | None = None,
+) -> int:
+    """How many eligible trials of ``df`` no other dominates (noise-aware): the size of the
+    front :func:`pareto_ranks` marks, without ranking the rest."""
+    pairs = _check_objectives(df, objectives)
+    _, eligible = _objective_values(df, pairs)
+    if not eligible.any():
+        return 0
+    dominates, _ = dominance(df[eligible], pairs, dict(tolerances or {}))
+    return int((~dominates.any(axis=0)).sum())

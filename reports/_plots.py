@@ -139,7 +139,8 @@ def _tradeoff(
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy on held-out data, ONNX Runtime (%)")
     ax.set_title(
-        f"accuracy vs {x_metric}: {len(data)} trials, {int(on_front.sum())} on the Pareto front"
+        f"accuracy vs {x_metric}: {len(data)} trials, {int(on_front.sum())} on the Pareto front "
+        "(noise-aware)"
     )
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=7, loc="best")

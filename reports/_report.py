@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from reports._cost import SearchCost, cost_html, search_cost
 from reports._early import StoppedTrials, stopped_mask
 from reports._errors import ReportError
+from reports._flags import failures_html, flagged
 from reports._interactive import plot_interactive
+from reports._knobs import knob_value, varying_knobs
 from reports._mlflow import SearchRuns, hypervolume_history, load_search
+from reports._noise import tolerance_summary
 from reports._pareto import hypervolume_curve, pareto_ranks, reference_point
 from reports._plots import plot_hypervolume, plot_tradeoffs
 from reports._select import BYTES_PER_KB, Constraints, NoFeasibleTrial, select
@@ -43,44 +45,6 @@ class Band:
     optimize: str
     chosen: pd.Series | None
     feasible: int
-
-
-@dataclass(frozen=True)
-class SearchCost:
-    """What the search cost: reserved core-seconds and GPU-seconds of its trials.
-
-    ``cpu_seconds`` = sum over trials of ``trial_seconds`` x CPUs reserved per trial
-    (``resources.cpu``, 1 if the search did not log it); ``gpu_seconds`` likewise with
-    ``resources.gpu`` (0 if not logged). ``wall_seconds`` is the parent's ``search_seconds``
-    (NaN while running).
-    """
-
-    trials_with_time: int
-    trial_seconds: float
-    cpu_per_trial: float
-    gpu_per_trial: float
-    cpu_seconds: float
-    gpu_seconds: float
-    wall_seconds: float
-
-
-def search_cost(search: SearchRuns) -> SearchCost:
-    """The cost of ``search`` from its trials' ``trial_seconds`` and its reserved resources."""
-    seconds = pd.to_numeric(
-        search.trials.get("trial_seconds", pd.Series(dtype=float)), errors="coerce"
-    ).dropna()
-    cpu = _float(search.parent_params.get("resources.cpu"), 1.0)
-    gpu = _float(search.parent_params.get("resources.gpu"), 0.0)
-    total = float(seconds.sum())
-    return SearchCost(
-        trials_with_time=len(seconds),
-        trial_seconds=total,
-        cpu_per_trial=cpu,
-        gpu_per_trial=gpu,
-        cpu_seconds=total * cpu,
-        gpu_seconds=total * gpu,
-        wall_seconds=search.parent_metrics.get("search_seconds", math.nan),
-    )
 
 
 def constraint_bands(df: pd.DataFrame, baseline: Mapping[str, float]) -> list[Band]:
@@ -153,7 +117,7 @@ def write_report(
             "pass --out a folder you can write to."
         ) from exc
     objectives = search.objectives
-    ranked = pareto_ranks(search.trials, objectives)
+    ranked = pareto_ranks(search.trials, objectives, tolerances=search.tolerances)
     finished = ranked[ranked["status"] == "FINISHED"]
     failed = int(((ranked["status"] != "FINISHED") & ~stopped_mask(ranked)).sum())
 
@@ -164,11 +128,22 @@ def write_report(
         reference = None
     history = list(hv_history or [])
     if not history and reference is not None and len(finished):
-        history = [(k, hv) for k, hv, _ in hypervolume_curve(finished, objectives, reference)]
+        history = [
+            (k, hv)
+            for k, hv, _ in hypervolume_curve(
+                finished, objectives, reference, tolerances=search.tolerances
+            )
+        ]
 
     pngs = [*plot_tradeoffs(finished, objectives, out, baseline=search.baseline)]
     pngs.append(plot_hypervolume(history, out / "hypervolume.png", reference=reference))
-    plot_interactive(ranked, objectives, out / "trials.html", baseline=search.baseline)
+    plot_interactive(
+        ranked,
+        objectives,
+        out / "trials.html",
+        baseline=search.baseline,
+        knobs=varying_knobs(search.parent_params, ranked),
+    )
 
     cost = search_cost(search)
     bands = constraint_bands(ranked, search.baseline)
@@ -193,18 +168,16 @@ th{background:#f4f4f4}td.l,th.l{text-align:left}
 code{background:#f4f4f4;padding:0 .2em}
 """
 
+# The columns of a trials table: these, with the knobs that vary in the search after the rank.
 _COLUMNS = [
     ("trial_number", "trial", "{:d}"),
     ("pareto_rank", "rank", "{:d}"),
-    ("lr", "lr", "{:.2e}"),
-    ("batch_size", "batch", "{:d}"),
-    ("sparsity", "sparsity", "{:.2f}"),
-    ("bits", "bits", "{:d}"),
     ("accuracy", "accuracy", "{:.4f}"),
     ("size_bytes", "file KB", "kb"),
     ("size_gzip_bytes", "gzip KB", "kb"),
     ("latency_ms", "latency ms", "{:.4g}"),
     ("latency_p90_ms", "p90 ms", "{:.4g}"),
+    ("latency_flag", "latency", "{}"),
     ("artifact", "artifact", "{}"),
     ("run_id", "MLflow run", "{}"),
 ]
@@ -224,11 +197,17 @@ def _page(
 ) -> str:
     e = html.escape
     objectives = ", ".join(f"{m} ({d})" for m, d in search.objectives)
+    knobs = varying_knobs(search.parent_params, ranked)
     front = finished[finished["pareto"]]
+    shown = front[front["pareto_representative"]] if "pareto_representative" in front else front
     first, direction = search.objectives[0]
-    front = front.sort_values(
+    shown = shown.sort_values(
         [first, "trial_number"], ascending=[direction == "minimize", True], kind="stable"
     )
+    strict = int(finished["pareto_strict"].sum()) if "pareto_strict" in finished else len(front)
+    tolerances = tolerance_summary(search.objectives, search.tolerances, finished)
+    tol_items = "".join(f"<li>{e(m)}: {e(t)}</li>" for m, t in tolerances.items())
+    failures = ranked[ranked["status"] != "FINISHED"].sort_values("trial_number", kind="stable")
     hv_text = f"{history[-1][1]:.4f} after {history[-1][0]} finished trials" if history else "n/a"
     ref_text = (
         ", ".join(f"{k} = {v:.4g}" for k, v in reference.items())
@@ -255,13 +234,21 @@ def _page(
         f"<p><b>{e(hv_text)}</b>. It is the fraction of the box from the reference point to "
         "the ideal (accuracy 1, size 0, latency 0), objectives scaled to the reference, that "
         f"the finished trials dominate. Reference point (fixed by the baseline: 0 accuracy, 2x "
-        f"its size and latency): {e(ref_text)}.</p>",
-        f"<h2>Pareto front ({len(front)} of {len(finished)} finished trials)</h2>",
-        _table(front),
+        f"its size and latency): {e(ref_text)}. It is computed on the measured values, with no "
+        "tolerance.</p>",
+        f"<h2>Pareto front ({len(front)} of {len(finished)} finished trials, "
+        f"{len(shown)} groups)</h2>",
+        "<p>Noise-aware dominance (docs/noise.md): a trial dominates another when it is no "
+        "worse within the tolerance on every objective and better beyond it on one. Trials "
+        "tied within the tolerance on every objective form a group, shown by one "
+        "representative (the smallest file, then the highest accuracy); <i>tied</i> names the "
+        f"others. The strict front (no tolerance) has {strict} trials (tag pareto_strict). "
+        f"Tolerances:</p><ul>{tol_items}</ul>",
+        _table(flagged(shown), knobs, tied=True),
         "<h2>Best trial per constraint band</h2>",
         _bands_table(bands),
         "<h2>Cost of the search</h2>",
-        _cost_html(cost),
+        cost_html(cost),
         "<h2>Stopped early</h2>",
         StoppedTrials.of(ranked).html(),
         "<h2>Plots</h2>",
@@ -274,8 +261,10 @@ def _page(
         ),
         f"<h2>All trials ({len(ranked)})</h2>",
         "<details><summary>show the table</summary>",
-        _table(ranked.sort_values("trial_number", kind="stable"), status=True),
+        _table(flagged(ranked.sort_values("trial_number", kind="stable")), knobs, status=True),
         "</details>",
+        f"<h2>Failed trials ({len(failures)})</h2>",
+        failures_html(failures, knobs),
         "<p class='muted'>Accuracy is measured on the exported ONNX file in ONNX Runtime; "
         "sizes are the ONNX file (1 KB = 1000 bytes) and its gzip; latency is the batch-1 "
         "median. A simulated artifact has no real ONNX Runtime format at its bit-width.</p>",
@@ -284,8 +273,14 @@ def _page(
     return "\n".join(parts)
 
 
-def _table(df: pd.DataFrame, *, status: bool = False) -> str:
+def _table(
+    df: pd.DataFrame, knobs: Sequence[str] = (), *, status: bool = False, tied: bool = False
+) -> str:
     cols = [c for c in _COLUMNS if c[0] in df.columns]
+    at = 2 if len(cols) > 1 and cols[1][0] == "pareto_rank" else 1
+    cols[at:at] = [(k, k, f"knob:{k}") for k in knobs if k in df.columns]
+    if tied and "pareto_tied" in df.columns:
+        cols.append(("pareto_tied", "tied (within tolerance)", "{}"))
     if status and "status" in df.columns:
         cols.insert(1, ("status", "status", "{}"))
     head = "".join(
@@ -331,28 +326,11 @@ def _bands_table(bands: list[Band]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def _cost_html(cost: SearchCost) -> str:
-    wall = f"{cost.wall_seconds:.0f} s" if math.isfinite(cost.wall_seconds) else "n/a"
-    return (
-        "<table>"
-        f"<tr><td class='l'>trials with a recorded time</td><td>{cost.trials_with_time}</td></tr>"
-        f"<tr><td class='l'>sum of trial_seconds</td><td>{cost.trial_seconds:.1f}</td></tr>"
-        f"<tr><td class='l'>CPUs / GPUs reserved per trial</td><td>{cost.cpu_per_trial:g} / "
-        f"{cost.gpu_per_trial:g}</td></tr>"
-        f"<tr><td class='l'><b>CPU seconds</b> (trial_seconds x CPUs)</td>"
-        f"<td><b>{cost.cpu_seconds:.1f}</b></td></tr>"
-        f"<tr><td class='l'><b>GPU seconds</b> (trial_seconds x GPUs)</td>"
-        f"<td><b>{cost.gpu_seconds:.1f}</b></td></tr>"
-        f"<tr><td class='l'>wall time of the whole search</td><td>{wall}</td></tr>"
-        "</table><p class='muted'>trial_seconds is each trial's own work (fine-tuning, "
-        "export, measurement); the dense baseline, Ray start-up and MLflow writes are in the "
-        "wall time only. Failed trials log no time.</p>"
-    )
-
-
 def _cell(value: object, fmt: str) -> str:
     if value is None or (not isinstance(value, str) and pd.isna(value)):  # type: ignore[arg-type]
         return ""
+    if fmt.startswith("knob:"):
+        return knob_value(fmt[len("knob:") :], value)
     if fmt == "kb":
         return f"{float(value) / BYTES_PER_KB:.1f}"  # type: ignore[arg-type]
     if fmt == "{:d}":
@@ -366,11 +344,3 @@ def _fmt_value(name: str, value: float) -> str:
     if name.endswith("_bytes"):
         return f"{value / BYTES_PER_KB:.1f} KB"
     return f"{value:.4g}"
-
-
-def _float(text: str | None, default: float) -> float:
-    try:
-        value = float(text) if text is not None else default
-    except ValueError:
-        return default
-    return value if np.isfinite(value) else default

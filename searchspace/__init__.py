@@ -2,8 +2,10 @@
 
 from searchspace._distributions import to_distributions
 from searchspace._early_stopping import EARLY_STOPPING_NAMES, EarlyStopping
-from searchspace._errors import ConfigError, SlimtuneError
+from searchspace._errors import ConfigError, SlimtuneError, shorten
 from searchspace._load import load_spec, parse_spec
+from searchspace._pruning import PRUNING_SCOPES, Pruning, layer_sparsity_cap
+from searchspace._secrets import CREDENTIALS_FIX, credentials_in, mask_secrets, redact_uri
 from searchspace._spec import (
     INT8_FORMATS,
     KNOBS,
@@ -30,12 +32,14 @@ from searchspace._spec import (
 )
 
 __all__ = [
+    "CREDENTIALS_FIX",
     "EARLY_STOPPING_NAMES",
     "INT8_FORMATS",
     "KNOBS",
     "METRICS",
     "NAME_KNOBS",
     "PRUNING_SCHEMES",
+    "PRUNING_SCOPES",
     "QUANT_SCHEMES",
     "SAMPLERS",
     "SIMULATED_BITS",
@@ -47,6 +51,7 @@ __all__ = [
     "FloatRange",
     "Latency",
     "Objective",
+    "Pruning",
     "Quantization",
     "Resources",
     "SamplerSpec",
@@ -56,7 +61,12 @@ __all__ = [
     "Tracking",
     "Training",
     "TrialParams",
+    "credentials_in",
+    "layer_sparsity_cap",
     "load_spec",
+    "mask_secrets",
     "parse_spec",
+    "redact_uri",
+    "shorten",
     "to_distributions",
 ]

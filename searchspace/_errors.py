@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+from searchspace._secrets import mask_secrets
+
+# The longest value, field name or rule a message shows whole; longer ones are cut (the start
+# and the length), so that a 50 MB value in a config never becomes a 50 MB message.
+MAX_SHOWN_CHARS = 200
+
+
+def shorten(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``text`` whole when it is at most ``limit`` characters, else its start and its length."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters in all)"
+
 
 class SlimtuneError(Exception):
     """Base class of all errors slimtune raises on purpose."""
@@ -43,13 +56,23 @@ class ConfigError(SlimtuneError):
         return self._format()
 
     def _format(self) -> str:
-        where = self.source or "config"
+        where = self.source or ("command line" if self.field.startswith("--") else "config")
         if self.line is not None:
             where = f"{where}, line {self.line}"
         text = (
-            f"{where}: field '{self.field}' is invalid: {self.rule}; got {self.value!r}. "
-            f"Fix: {self.fix}"
+            f"{where}: field '{shorten(self.field)}' is invalid: {shorten(self.rule, 1000)}; "
+            f"got {_shown(self.value)}. Fix: {self.fix}"
         )
         if self._more:
             text += f" ({self._more} more problem{'s' if self._more > 1 else ''} in this file.)"
-        return text
+        return mask_secrets(text)
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, cut when long: a long string shows its start and its length, a big
+    container only its size."""
+    if isinstance(value, str) and len(value) > MAX_SHOWN_CHARS:
+        return f"{value[:MAX_SHOWN_CHARS]!r}... ({len(value):,} characters in all)"
+    if isinstance(value, list | tuple | set | dict) and len(value) > 50:
+        return f"a {type(value).__name__} of {len(value):,} items"
+    return shorten(repr(value))

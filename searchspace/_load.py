@@ -6,14 +6,16 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from searchspace._errors import ConfigError
 from searchspace._spec import FIELD_FIXES, SearchSpec
+from searchspace._yaml import MAX_CONFIG_BYTES, check_size, read_yaml
 
 # Names pydantic puts in an error's path for the branch of a knob's tagged union (see _spec.Knob).
 _UNION_TAGS = frozenset({"Range", "Choices", "Fixed"})
+# ... and for the branches of a plain union such as a choice's ``int | float | str``.
+_TYPE_BRANCHES = frozenset({"int", "float", "str", "bool", "none"})
 
 
 def load_spec(path: str | Path) -> SearchSpec:
@@ -27,7 +29,9 @@ def load_spec(path: str | Path) -> SearchSpec:
             fix="pass the path of a YAML config, e.g. examples/digits.yaml",
         )
     try:
-        text = p.read_text(encoding="utf-8")
+        check_size(p.stat().st_size, source=str(p))
+        with p.open("rb") as f:  # at most one byte past the cap, whatever the file claims
+            text = f.read(MAX_CONFIG_BYTES + 1).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(
             field="<file>",
@@ -39,20 +43,9 @@ def load_spec(path: str | Path) -> SearchSpec:
 
 
 def parse_spec(text: str, *, source: str = "<string>") -> SearchSpec:
-    """Validate YAML text. Uses yaml.safe_load only: no Python objects are ever constructed."""
-    try:
-        data = yaml.safe_load(text)
-        lines = _line_index(yaml.compose(text, Loader=yaml.SafeLoader))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(
-            field="<yaml>",
-            value=getattr(exc, "problem", str(exc)),
-            rule="the file must be valid YAML",
-            fix="correct the YAML syntax at the reported line (indentation, colons, quotes)",
-            source=source,
-            line=mark.line + 1 if mark is not None else None,
-        ) from exc
+    """Validate YAML text. Safe YAML only (no Python objects are ever constructed), with the
+    limits of ``searchspace._yaml`` (size, no aliases, no repeated keys)."""
+    data, lines = read_yaml(text, source=source)
     if not isinstance(data, dict):
         raise ConfigError(
             field="<root>",
@@ -71,16 +64,29 @@ def _to_config_error(
     exc: ValidationError, source: str, lines: dict[tuple[str, ...], int]
 ) -> ConfigError:
     """Translate pydantic's first (most telling) error into our one-paragraph message."""
-    errors = exc.errors()
+    errors = exc.errors(include_url=False)
     # A misspelt key also makes the real key "missing": report the misspelling, it is the cause.
-    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    # A value that is there and wrong tells more than a field that is not there.
+    err = next(
+        (e for e in errors if e["type"] == "extra_forbidden"),
+        next((e for e in errors if e["type"] != "missing"), errors[0]),
+    )
+    # A value that fails each branch of a union (a choice that is int | float | str) fails
+    # every type check; a branch that took the type and refused the value says why.
+    where = _user_path(_loc(err))
+    same = [e for e in errors if _user_path(_loc(e)) == where]
+    err = next((e for e in same if not str(e["type"]).endswith("_type")), err)
     error = _one_error(err, source, lines)
-    error.more = len(errors) - 1
+    error.more = len({_user_path(_loc(e)) for e in errors}) - 1
     return error
 
 
+def _loc(err: Any) -> tuple[str, ...]:
+    return tuple(str(p) for p in err["loc"])
+
+
 def _one_error(err: Any, source: str, lines: dict[tuple[str, ...], int]) -> ConfigError:
-    loc = tuple(str(p) for p in err["loc"])
+    loc = _loc(err)
     # Unions report each branch (e.g. ('space', 'lr', 'FloatRange', 'low')); keep the user's path.
     loc = _user_path(loc)
     field = ".".join(loc) if loc else "<root>"
@@ -108,6 +114,12 @@ def _one_error(err: Any, source: str, lines: dict[tuple[str, ...], int]) -> Conf
             line=_line_of(lines, loc[:-1]),
         )
     msg = str(err["msg"]).removeprefix("Value error, ")
+    if str(kind).endswith("_type") and isinstance(value, bool):
+        msg += " (true and false are not numbers here)"
+    elif kind in ("int_type", "float_type") and isinstance(value, str):
+        msg += " (a quoted number is text: remove the quotes)"
+    elif kind == "int_type" and isinstance(value, float):
+        msg += " (a whole number, written without a decimal point)"
     return ConfigError(
         field=field,
         value=value,
@@ -124,6 +136,7 @@ def _user_path(loc: tuple[str, ...]) -> tuple[str, ...]:
     out: list[str] = []
     for part in loc:
         branch = len(out) == 2 and out[0] == "space" and part in _UNION_TAGS
+        branch = branch or (bool(out) and out[-1].isdigit() and part in _TYPE_BRANCHES)
         if branch or "[" in part or "(" in part:
             continue
         out.append(part)
@@ -168,27 +181,6 @@ def _flatten_args(ann: Any) -> list[Any]:
     for a in getattr(ann, "__args__", ()) or ():
         out.append(a)
         out.extend(_flatten_args(a))
-    return out
-
-
-def _line_index(node: yaml.Node | None) -> dict[tuple[str, ...], int]:
-    """Map each field path to its 1-based line in the file."""
-    out: dict[tuple[str, ...], int] = {}
-
-    def walk(n: yaml.Node, path: tuple[str, ...]) -> None:
-        out[path] = n.start_mark.line + 1
-        if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                key = (*path, str(k.value))
-                out[key] = k.start_mark.line + 1
-                walk(v, key)
-                out[key] = k.start_mark.line + 1
-        elif isinstance(n, yaml.SequenceNode):
-            for i, v in enumerate(n.value):
-                walk(v, (*path, str(i)))
-
-    if node is not None:
-        walk(node, ())
     return out
 
 

@@ -18,6 +18,8 @@ from pydantic import (
 )
 
 from searchspace._early_stopping import EarlyStopping
+from searchspace._pruning import PRUNING_SCOPES, Pruning
+from searchspace._secrets import CREDENTIALS_FIX, credentials_in
 
 # What one trial measures on its exported artifact, with each metric's natural direction.
 METRICS: dict[str, Literal["maximize", "minimize"]] = {
@@ -80,6 +82,10 @@ FIELD_FIXES: dict[str, str] = {
     "the top third at each rung)",
     "early_stopping.skip_margin": "set skip_margin to an accuracy margin in [0, 1], or leave it "
     "out (two standard errors of the best accuracy)",
+    "pruning.round_to": "set round_to to a whole number >= 1: 8 (the default) keeps widths "
+    "multiples of 8, 1 keeps the exact ratio",
+    "space.pruning_scope": "write pruning_scope as global, layer or {choices: [global, layer]}",
+    "quantization.keep_float": "list module names of the model, e.g. keep_float: [gru, head]",
 }
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
@@ -93,14 +99,18 @@ KNOBS = (
     "distill_weight",
     "distill_temperature",
     "quant_scheme",
+    "pruning_scope",
 )
 
 # Knobs whose values are names (strings), not numbers.
-NAME_KNOBS = ("pruning", "quant_scheme")
+NAME_KNOBS = ("pruning", "quant_scheme", "pruning_scope")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a count is a whole number (not true, not "3", not 3.0), a float a number (an int
+    # is fine) and a name a string; allow_inf_nan=False: every float knob and setting is finite.
+    # Together they hold for every field of every model (tests/searchspace/test_strict_types.py).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class FloatRange(_Strict):
@@ -181,6 +191,8 @@ class Space(_Strict):
     distill_temperature: Knob = 2.0
     # Declared after bits: its validator checks the bit-widths the scheme can produce.
     quant_scheme: NameKnob = Choice(choices=["qat"])
+    # Unstructured pruning's scope: global (one threshold, each layer capped) or layer.
+    pruning_scope: NameKnob = Choice(choices=["global"])
 
     @field_validator("quant_scheme")
     @classmethod
@@ -214,6 +226,18 @@ class Space(_Strict):
             raise ValueError(
                 f"pruning must be one of {list(PRUNING_SCHEMES)} (got {bad[0]!r}); "
                 "e.g. {choices: [unstructured, structured]}"
+            )
+        return v
+
+    @field_validator("pruning_scope")
+    @classmethod
+    def _pruning_scope(cls, v: Any) -> Any:
+        values = list(v.choices) if isinstance(v, Choice) else [v]
+        bad = [x for x in values if x not in PRUNING_SCOPES]
+        if bad:
+            raise ValueError(
+                f"pruning_scope must be one of {list(PRUNING_SCOPES)} (got {bad[0]!r}); "
+                "e.g. {choices: [global, layer]}"
             )
         return v
 
@@ -262,6 +286,15 @@ class Space(_Strict):
     def knobs(self) -> dict[str, Knob | NameKnob]:
         return {name: getattr(self, name) for name in KNOBS}
 
+    def varying_knobs(self) -> list[str]:
+        """The knobs trials draw (a range, or two or more choices), in ``KNOBS`` order: what
+        every view of a search shows next to each trial."""
+        return [
+            name
+            for name, knob in self.knobs().items()
+            if isinstance(knob, FloatRange) or (isinstance(knob, Choice) and len(knob.choices) > 1)
+        ]
+
     def bit_widths(self) -> tuple[int, ...]:
         """The bit-widths trials can draw (``bits``' choices, or the one fixed width)."""
         values = self.bits.choices if isinstance(self.bits, Choice) else [self.bits]
@@ -288,11 +321,42 @@ def _check_knob(knob: Any, ok: Any, rule: str, *, allow_range: bool = True) -> A
     return knob
 
 
+# Metrics whose "auto" tolerance is zero: a file's bytes are exact.
+EXACT_METRICS: tuple[str, ...] = ("size_bytes", "size_gzip_bytes")
+
+
 class Objective(_Strict):
-    """One metric to optimize and its direction."""
+    """One metric to optimize, its direction, and the tolerance within which two trials tie.
+
+    ``tolerance`` (docs/noise.md): ``auto`` (the default) derives it from the measurement: for
+    ``accuracy`` one validation sample; for latencies the two medians' 95 % intervals (from the
+    block medians' CV and count) must not overlap; sizes are exact. ``exact`` (or 0) means no
+    tolerance; a number in (0, 1) is relative, e.g. 0.05 = 5 % of the larger of the two values.
+    """
 
     metric: str
     direction: Literal["maximize", "minimize"]
+    tolerance: Literal["auto", "exact"] | float = "auto"
+
+    @field_validator("tolerance", mode="before")
+    @classmethod
+    def _tolerance(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip() in ("auto", "exact"):
+            return v.strip()
+        number = isinstance(v, int | float) and not isinstance(v, bool)
+        if number and math.isfinite(v) and 0 <= v < 1:
+            return float(v)
+        raise ValueError(
+            f"tolerance must be auto, exact, or a relative number in [0, 1) such as 0.05 (5 % "
+            f"of the larger of two values), got {v!r}; e.g. {{metric: latency_ms, direction: "
+            "minimize, tolerance: auto}"
+        )
+
+    def tolerance_text(self) -> str:
+        """The tolerance as the ``slimtune.tolerances`` tag writes it: auto, exact or a number."""
+        if isinstance(self.tolerance, str):
+            return self.tolerance
+        return "exact" if self.tolerance == 0 else f"{self.tolerance:g}"
 
     @model_validator(mode="after")
     def _check(self) -> Objective:
@@ -368,6 +432,9 @@ class Latency(_Strict):
         default_factory=dict
     )
     pause_trials: bool = True
+    # A measurement whose block medians' CV stays above target_cv is taken again, up to this
+    # many times, before its trial can enter the front (0: never).
+    remeasure: Annotated[int, Field(ge=0, le=20)] = 2
 
     @field_validator("max_repeats")
     @classmethod
@@ -419,6 +486,22 @@ class Quantization(_Strict):
     """
 
     int8_format: Int8FormatSetting = "auto"
+    # Layers (module names, e.g. gru or encoder.layers.0.self_attn) whose weights may stay
+    # float in a quantized artifact; the export check fails a claim that leaves others float.
+    keep_float: list[Annotated[str, Field(min_length=1, strict=True)]] = Field(default_factory=list)
+
+    @field_validator("keep_float")
+    @classmethod
+    def _keep_float(cls, v: list[str]) -> list[str]:
+        blank = [name for name in v if not name.strip() or name != name.strip()]
+        if blank:
+            raise ValueError(
+                f"keep_float lists module names without surrounding spaces (got {blank[0]!r}); "
+                "e.g. keep_float: [gru, head]"
+            )
+        if len(set(v)) != len(v):
+            raise ValueError(f"keep_float must not repeat a name (got {v})")
+        return v
 
 
 class Faults(_Strict):
@@ -441,20 +524,25 @@ class Tracking(_Strict):
     @field_validator("uri")
     @classmethod
     def _no_credentials(cls, v: str | None) -> str | None:
-        if v is not None and "://" in v and "@" in v.split("://", 1)[1].split("/", 1)[0]:
-            raise ValueError(
-                "the tracking URI must not hold a user name or password (they would end up in "
-                "logs and the recorded config); set MLFLOW_TRACKING_USERNAME and "
-                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment instead"
-            )
-        return v
+        return _no_credentials(v)
+
+
+def _no_credentials(uri: str | None) -> str | None:
+    found = credentials_in(uri) if uri is not None else None
+    if found is not None:
+        raise ValueError(
+            f"a URI must not hold credentials (they would end up in logs, the recorded config "
+            f"and other processes' argv), and this one holds {found}; {CREDENTIALS_FIX}"
+        )
+    return uri
 
 
 class SearchSpec(_Strict):
     """Everything one search needs, validated."""
 
     experiment: Annotated[str, Field(min_length=1, max_length=200)]
-    task: Annotated[str, Field(min_length=1)] = "digits"
+    # Required, like experiment: which model is compressed must never be a silent default.
+    task: Annotated[str, Field(min_length=1)]
     seed: int = 0
     trials: Annotated[int, Field(ge=1, le=100_000)] = 24
     concurrency: Annotated[int, Field(ge=1, le=10_000)] = 2
@@ -465,12 +553,18 @@ class SearchSpec(_Strict):
     training: Training = Training()
     latency: Latency = Latency()
     quantization: Quantization = Quantization()
+    pruning: Pruning = Pruning()
     tracking: Tracking = Tracking()
     faults: Faults = Faults()
     early_stopping: EarlyStopping = EarlyStopping()
     # Where Ray Tune keeps the search's state (for --resume). None: <workdir>/.slimtune/ray.
     # On a multi-node cluster give a path every node sees (NFS) or a URI such as s3://bucket/x.
     storage: str | None = None
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str | None) -> str | None:
+        return _no_credentials(v)
 
     @field_validator("objectives")
     @classmethod
@@ -523,6 +617,7 @@ class TrialParams:
     distill_weight: float = 0.0
     distill_temperature: float = 2.0
     quant_scheme: str = "qat"
+    pruning_scope: str = "global"
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -554,6 +649,11 @@ class TrialParams:
                 f"quant_scheme must be one of {list(QUANT_SCHEMES)}, but got "
                 f"quant_scheme={self.quant_scheme!r}"
             )
+        if self.pruning_scope not in PRUNING_SCOPES:
+            raise ValueError(
+                f"pruning_scope must be one of {list(PRUNING_SCOPES)}, but got "
+                f"pruning_scope={self.pruning_scope!r}"
+            )
         if self.quant_scheme == "ptq" and self.bits in SIMULATED_BITS:
             raise ValueError(
                 f"quant_scheme 'ptq' cannot produce bits={self.bits} (simulated widths "
@@ -571,6 +671,7 @@ class TrialParams:
             distill_weight=float(d.get("distill_weight", 0.0)),
             distill_temperature=float(d.get("distill_temperature", 2.0)),
             quant_scheme=str(d.get("quant_scheme", "qat")),
+            pruning_scope=str(d.get("pruning_scope", "global")),
         )
 
     def to_dict(self) -> dict[str, Any]:

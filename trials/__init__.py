@@ -57,7 +57,7 @@ from trials._settings import (
 )
 from trials._task import Split, SplitTask, Task
 from trials._trial import int8_subject, run_baseline, run_trial
-from trials.tasks import DigitsTask, Mnist1dLargeTask, Mnist1dTask
+from trials.tasks import DigitsTask, Mnist1dLargeTask, Mnist1dSmallTask, Mnist1dTask
 
 __all__ = [
     "BUILTIN_TASKS",
@@ -81,6 +81,7 @@ __all__ = [
     "LatencyStats",
     "Lineage",
     "Mnist1dLargeTask",
+    "Mnist1dSmallTask",
     "Mnist1dTask",
     "PruningError",
     "PruningLog",

@@ -1,5 +1,5 @@
-"""Global magnitude pruning (one-shot, or gradual on Zhu & Gupta's cubic schedule) and
-per-channel fake quantization of Conv/Linear weights."""
+"""Magnitude pruning (global with a per-layer cap, or per layer; one-shot, or gradual on Zhu &
+Gupta's cubic schedule) and per-channel fake quantization of Conv/Linear weights."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from searchspace import PRUNING_SCOPES, layer_sparsity_cap
 from trials._errors import PruningError
 from trials._quantize import WeightGrid, weight_grid
 
@@ -23,27 +24,83 @@ def prunable_layers(model: nn.Module) -> list[Prunable]:
     ]
 
 
-def global_magnitude_masks(layers: list[Prunable], sparsity: float) -> list[Tensor]:
-    """Keep-masks that zero the ``sparsity`` fraction of smallest-|w| weights over all layers
-    together (global L1). Exactly ``round(sparsity * n)`` weights are pruned; ties are broken by
-    position, so the masks are deterministic."""
-    return magnitude_masks([layer.weight.detach() for layer in layers], sparsity)
+def global_magnitude_masks(
+    layers: list[Prunable], sparsity: float, *, scope: str = "global"
+) -> list[Tensor]:
+    """Keep-masks that zero the ``sparsity`` fraction of smallest-|w| weights (see
+    ``magnitude_masks``): over all layers together, each capped, or layer by layer."""
+    return magnitude_masks([layer.weight.detach() for layer in layers], sparsity, scope=scope)
 
 
-def magnitude_masks(weights: list[Tensor], sparsity: float) -> list[Tensor]:
-    """Keep-masks for ``weights`` pruning the ``sparsity`` fraction of smallest |w| over all of
-    them together (see ``global_magnitude_masks``)."""
-    scores = torch.cat([w.abs().flatten() for w in weights])
-    keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
-    n_pruned = round(sparsity * scores.numel())
-    if n_pruned > 0:
-        keep[torch.argsort(scores, stable=True)[:n_pruned]] = False
+def magnitude_masks(
+    weights: list[Tensor], sparsity: float, *, scope: str = "global"
+) -> list[Tensor]:
+    """Keep-masks for ``weights`` pruning the ``sparsity`` fraction of smallest |w|.
+
+    ``scope="global"``: one threshold over all of them together (global L1), except that no
+    tensor loses more than ``layer_sparsity_cap(sparsity)`` of its weights: a tensor that would
+    is pruned to its cap and the rest of the budget goes to the others (normalised layers have
+    small weights that one global threshold would nearly empty). ``scope="layer"``: every
+    tensor pruned to ``sparsity`` on its own. Exactly ``round(sparsity * n)`` weights are pruned
+    in total (per tensor with ``layer``); ties are broken by position, so the masks are
+    deterministic."""
+    if scope not in PRUNING_SCOPES:
+        raise PruningError(
+            f"the pruning scope must be one of {list(PRUNING_SCOPES)}, but got {scope!r}. "
+            "Fix: set space.pruning_scope to global or layer."
+        )
+    if scope == "layer":
+        counts = [round(sparsity * w.numel()) for w in weights]
+    else:
+        counts = _capped_global_counts(weights, sparsity)
     masks = []
-    first = 0
-    for w in weights:
-        masks.append(keep[first : first + w.numel()].view_as(w).clone())
-        first += w.numel()
+    for w, count in zip(weights, counts, strict=True):
+        keep = torch.ones(w.numel(), dtype=torch.bool, device=w.device)
+        if count > 0:
+            keep[torch.argsort(w.abs().flatten(), stable=True)[:count]] = False
+        masks.append(keep.view_as(w).clone())
     return masks
+
+
+def _capped_global_counts(weights: list[Tensor], sparsity: float) -> list[int]:
+    """How many weights of each tensor one global threshold prunes for ``sparsity``, when a
+    tensor that would lose more than its cap is fixed at the cap and the others share the rest
+    (repeated until no tensor is over its cap)."""
+    sizes = [w.numel() for w in weights]
+    budget = round(sparsity * sum(sizes))
+    caps = [math.floor(layer_sparsity_cap(sparsity) * n) for n in sizes]
+    fixed: dict[int, int] = {}
+    while True:
+        free = [i for i in range(len(weights)) if i not in fixed]
+        counts = dict(fixed)
+        left = min(budget - sum(fixed.values()), sum(sizes[i] for i in free))
+        for i in free:
+            counts[i] = 0
+        if free and left > 0:
+            scores = torch.cat([weights[i].abs().flatten() for i in free])
+            owner = torch.cat(
+                [torch.full((sizes[i],), k, device=scores.device) for k, i in enumerate(free)]
+            )
+            chosen = owner[torch.argsort(scores, stable=True)[:left]]
+            per = torch.bincount(chosen, minlength=len(free)).tolist()
+            counts.update({i: int(per[k]) for k, i in enumerate(free)})
+        over = [i for i in free if counts[i] > caps[i]]
+        if not over:
+            return [counts[i] for i in range(len(weights))]
+        fixed.update({i: caps[i] for i in over})
+
+
+def layer_sparsity_text(model: nn.Module, layers: list[Prunable]) -> str:
+    """``conv1=0.412,fc=0.750``: each layer's fraction of zero weights, by module name (the
+    ``layer_sparsity`` tag), cut at MLflow's tag length with ``...``."""
+    names = {id(m): n for n, m in model.named_modules()}
+    parts = []
+    for layer in layers:
+        weight = layer.weight.detach()
+        zeros = 1.0 - int(torch.count_nonzero(weight)) / weight.numel()
+        parts.append(f"{names.get(id(layer), '?')}={zeros:.3f}")
+    text = ",".join(parts)
+    return text if len(text) <= 5000 else text[:4996] + ",..."
 
 
 def fake_quantize(weight: Tensor, bits: int | WeightGrid) -> Tensor:
@@ -124,8 +181,10 @@ class GradualPruning:
         *,
         ramp_fraction: float = 2 / 3,
         updates: int = 10,
+        scope: str = "global",
     ) -> None:
         self.layers = layers
+        self.scope = scope
         self.target = target
         self.ramp_steps = math.floor(ramp_fraction * max(total_steps, 0))
         self.every = max(1, math.ceil(self.ramp_steps / max(updates, 1)))
@@ -144,7 +203,9 @@ class GradualPruning:
             (layer.parametrizations.weight.original.detach() * holder.mask)  # type: ignore[union-attr,operator]
             for layer, holder in zip(self.layers, holders, strict=True)
         ]
-        for holder, mask in zip(holders, magnitude_masks(weights, sparsity), strict=True):
+        for holder, mask in zip(
+            holders, magnitude_masks(weights, sparsity, scope=self.scope), strict=True
+        ):
             holder.mask.copy_(mask.to(holder.mask.dtype))
         self.history.append((step, sparsity))
 

@@ -19,6 +19,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import Tensor, nn
 
+from trials._artifact_clean import restore_weight_names, strip_debug_metadata
 from trials._errors import ExportError, QuantizationError
 from trials._quantize import DEFAULT_INT8_FORMAT, Int8Format
 from trials._quantize_int4 import Int4Export, rewrite_int4
@@ -53,6 +54,10 @@ def export_onnx(model: nn.Module, example: Tensor, path: Path, *, what: str) -> 
             dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
             verbose=False,
         )
+        exported = onnx.load(str(path))
+        names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
+        if restore_weight_names(exported, names):
+            onnx.save_model(exported, str(path))
     except Exception as exc:
         raise ExportError(
             f"{what}: the model must export to ONNX with torch.onnx.export(dynamo=True), but it "
@@ -60,7 +65,7 @@ def export_onnx(model: nn.Module, example: Tensor, path: Path, *, what: str) -> 
             "traceable by torch.export (no float(tensor), no data-dependent Python control "
             "flow); see the chained exception."
         ) from exc
-    _check_self_contained(path, what=what)
+    _finish_artifact(path, what=what)
 
 
 def quantize_int8(
@@ -89,6 +94,7 @@ def quantize_int8(
             weight_type=QuantType.QInt8,
             extra_options={"WeightSymmetric": True},
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=float_tables(pre_path),
         )
     except Exception as exc:
         raise QuantizationError(
@@ -106,7 +112,23 @@ def quantize_int8(
             f"but {out_path} lacks {sorted(missing)} (ops: {sorted(ops)}). Fix: the model has "
             "no Conv/Gemm/MatMul that ONNX Runtime quantizes; search bits=32 for it."
         )
-    _check_self_contained(out_path, what=what)
+    _finish_artifact(out_path, what=what)
+
+
+def float_tables(path: Path) -> list[str]:
+    """Names of the nodes int8 leaves fp32: a Gather that looks up a constant table
+    (``nn.Embedding``) and any other non-layer op with a constant matrix input (a positional
+    embedding added to the activations). ONNX Runtime's static quantizer would give such a
+    table one per-tensor scale even in a per-channel format; kept fp32, the claim
+    (``embeddings`` tag, export check) says exactly what the file holds."""
+    model = onnx.load(str(path), load_external_data=False)
+    tables = {t.name for t in model.graph.initializer if len(t.dims) >= 2}
+    layers = {"Conv", "Gemm", "MatMul"}
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type not in layers and any(name in tables for name in n.input)
+    ]
 
 
 def quantize_int4(
@@ -115,25 +137,31 @@ def quantize_int4(
     """The real int4 artifact of an fp32 ONNX file (``trials._quantize_int4``: MatMulNBits for
     Linear, int4 DequantizeLinear for Conv, weights on ``INT4_GRID``), one self-contained file."""
     summary = rewrite_int4(fp32_path, out_path, what=what, matmulnbits=matmulnbits)
-    _check_self_contained(out_path, what=what)
+    _finish_artifact(out_path, what=what)
     return summary
 
 
 FP16_FORMAT = "fp16"
 
 
-def convert_fp16(fp32_path: Path, out_path: Path, *, what: str) -> None:
+def convert_fp16(fp32_path: Path, out_path: Path, *, what: str) -> int:
     """Write an fp16 copy of an fp32 ONNX file: every float initializer and computation in
     float16 (``onnxconverter_common.float16``), with fp32 inputs and outputs kept through Cast
     nodes (``keep_io_types``) so callers feed and read fp32 as before.
 
     ONNX Runtime's CPU provider has few fp16 kernels: it inserts Casts and computes in fp32, so
-    the file halves but latency does not drop on CPU (it does on GPUs)."""
+    the file halves but latency does not drop on CPU (it does on GPUs).
+
+    The model's own Casts to float32 (a ``.float()`` in forward) are made Casts to float16, so
+    that the fp16 computation after them gets fp16 (ONNX Runtime refuses the file otherwise);
+    returns how many were converted."""
     from onnxconverter_common import float16
 
     try:
         model = onnx.load(str(fp32_path))
+        casts = _model_float_casts(model)
         converted = float16.convert_float_to_float16(model, keep_io_types=True)
+        retargeted = _retarget_casts(converted, casts)
         onnx.save_model(converted, str(out_path))
     except Exception as exc:
         raise QuantizationError(
@@ -141,7 +169,40 @@ def convert_fp16(fp32_path: Path, out_path: Path, *, what: str) -> None:
             f"failed with {type(exc).__name__}: {_first_line(exc)}. Fix: search bits=32 or "
             "bits=8 for this model; see the chained exception."
         ) from exc
-    _check_self_contained(out_path, what=what)
+    _finish_artifact(out_path, what=what)
+    return retargeted
+
+
+def _model_float_casts(model: onnx.ModelProto) -> set[str]:
+    """Names of the model's own Cast nodes to float32 (a ``.float()`` in forward), whose
+    output is not a graph output."""
+    outputs = {o.name for o in model.graph.output}
+    return {
+        node.name
+        for node in model.graph.node
+        if node.op_type == "Cast"
+        and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute)
+        and not outputs & set(node.output)
+    }
+
+
+def _retarget_casts(model: onnx.ModelProto, names: set[str]) -> int:
+    """Make the model's own Casts to float32 (``names``) cast to float16 in the converted model,
+    in place: the converter leaves their target type at float32, so the fp16 op after one gets
+    a float32 input and ONNX Runtime refuses the file. Returns how many were changed."""
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "Cast" or node.name not in names:
+            continue
+        for attr in node.attribute:
+            if attr.name == "to" and attr.i == onnx.TensorProto.FLOAT:
+                attr.i = onnx.TensorProto.FLOAT16
+                changed += 1
+    retyped = {out for node in model.graph.node if node.name in names for out in node.output}
+    for value in model.graph.value_info:
+        if value.name in retyped and value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    return changed
 
 
 def onnx_op_types(path: Path) -> list[str]:
@@ -175,8 +236,13 @@ class _Calibration(CalibrationDataReader):
         return None if batch is None else {INPUT_NAME: batch}
 
 
-def _check_self_contained(path: Path, *, what: str) -> None:
+def _finish_artifact(path: Path, *, what: str) -> None:
+    """The last step of every export, whatever the format: strip the exporter's debug metadata
+    (``strip_debug_metadata``), so that the file measured is the file a user would ship, and
+    check that it is one self-contained file."""
     model = onnx.load(str(path), load_external_data=False)
+    if strip_debug_metadata(model).changed:
+        onnx.save_model(model, str(path))
     external = [
         t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
     ]

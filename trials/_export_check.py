@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from trials._artifact_weights import ArtifactWeight, WeightCensus, opted_out, weight_census
 from trials._errors import ExportClaimError
 from trials._quantize import INT4_GRID, int8_format
 from trials._quantize_int4 import unpack_matmulnbits
@@ -47,6 +48,12 @@ class ExportClaim:
     dense_units: int
     structured: bool = False
     int8_format: str | None = None
+    keep_float: tuple[str, ...] = ()
+
+
+# A claimed bit-width may leave at most this share of the artifact's weight bytes uncompressed
+# (outside the layers the config lets stay float, ``quantization.keep_float``).
+UNCOMPRESSED_LIMIT = 0.01
 
 
 @dataclass(frozen=True)
@@ -56,9 +63,14 @@ class _Weight:
     stored: int  # TensorProto data type of the stored weight (INT4 for MatMulNBits)
 
 
-def check_export(path: Path, claim: ExportClaim, *, what: str) -> dict[str, str]:
-    """Check the artifact at ``path`` against ``claim``; return the tags ``export_check=ok`` and
-    ``export_check_summary`` (ops and units seen). Raises ``ExportClaimError`` on a mismatch."""
+def check_export(
+    path: Path, claim: ExportClaim, *, what: str, example: np.ndarray | None = None
+) -> dict[str, str]:
+    """Check the artifact at ``path`` against ``claim``; return the tags ``export_check=ok``,
+    ``export_check_summary`` (ops and units seen) and ``weight_bytes_share`` (each precision's
+    share of the weight bytes, every weight of the artifact counted). Raises
+    ``ExportClaimError`` on a mismatch, and when ONNX Runtime cannot load the file (or run it
+    on ``example``, when given)."""
     model = onnx.load(str(path))
     graph = model.graph
     ops = {n.op_type for n in graph.node}
@@ -90,6 +102,7 @@ def check_export(path: Path, claim: ExportClaim, *, what: str) -> dict[str, str]
         )
 
     slimtune_bug = "report this as a slimtune bug; the trial's numbers are not trustworthy"
+    _check_tables_float(graph, inits, producer_of(graph), claim.bits, fail)
     if claim.bits == 8:
         if not (ops >= _QDQ or any(o.startswith("QLinear") or o in _INT_OPS for o in ops)):
             raise fail(
@@ -99,6 +112,13 @@ def check_export(path: Path, claim: ExportClaim, *, what: str) -> dict[str, str]
         if n_int8 == 0 or n_int4:
             raise fail(
                 "an 8-bit artifact stores int8/uint8 weight initializers and no int4 ones",
+                slimtune_bug,
+            )
+        floats = sorted({w.op for w in weights if w.stored not in _INT8_TYPES})
+        if floats or unresolved:
+            raise fail(
+                "an 8-bit artifact stores every Conv/Gemm/MatMul weight as int8 "
+                f"({floats or 'computed'} layers keep other weights)",
                 slimtune_bug,
             )
         if claim.int8_format is not None:
@@ -129,6 +149,8 @@ def check_export(path: Path, claim: ExportClaim, *, what: str) -> dict[str, str]
                         f"levels per output channel ({w.op} has {most})",
                         slimtune_bug,
                     )
+    census = weight_census(model)
+    _check_coverage(census, claim, fail)
     if claim.structured:
         if unresolved:
             raise fail(
@@ -142,7 +164,116 @@ def check_export(path: Path, claim: ExportClaim, *, what: str) -> dict[str, str]
                 f"{claim.dense_units}",
                 slimtune_bug,
             )
-    return {"export_check": "ok", "export_check_summary": summary}
+    _check_loads(path, example, what=what)  # last: the rules above give the sharper reason
+    return {
+        "export_check": "ok",
+        "export_check_summary": summary,
+        "weight_bytes_share": census.share_text(),
+    }
+
+
+# ONNX Runtime input types -> numpy, to feed the example as the artifact's input type.
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+def _check_loads(path: Path, example: np.ndarray | None, *, what: str) -> None:
+    """The artifact loads in an ONNX Runtime CPU session (and runs once on ``example``)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    step = "load"
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        if example is not None:
+            step = "run on the example input"
+            first = session.get_inputs()[0]
+            dtype = _ORT_DTYPES.get(first.type, example.dtype)
+            session.run(None, {first.name: np.asarray(example).astype(dtype, copy=False)})
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or ["(no message)"])[0]
+        raise ExportClaimError(
+            f"{what}: the artifact must {step} in ONNX Runtime, but {path.name} failed with "
+            f"{type(exc).__name__}: {reason}. Fix: report this as a slimtune bug with the "
+            "model; meanwhile search other bit-widths for it (bits: [32, 8])."
+        ) from exc
+
+
+def _covered(weight: ArtifactWeight, bits: int) -> bool:
+    """Whether ``weight`` is stored as a ``bits``-bit claim says."""
+    if bits >= 32:
+        return True
+    if bits == 16:
+        return weight.precision == "fp16"
+    if bits in (8, 4):
+        return weight.precision == f"int{bits}"
+    return weight.levels_per_row() <= 2**bits - 1
+
+
+def _check_coverage(
+    census: WeightCensus, claim: ExportClaim, fail: Callable[[str, str], ExportClaimError]
+) -> None:
+    """A claimed bit-width describes every weight of the artifact: the weights it leaves
+    uncompressed (outside ``keep_float``) hold at most ``UNCOMPRESSED_LIMIT`` of the weight
+    bytes; each ``keep_float`` name matches a weight."""
+    names = [w.name for w in census.weights]
+    unmatched = [e for e in claim.keep_float if not any(opted_out(n, [e]) for n in names)]
+    if unmatched:
+        raise fail(
+            f"quantization.keep_float names modules whose weights are in the artifact "
+            f"({unmatched} match none of {names[:12]})",
+            "list the model's module names (model.named_modules()), e.g. keep_float: [gru]",
+        )
+    left = [
+        w
+        for w in census.weights
+        if not _covered(w, claim.bits) and not opted_out(w.name, claim.keep_float)
+    ]
+    share = sum(w.nbytes for w in left) / (census.total_bytes or 1)
+    if share > UNCOMPRESSED_LIMIT:
+        shown = ", ".join(f"{w.name} ({w.op}, {w.precision}, {w.nbytes} B)" for w in left[:5])
+        raise fail(
+            f"a {claim.bits}-bit artifact stores every weight at that width, leaving at most "
+            f"{UNCOMPRESSED_LIMIT:.0%} of the weight bytes uncompressed; {share:.1%} are not: "
+            f"{shown}{' ...' if len(left) > 5 else ''} (weight bytes {census.share_text()})",
+            "let those layers stay float by name (quantization.keep_float: [<module>], e.g. "
+            "keep_float: [gru]), or search bits: [32] (16 for fp16 weights) for this model",
+        )
+
+
+def producer_of(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """The node producing each tensor of ``graph``."""
+    return {out: node for node in graph.node for out in node.output}
+
+
+def _check_tables_float(
+    graph: onnx.GraphProto,
+    inits: dict[str, TensorProto],
+    producer: dict[str, onnx.NodeProto],
+    bits: int,
+    fail: Callable[[str, str], ExportClaimError],
+) -> None:
+    """Lookup tables (a Gather of a constant matrix: ``nn.Embedding``) stay float at every
+    bit-width, as the trial's ``embeddings`` tag says: fp16 in an fp16 artifact, else fp32."""
+    want = TensorProto.FLOAT16 if bits == 16 else TensorProto.FLOAT
+    for node in graph.node:
+        if node.op_type != "Gather":
+            continue
+        table = _constant(node.input[0], inits, producer)
+        if table is None or len(table.dims) < 2 or table.data_type == want:
+            continue
+        raise fail(
+            f"embedding tables stay {TensorProto.DataType.Name(want).lower()} (the Gather of "
+            f"{table.name} reads {TensorProto.DataType.Name(table.data_type).lower()})",
+            "report this as a slimtune bug; the trial's numbers are not trustworthy",
+        )
 
 
 def _check_int4(

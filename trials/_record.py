@@ -297,7 +297,9 @@ def _settings_json(settings: TrialSettings) -> dict[str, Any]:
             continue
         value = getattr(settings, f.name)
         is_object = dataclasses.is_dataclass(value) and not isinstance(value, type)
-        out[f.name] = dataclasses.asdict(value) if is_object else value
+        if is_object:
+            value = dataclasses.asdict(value)
+        out[f.name] = list(value) if isinstance(value, tuple) else value  # as JSON reads back
     return out
 
 

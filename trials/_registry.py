@@ -7,12 +7,22 @@ from collections.abc import Callable
 
 from trials._errors import TaskError
 from trials._task import Task
-from trials.tasks import DigitsTask, Mnist1dLargeTask, Mnist1dTask
+from trials.tasks import (
+    DigitsTask,
+    Mnist1dLargeTask,
+    Mnist1dSmallTask,
+    Mnist1dTask,
+    TransformerLinearTask,
+    TransformerTask,
+)
 
 BUILTIN_TASKS: dict[str, Callable[[], Task]] = {
     DigitsTask.name: DigitsTask,
     Mnist1dTask.name: Mnist1dTask,
     Mnist1dLargeTask.name: Mnist1dLargeTask,
+    Mnist1dSmallTask.name: Mnist1dSmallTask,
+    TransformerTask.name: TransformerTask,
+    TransformerLinearTask.name: TransformerLinearTask,
 }
 
 

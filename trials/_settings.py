@@ -74,6 +74,9 @@ class TrialSettings:
     # latency_target_cv, up to latency_max_repeats (None: 5 x latency_repeats). See LatencyPlan.
     latency_target_cv: float = 0.05
     latency_max_repeats: int | None = None
+    # A measurement that did not converge (block medians' CV above latency_target_cv) is taken
+    # again, up to this many times, through the same meter; the steadiest one is kept.
+    latency_remeasure: int = 2
     # Where fine-tuning (and a baseline not yet cached) trains: "cpu", "cuda" or "cuda:N".
     # Export and measurement run on the CPU whatever it is. See trials._device.
     device: str = "cpu"
@@ -84,6 +87,10 @@ class TrialSettings:
     # start; None (a trial run as a library call): an 8-bit trial with "auto" times the formats
     # in its own process. Not part of a trial record: it records the format used (int8_format).
     int8_auto: Int8Resolution | None = None
+    # Structured pruning keeps widths multiples of this (config pruning.round_to; 1: exact).
+    pruning_round_to: int = 8
+    # Module names whose weights may stay float in a quantized artifact (quantization.keep_float).
+    keep_float: tuple[str, ...] = ()
 
     @classmethod
     def for_search(
@@ -111,9 +118,12 @@ class TrialSettings:
             baseline_seed=baseline_seed,
             latency_target_cv=spec.latency.target_cv,
             latency_max_repeats=spec.latency.max_repeats,
+            latency_remeasure=spec.latency.remeasure,
             device=device,
             int8_format=spec.quantization.int8_format,
             int8_auto=int8_auto,
+            pruning_round_to=spec.pruning.round_to,
+            keep_float=tuple(spec.quantization.keep_float),
         )
 
     def __post_init__(self) -> None:
@@ -136,6 +146,8 @@ class TrialSettings:
             "latency_repeats": 5,
             "latency_threads": 1,
             "calibration_samples": 1,
+            "latency_remeasure": 0,
+            "pruning_round_to": 1,
         }
         for name, low in minimums.items():
             value = getattr(self, name)
@@ -200,6 +212,18 @@ class TrialSettings:
                 value=cv,
                 rule="it must be a number in (0, 1]",
                 fix="set latency_target_cv to e.g. 0.05",
+                source="TrialSettings",
+            )
+        if isinstance(self.keep_float, list):  # as a JSON record holds it
+            object.__setattr__(self, "keep_float", tuple(self.keep_float))
+        if not isinstance(self.keep_float, tuple) or not all(
+            isinstance(n, str) and n.strip() for n in self.keep_float
+        ):
+            raise ConfigError(
+                field="keep_float",
+                value=self.keep_float,
+                rule="it must be a tuple of non-empty module names",
+                fix="pass e.g. keep_float=('gru',)",
                 source="TrialSettings",
             )
         check_device_name(self.device, source="TrialSettings")

@@ -3,6 +3,7 @@ torch-pruning's dependency graph, so the exported model is smaller and faster.""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 
 from trials._compress import prunable_layers
 from trials._errors import PruningError
+from trials._heads import HeadPruning, attention_modules, prune_heads
 
 
 @dataclass(frozen=True)
@@ -20,10 +22,15 @@ class StructuredPruning:
     dense_units: int
     units: int
     widths: tuple[int, ...]
+    heads: tuple[HeadPruning, ...] = ()
 
     @property
     def removed(self) -> int:
         return self.dense_units - self.units
+
+    def attention_tag(self) -> str:
+        """Which attention modules lost heads (and how many), and which were left out and why."""
+        return "; ".join(h.describe() for h in self.heads)
 
     @property
     def channel_sparsity(self) -> float:
@@ -36,17 +43,44 @@ def output_units(model: nn.Module) -> int:
     return sum(_width(layer) for layer in prunable_layers(model))
 
 
+def kept_width(dense: int, ratio: float, round_to: int) -> int:
+    """The width a layer of ``dense`` units keeps when ``ratio`` of them is removed, rounded to
+    the nearest multiple of ``round_to`` (ties: the wider). Never 0 and never above ``dense``:
+    a layer narrower than ``round_to`` keeps the unrounded width (at least 1)."""
+    if dense < 1 or round_to < 1:
+        raise PruningError(
+            f"kept_width needs dense >= 1 and round_to >= 1, but got dense={dense}, "
+            f"round_to={round_to}. Fix: report this as a slimtune bug."
+        )
+    target = dense * (1.0 - ratio)
+    exact = min(dense, max(1, math.floor(target + 0.5)))
+    if round_to == 1 or dense < round_to:
+        return exact
+    lower = max(round_to, math.floor(target / round_to) * round_to)
+    upper = lower + round_to
+    if upper > dense:
+        return min(lower, dense)
+    return upper if upper - target <= target - lower else lower
+
+
 def prune_structured(
-    model: nn.Module, example: Tensor, ratio: float, *, what: str
+    model: nn.Module, example: Tensor, ratio: float, *, what: str, round_to: int = 8
 ) -> StructuredPruning:
     """Remove ``ratio`` of the output channels/neurons of every Conv/Linear layer but the last
     (uniform per layer, L2-magnitude importance), in place, through torch-pruning's
     ``MetaPruner``: the dependency graph shrinks the layers that consume them too (the next
     layer's input channels, a Flatten into a Linear).
 
+    Attention (any module with a head count and q/k/v/out ``nn.Linear`` children,
+    ``trials._heads``) loses whole heads instead, ``floor(ratio * heads)`` per module, checked
+    to compute what the model did with those heads zeroed; its Linear layers, and every layer
+    whose channels are tied to them (the residual stream), are never pruned as neurons.
+
     Uniform per layer rather than global: every layer keeps ``1 - ratio`` of its width, so no
-    layer can be emptied and the latency gain is predictable. The last layer (the model's
-    output) is left whole; the output shape is checked to be unchanged.
+    layer can be emptied and the latency gain is predictable; that width is rounded to a
+    multiple of ``round_to`` (``kept_width``): a width of 52 runs slower than 56 or 48 in
+    vectorised kernels. The last layer (the model's output) is left whole; the output shape is
+    checked to be unchanged.
     """
     import torch_pruning as tp
 
@@ -55,17 +89,38 @@ def prune_structured(
     model.eval()
     with torch.no_grad():
         expected = tuple(model(example).shape)
-    if ratio > 0 and len(layers) > 1:
+    heads: list[HeadPruning] = []
+    if ratio > 0 and len(layers) < 2:
+        raise PruningError(
+            f"{what}: structured pruning at {ratio:g} must remove channels or neurons, but the "
+            f"model's only Conv/Linear layer{'s are' if len(layers) != 1 else ' is'} its output "
+            "(kept whole), so it would change nothing; weights of other layers (nn.GRU, "
+            "nn.LSTM, nn.Embedding, attention parameters) are not pruned structurally. Fix: "
+            "search pruning: unstructured, or sparsity 0 with structured, for this model."
+        )
+    if ratio > 0:
+        # Per-layer ratios that make torch-pruning keep exactly kept_width(...) units: it keeps
+        # int(dense * (1 - r)), so r is set half a unit short of the exact ratio.
+        ratios: dict[nn.Module, float] = {}
+        for layer in layers[:-1]:
+            dense = _width(layer)
+            keep = kept_width(dense, ratio, round_to)
+            ratios[layer] = max(0.0, (dense - keep - 0.5) / dense)
         try:
+            heads = prune_heads(model, example, ratio)
+            attention = [m for a in attention_modules(model) for m in a.modules()]
             pruner = tp.pruner.MetaPruner(
                 model,
                 example,
                 importance=tp.importance.MagnitudeImportance(p=2),
                 pruning_ratio=ratio,
+                pruning_ratio_dict=ratios,  # type: ignore[arg-type]
                 global_pruning=False,
-                ignored_layers=[layers[-1]],
+                ignored_layers=[layers[-1], *attention],
             )
             pruner.step()
+            with torch.no_grad():
+                model(example)
         except Exception as exc:
             raise PruningError(
                 f"{what}: structured pruning must trace the model with torch-pruning's "
@@ -80,7 +135,9 @@ def prune_structured(
             f"is {got} now. Fix: search pruning: unstructured for this model."
         )
     widths = tuple(_width(layer) for layer in prunable_layers(model))
-    return StructuredPruning(dense_units=dense_units, units=sum(widths), widths=widths)
+    return StructuredPruning(
+        dense_units=dense_units, units=sum(widths), widths=widths, heads=tuple(heads)
+    )
 
 
 def _width(layer: nn.Module) -> int:

@@ -112,6 +112,8 @@ def checked_data(task: Task, which: str) -> tuple[Tensor, Tensor]:
             f"{where} must return a pair of torch Tensors, got "
             f"({type(x).__name__}, {type(y).__name__}). Fix: wrap arrays with torch.from_numpy."
         )
+    for name, t in (("inputs", x), ("labels", y)):
+        _check_finite(t, name, where, which)
     if not x.is_floating_point():
         raise TaskError(
             f"{where} inputs must be a float tensor, got dtype {x.dtype}. Fix: use x.float()."
@@ -127,3 +129,22 @@ def checked_data(task: Task, which: str) -> tuple[Tensor, Tensor]:
             f"and {len(y)} labels. Fix: return matching, non-empty tensors."
         )
     return x.float(), y
+
+
+def _check_finite(t: Tensor, name: str, where: str, which: str) -> None:
+    """NaN or inf in a split is the task's fault: say so here, before training blames the lr."""
+    if not t.is_floating_point() and not t.is_complex():
+        return  # integers are always finite
+    bad = ~torch.isfinite(t)
+    if not bool(bad.any()):
+        return
+    count = int(bad.sum())
+    rows = bad.reshape(len(t), -1).any(dim=1) if t.dim() > 0 and len(t) else bad.reshape(-1)
+    first = int(torch.nonzero(rows)[0, 0])
+    kinds = [k for k, m in (("NaN", torch.isnan(t)), ("inf", torch.isinf(t))) if bool(m.any())]
+    raise TaskError(
+        f"{where} {name} hold {count:,} non-finite value(s) ({' and '.join(kinds)}) in "
+        f"{int(rows.sum()):,} sample(s) of the {which} split, the first in sample {first}. "
+        f"Fix: clean the {which} data in the task (drop or impute those samples, e.g. "
+        "torch.nan_to_num, and check the preprocessing that made them)."
+    )

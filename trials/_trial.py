@@ -13,17 +13,19 @@ import torch
 from torch import nn
 
 from searchspace import SIMULATED_BITS, TrialParams
+from trials._artifact_weights import artifact_sparsity
+from trials._attention import rewrite_multihead_attention
 from trials._baseline import ensure_baseline, load_baseline_model
 from trials._compress import (
     GradualPruning,
     Prunable,
     attach,
     bake,
+    layer_sparsity_text,
     packed_size_bytes,
     param_counts,
     prunable_layers,
     round_to_grid,
-    weight_sparsity,
     zero_weights,
 )
 from trials._device import device_data, device_description, prepare_device, training_device
@@ -139,6 +141,9 @@ def run_trial(
         torch.manual_seed(settings.seed)
         model = load_baseline_model(task, baseline)
         baseline_sha256 = weights_sha256(model)
+        rewrite = rewrite_multihead_attention(model)
+        if rewrite.rewritten or rewrite.kept:
+            tags["attention_rewrite"] = rewrite.tag()
         if not prunable_layers(model):
             raise TaskError(
                 f"{what}: the model must have Conv or Linear layers to prune and quantize, but "
@@ -147,15 +152,27 @@ def run_trial(
         dense_units = output_units(model)
         structured: StructuredPruning | None = None
         if params.pruning == "structured":
-            structured = prune_structured(model, example, params.sparsity, what=what)
+            structured = prune_structured(
+                model, example, params.sparsity, what=what, round_to=settings.pruning_round_to
+            )
             tags["pruning_widths"] = ",".join(str(w) for w in structured.widths)
+            tags["pruning_round_to"] = str(settings.pruning_round_to)
+            if params.sparsity > 0 and structured.removed == 0:
+                tags["pruning_effect"] = (
+                    f"none: ratio {params.sparsity:g} removes no unit at round_to "
+                    f"{settings.pruning_round_to}"
+                )
+            if structured.heads:
+                tags["pruning_heads"] = structured.attention_tag()
         layers = prunable_layers(model)
         masks = [torch.ones_like(layer.weight, dtype=torch.bool) for layer in layers]
         schedule: GradualPruning | None = None
         if params.pruning == "unstructured" and params.sparsity > 0:
             attach(layers, masks, grid=train_grid)
             total_steps = settings.epochs * steps_per_epoch(len(x_train), params.batch_size)
-            schedule = GradualPruning(layers, params.sparsity, total_steps)
+            schedule = GradualPruning(
+                layers, params.sparsity, total_steps, scope=params.pruning_scope
+            )
         elif train_grid is not None:
             attach(layers, masks, grid=train_grid)
         distill = None
@@ -200,6 +217,8 @@ def run_trial(
                 f"cubic, ramp {schedule.ramp_steps} steps, mask every {schedule.every}"
             )
             tags["pruning_history"] = ",".join(f"{st}:{sp:.3f}" for st, sp in schedule.history)
+            tags["pruning_scope"] = params.pruning_scope
+            tags["layer_sparsity"] = layer_sparsity_text(model, layers)
     bake(layers, masks)
     if grid is not None and train_grid is None:
         round_to_grid(layers, grid)  # ptq: the weight half of post-training quantization
@@ -225,14 +244,21 @@ def run_trial(
             model, example, onnx_path, params, int8, _calibration(x_train, settings), what=what
         )
     )
+    tables = embedding_tables(model)
+    if tables:
+        tags["embeddings"] = (
+            f"{'fp16' if params.bits == 16 else 'fp32'}: {tables} nn.Embedding weights kept "
+            "float (not quantized) at every bit-width"
+        )
     claim = ExportClaim(
         bits=params.bits,
         units=units,
         dense_units=dense_units,
         structured=structured is not None and structured.removed > 0,
         int8_format=int8.fmt.name if int8 is not None else None,
+        keep_float=settings.keep_float,
     )
-    tags.update(check_export(onnx_path, claim, what=what))
+    tags.update(check_export(onnx_path, claim, what=what, example=example.numpy()))
     export_seconds = time.perf_counter() - export_start
     result = _measured(
         model,
@@ -247,6 +273,7 @@ def run_trial(
         extra=extra,
         meter=meter,
     )
+    result.tags.update(_pruning_effect(params, result.metrics["sparsity_achieved"]))
     result = dataclasses.replace(result, lineage=lineage)
     return hook.early.merged_into(result) if hook is not None else result
 
@@ -315,14 +342,13 @@ def _measured(
 ) -> TrialResult:
     x_val, y_val = checked_data(task, "val")
     torch_accuracy = float(task.metric(predict(model, x_val), y_val.numpy()))
-    layers = prunable_layers(model)
     nonzero, total = param_counts(model)
     metrics, onnx_tags = measure_onnx(onnx_path, task, settings, meter=meter)
     metrics.update(
         torch_accuracy=torch_accuracy,
         nonzero_params=float(nonzero),
         total_params=float(total),
-        sparsity_achieved=weight_sparsity(layers),
+        sparsity_achieved=artifact_sparsity(onnx_path),
         size_packed_bytes=float(packed_size_bytes(model, bits)),
         train_seconds=train_seconds,
         export_seconds=export_seconds,
@@ -336,6 +362,22 @@ def _measured(
         "exporter": "torch.onnx.export(dynamo=True)",
     }
     return TrialResult(metrics=metrics, tags=all_tags, onnx_path=onnx_path)
+
+
+def _pruning_effect(params: TrialParams, achieved: float) -> dict[str, str]:
+    """The tag ``pruning_effect`` when unstructured pruning left under half the requested
+    sparsity in the artifact: it prunes Conv/Linear weights only, and the model keeps most of
+    its weights elsewhere (a GRU, an embedding, attention's in_proj)."""
+    if params.pruning != "unstructured" or params.sparsity <= 0:
+        return {}
+    if achieved >= 0.5 * params.sparsity:
+        return {}
+    return {
+        "pruning_effect": (
+            f"partial: sparsity {params.sparsity:g} requested, {achieved:.3f} of the artifact's "
+            "weights are zero; only Conv/Linear weights are pruned"
+        )
+    }
 
 
 def _step_hook(
@@ -482,8 +524,13 @@ def _export_artifact(
                 "int4_layers": f"matmulnbits={written.matmulnbits},dequantize={written.dequantize}",
                 "int4_compute": INT4_COMPUTE,
             }
-        convert_fp16(fp32_path, onnx_path, what=what)
+        casts = convert_fp16(fp32_path, onnx_path, what=what)
         return {
+            **(
+                {"fp16_casts": f"{casts} float32 Casts of the model now cast to float16"}
+                if casts
+                else {}
+            ),
             "artifact": "real",
             "format": FP16_FORMAT,
             "quantization": "fp16",
@@ -492,6 +539,11 @@ def _export_artifact(
         }
     finally:
         fp32_path.unlink(missing_ok=True)
+
+
+def embedding_tables(model: nn.Module) -> int:
+    """How many weights the model's ``nn.Embedding`` tables hold (kept float in every artifact)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
 
 
 def _check_sparsity(

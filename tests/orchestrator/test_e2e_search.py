@@ -6,6 +6,7 @@ import itertools
 import json
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,13 @@ def test_console_shows_a_line_per_trial_and_the_front(search: Search) -> None:
     assert len(lines) == TRIALS, proc.stdout
     assert "Pareto front" in proc.stdout
     assert "dense baseline" in proc.stdout
+    # Not a terminal (a pipe): plain progress lines, no control codes; the cost at the end.
+    assert "\x1b[" not in proc.stdout
+    progress = [ln for ln in proc.stdout.splitlines() if "progress: " in ln]
+    assert len(progress) == TRIALS
+    assert re.search(rf"progress: {TRIALS}/{TRIALS} trials: \d+ done, \d+ failed", progress[-1])
+    assert "ETA 0s" in progress[-1]
+    assert re.search(r"Search cost: [\d.]+ CPU seconds, 0\.0 GPU seconds", proc.stdout)
 
 
 def test_mlflow_holds_one_parent_and_a_child_per_trial(search: Search) -> None:
@@ -72,14 +80,24 @@ def test_mlflow_holds_one_parent_and_a_child_per_trial(search: Search) -> None:
         assert c.data.tags["artifact"] == expected
 
 
-def test_pareto_tags_match_an_independent_recomputation(search: Search) -> None:
+def test_pareto_tags_match_an_independent_recomputation(
+    search: Search, noise_ranks: Callable[..., dict[str, int]]
+) -> None:
+    """``pareto`` is the noise-aware front (docs/noise.md), ``pareto_strict`` the strict one."""
     work, _ = search
     df = load_search(_uri(work), "e2e").trials
+    metrics = {
+        str(r["run_id"]): {k: float(v) for k, v in r.items() if isinstance(v, float | int)}
+        for _, r in df.iterrows()
+    }
+    rank = noise_ranks(metrics)
     signs = np.array([-1.0, 1.0, 1.0])  # maximize accuracy -> minimize its negative
     pts = df[["accuracy", "size_gzip_bytes", "latency_ms"]].to_numpy() * signs
     for i, p in enumerate(pts):
+        assert df["pareto"].iloc[i] == (rank[str(df["run_id"].iloc[i])] == 0), df.iloc[i]
         dominated = any(np.all(q <= p) and np.any(q < p) for j, q in enumerate(pts) if j != i)
-        assert df["pareto"].iloc[i] == (not dominated), df.iloc[i]
+        assert df["pareto_strict"].iloc[i] == (not dominated), df.iloc[i]
+        assert df["val_samples"].iloc[i] > 0 and df["latency_blocks"].iloc[i] >= 2
 
 
 def test_logged_artifact_reproduces_logged_accuracy(search: Search, tmp_path: Path) -> None:
@@ -124,11 +142,13 @@ def test_select_with_impossible_constraints_says_which_excludes_most(search: Sea
 
 
 def test_bad_config_fails_fast_with_exit_2_and_writes_nothing(tmp_path: Path) -> None:
-    (tmp_path / "bad.yaml").write_text("experiment: x\nspace:\n  sparsity: {low: 0.2, high: 1.5}\n")
+    (tmp_path / "bad.yaml").write_text(
+        "experiment: x\ntask: digits\nspace:\n  sparsity: {low: 0.2, high: 1.5}\n"
+    )
     t0 = time.perf_counter()
     proc = _cli("search", "bad.yaml", cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
-    assert "space.sparsity" in proc.stderr and "line 3" in proc.stderr
+    assert "space.sparsity" in proc.stderr and "line 4" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
     assert time.perf_counter() - t0 < 60
@@ -206,37 +226,23 @@ def test_hypervolume_is_logged_live_one_point_per_finished_trial(search: Search)
     assert float(parent.data.params["resources.cpu"]) == 1
 
 
-def test_pareto_rank_tags_match_an_independent_recomputation(search: Search) -> None:
+def test_pareto_rank_tags_match_an_independent_recomputation(
+    search: Search, noise_ranks: Callable[..., dict[str, int]]
+) -> None:
     work, _ = search
     client = MlflowClient(_uri(work))
     parent = _parent(client)
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
-    pts = np.array(
-        [
-            [
-                -c.data.metrics["accuracy"],
-                c.data.metrics["size_gzip_bytes"],
-                c.data.metrics["latency_ms"],
-            ]
-            for c in children
-        ]
+    # Non-dominated sorting by peeling fronts, under the tolerances, without the reports package.
+    rank = noise_ranks({c.info.run_id: c.data.metrics for c in children})
+    for c in children:
+        assert c.data.tags["pareto_rank"] == str(rank[c.info.run_id])
+        assert c.data.tags["pareto"] == ("true" if rank[c.info.run_id] == 0 else "false")
+    assert parent.data.tags["slimtune.tolerances"] == (
+        "accuracy:auto,size_gzip_bytes:auto,latency_ms:auto"
     )
-    # Non-dominated sorting by peeling fronts, without moocore.
-    left, rank, level = set(range(len(pts))), {}, 0
-    while left:
-        layer = {
-            i
-            for i in left
-            if not any(np.all(pts[j] <= pts[i]) and np.any(pts[j] < pts[i]) for j in left)
-        }
-        rank.update(dict.fromkeys(layer, level))
-        left -= layer
-        level += 1
-    for i, c in enumerate(children):
-        assert c.data.tags["pareto_rank"] == str(rank[i])
-        assert c.data.tags["pareto"] == ("true" if rank[i] == 0 else "false")
 
 
 def test_report_command_writes_a_report_that_opens_offline(search: Search, tmp_path: Path) -> None:

@@ -430,3 +430,122 @@ def test_a_failing_baseline_is_a_clean_error(tmp_path: Path) -> None:
     assert "Traceback" not in err
     (search,) = _searches(f"sqlite:///{tmp_path / 'mlflow.db'}", "nobase")
     assert search.info.status == "FAILED"
+
+
+def _state_files(work: Path, pattern: str) -> list[Path]:
+    return sorted((work / ".slimtune" / "ray").glob(f"search-*/{pattern}"))
+
+
+def _assert_interrupted(proc: subprocess.Popen[str], uri: str, experiment: str) -> int:
+    """The search ended KILLED with exit 130 and said how to resume; no trial run is left
+    RUNNING and the search run's counts are MLflow's. Returns how many trials finished."""
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out[-2000:] + err[-4000:]
+    assert "--resume" in err and "Traceback" not in err, err[-4000:]
+    [search] = _searches(uri, experiment)
+    assert search.info.status == "KILLED", search.info.status
+    statuses = [c.info.status for c in _children(uri, experiment)]
+    assert "RUNNING" not in statuses, statuses
+    finished = statuses.count("FINISHED")
+    assert _counts(search) == (finished, len(statuses) - finished)
+    assert f"{finished} of " in err, err[-2000:]
+    return finished
+
+
+def test_ctrl_c_ends_the_search_killed_and_resume_continues_it(tmp_path: Path) -> None:
+    """SIGINT to the driver before its trials start (the dense baseline) and while they run,
+    then to the whole process group of a resumed search; between them, a damaged and an
+    untrusted saved state are refused; the last resume finishes."""
+    trials = 6
+    (tmp_path / "c.yaml").write_text(small_config("sigint", trials=trials))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def finished_at_least(n: int) -> Any:
+        return lambda: sum(c.info.status == "FINISHED" for c in _children(uri, "sigint")) >= n
+
+    def search_started() -> bool:
+        client = MlflowClient(uri)
+        return bool(client.get_experiment_by_name("sigint")) and bool(_searches(uri, "sigint"))
+
+    early = _search(tmp_path)
+    try:
+        _wait_for(search_started, 600, "the search run", early)
+        os.kill(early.pid, signal.SIGINT)  # most likely during the baseline: no trial yet
+        _assert_interrupted(early, uri, "sigint")
+    finally:
+        if early.poll() is None:
+            _kill_group(early)
+
+    proc = _search(tmp_path, "--resume")
+    try:
+        _wait_for(finished_at_least(1), 600, "a finished trial", proc)
+        os.kill(proc.pid, signal.SIGINT)  # the driver alone
+        done = _assert_interrupted(proc, uri, "sigint")
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    assert done < trials
+
+    # A damaged searcher state is refused at once, naming the file and the fix.
+    [state] = _state_files(tmp_path, "searcher-state-*.json")[-1:]
+    saved = state.read_bytes()
+    state.write_bytes(saved[: len(saved) // 2])
+    t0 = time.monotonic()
+    refused = _search(tmp_path, "--resume")
+    out, err = refused.communicate(timeout=120)
+    assert refused.returncode == 2, out[-2000:] + err[-4000:]
+    assert f"{state} is damaged" in err and "without --resume" in err, err[-2000:]
+    assert time.monotonic() - t0 < 60 and "Traceback" not in err
+    state.write_bytes(saved)
+    # So is a state directory that other users may write to (its pickles run as code).
+    state.parent.chmod(0o777)
+    refused = _search(tmp_path, "--resume")
+    out, err = refused.communicate(timeout=120)
+    assert refused.returncode == 2, out[-2000:] + err[-4000:]
+    assert "writable by every user" in err and "chmod -R go-w" in err, err[-2000:]
+    state.parent.chmod(0o755)
+    [search] = _searches(uri, "sigint")
+    assert search.info.status == "KILLED"  # refusals change nothing recorded
+
+    resumed = _search(tmp_path, "--resume")
+    try:
+        _wait_for(finished_at_least(done + 1), 600, "one more finished trial", resumed)
+        os.killpg(resumed.pid, signal.SIGINT)  # the process group, as a terminal's Ctrl-C
+        _assert_interrupted(resumed, uri, "sigint")
+    finally:
+        if resumed.poll() is None:
+            _kill_group(resumed)
+
+    last = _search(tmp_path, "--resume")
+    out, err = last.communicate(timeout=900)
+    assert last.returncode == 0, out[-2000:] + err[-4000:]
+    assert f"{trials} trials finished, 0 failed" in out, out[-2000:] + err[-4000:]
+    children = _assert_each_trial_once(uri, "sigint", trials)
+    [search] = _searches(uri, "sigint")
+    assert search.info.status == "FINISHED" and _counts(search) == (trials, 0)
+    # Why an earlier attempt ended is kept aside, not passed off as the outcome.
+    for run in [search, *children]:
+        assert "slimtune.error" not in run.data.tags, run.data.tags
+    assert any("slimtune.previous_error" in c.data.tags for c in children)
+
+
+def test_a_store_deleted_mid_search_fails_it_loudly(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(small_config("lost", trials=6))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = _search(tmp_path)
+    try:
+
+        def a_trial_started() -> bool:
+            return bool(_children(uri, "lost"))
+
+        _wait_for(a_trial_started, 600, "a trial's run", proc)
+        for name in ("mlflow.db", "mlflow.db-wal", "mlflow.db-shm"):
+            (tmp_path / name).unlink(missing_ok=True)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    assert proc.returncode == 1, out[-2000:] + err[-4000:]
+    assert "during the search" in err and "records" in err and "are gone" in err, err[-3000:]
+    assert "Traceback" not in err, err[-4000:]
+    assert "trials finished" not in out and "Inspect:" not in out, out[-2000:]

@@ -142,7 +142,7 @@ def test_without_pausing_trials_the_gate_is_off(mlp_onnx: Path, tmp_path: Path) 
 
 
 def test_latency_section_defaults_measure_in_one_actor_that_pauses_trials() -> None:
-    latency = parse_spec("experiment: x\n").latency
+    latency = parse_spec("experiment: x\ntask: digits\n").latency
     assert (latency.where, latency.cpus, dict(latency.resources)) == ("actor", 0.0, {})
     assert latency.pause_trials and latency.target_cv == 0.05 and latency.max_repeats is None
 
@@ -161,7 +161,7 @@ def test_latency_section_defaults_measure_in_one_actor_that_pauses_trials() -> N
 )
 def test_bad_latency_sections_name_field_and_rule(section: str, field: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
-        parse_spec(f"experiment: x\nlatency: {section}\n")
+        parse_spec(f"experiment: x\ntask: digits\nlatency: {section}\n")
     assert info.value.field == field
     assert words in str(info.value)
 
@@ -171,7 +171,7 @@ def _nodes(*resources: dict[str, float]) -> list[dict[str, Any]]:
 
 
 def test_a_custom_resource_no_node_has_is_refused_with_the_ones_there_are() -> None:
-    spec = parse_spec("experiment: x\nlatency: {resources: {deploy_cpu: 1}}\n")
+    spec = parse_spec("experiment: x\ntask: digits\nlatency: {resources: {deploy_cpu: 1}}\n")
     nodes = _nodes({"CPU": 2, "node:10.0.0.1": 1}, {"CPU": 4, "arm_cpu": 1})
     with pytest.raises(ConfigError) as info:
         check_resources(spec, nodes)
@@ -183,11 +183,13 @@ def test_a_custom_resource_no_node_has_is_refused_with_the_ones_there_are() -> N
 
 
 def test_the_meter_must_fit_on_one_node_with_its_resource() -> None:
-    spec = parse_spec("experiment: x\nlatency: {cpus: 2, resources: {deploy_cpu: 1}}\n")
+    spec = parse_spec(
+        "experiment: x\ntask: digits\nlatency: {cpus: 2, resources: {deploy_cpu: 1}}\n"
+    )
     with pytest.raises(ConfigError, match="fit on one node"):
         check_resources(spec, _nodes({"CPU": 8}, {"CPU": 1, "deploy_cpu": 1}))
     check_resources(spec, _nodes({"CPU": 1}, {"CPU": 2, "deploy_cpu": 1}))
-    inline = parse_spec("experiment: x\nlatency: {where: inline}\n")
+    inline = parse_spec("experiment: x\ntask: digits\nlatency: {where: inline}\n")
     check_resources(inline, _nodes({"CPU": 1}))
 
 

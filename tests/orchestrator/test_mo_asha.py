@@ -232,12 +232,13 @@ def test_rung_reports_are_not_trials_to_stoppers_counts_and_searcher() -> None:
 def test_config_block_validates() -> None:
     spec = SearchSpec(
         experiment="x",
+        task="digits",
         training={"epochs": 9},  # type: ignore[arg-type]
         early_stopping={"name": "mo-asha"},  # type: ignore[arg-type]
     )
     assert spec.early_stopping.rungs(9) == (1, 3)
     assert MoAshaState.for_spec(spec).rungs == [1, 3]
-    assert SearchSpec(experiment="x").early_stopping.enabled is False
+    assert SearchSpec(experiment="x", task="digits").early_stopping.enabled is False
 
 
 def test_a_damaged_state_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -227,3 +227,26 @@ def test_runs_without_a_record_are_refused(
     assert code == 2 and "is not a slimtune trial" in text
     code, text = _rebuild(uri, "0" * 32, tmp_path / "c", capsys)
     assert code == 2 and "is not in the MLflow store" in text and "--tracking-uri" in text
+
+
+def test_rebuild_never_writes_where_the_record_says(
+    search: tuple[Path, str, list[Any]],
+    tmp_path: Path,
+    tiny_importable: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An edited record points its baseline cache at a folder of the attacker's choosing.
+    _, uri, trials = search
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "keep.txt").write_text("untouched")
+    data = json.loads(_record(uri, trials[0].info.run_id, tmp_path))
+    data["baseline"]["cache_dir"] = str(planted)
+    run_id = _fake_trial(uri, trials[0], json.dumps(data))
+    monkeypatch.chdir(tmp_path)  # no ./.slimtune/cache here: the default is OUT/cache
+    code, text = _rebuild(uri, run_id, tmp_path / "o", capsys)
+    assert code == 0, text
+    assert sorted(p.name for p in planted.iterdir()) == ["keep.txt"]
+    assert list((tmp_path / "o" / "cache").glob("*.pt"))
+    assert f"baseline cache {tmp_path / 'o' / 'cache'}" in text

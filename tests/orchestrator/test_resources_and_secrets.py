@@ -17,7 +17,7 @@ def _nodes(*resources: dict[str, float], dead: dict[str, float] | None = None) -
 
 
 def _spec(cpu: float = 1, gpu: float = 0) -> Any:
-    return parse_spec(f"experiment: x\nresources: {{cpu: {cpu}, gpu: {gpu}}}\n")
+    return parse_spec(f"experiment: x\ntask: digits\nresources: {{cpu: {cpu}, gpu: {gpu}}}\n")
 
 
 def test_fitting_requests_pass() -> None:
@@ -55,7 +55,7 @@ def test_redaction_hides_user_and_password(uri: str, shown: str) -> None:
 
 def test_credentials_in_the_config_are_refused_with_the_env_vars_as_fix() -> None:
     with pytest.raises(ConfigError) as info:
-        parse_spec('experiment: x\ntracking: {uri: "http://bob:pw@h:5000"}\n')
+        parse_spec('experiment: x\ntask: digits\ntracking: {uri: "http://bob:pw@h:5000"}\n')
     assert info.value.field == "tracking.uri"
     assert "MLFLOW_TRACKING_USERNAME" in str(info.value)
 

@@ -26,6 +26,7 @@ from searchspace import SearchSpec, load_spec, parse_spec
 
 CONFIG = """
 experiment: {experiment}
+task: digits
 trials: 4
 space:
   sparsity: {{low: 0.0, high: 0.8}}

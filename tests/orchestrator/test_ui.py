@@ -49,7 +49,7 @@ def test_ui_serves_the_store_on_loopback_only(tmp_path: Path) -> None:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 240  # a loaded 2-core machine took 70-105 s
         body = b""
         while time.monotonic() < deadline:
             try:
@@ -78,4 +78,4 @@ def test_ui_without_a_store_is_a_usage_error(tmp_path: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert proc.returncode == 2 and "must exist" in proc.stderr
+    assert proc.returncode == 2 and "no MLflow store" in proc.stderr

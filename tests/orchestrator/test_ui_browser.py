@@ -22,10 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import noise_ranks_by_peeling
 from tests.orchestrator.conftest import E2E_EXPERIMENT, E2E_TRIALS, E2ESearch
 
 pytestmark = pytest.mark.e2e
@@ -155,22 +155,10 @@ def _records(e2e_search: E2ESearch) -> tuple[Any, list[Any]]:
 
 
 def _ranks_by_peeling(children: list[Any]) -> dict[str, int]:
-    """Pareto rank of each run by brute-force dominance, peeling one front at a time."""
-    pts = {
-        c.info.run_id: np.array([s * c.data.metrics[m] for m, s in OBJECTIVE_SIGNS.items()])
-        for c in children
-    }
-    left, rank, level = set(pts), {}, 0
-    while left:
-        front = {
-            i
-            for i in left
-            if not any(np.all(pts[j] <= pts[i]) and np.any(pts[j] < pts[i]) for j in left)
-        }
-        rank.update(dict.fromkeys(front, level))
-        left -= front
-        level += 1
-    return rank
+    """Pareto rank of each run by brute-force noise-aware dominance (docs/noise.md), peeling one
+    front at a time (tests/conftest.py)."""
+    objectives = tuple((m, -float(s)) for m, s in OBJECTIVE_SIGNS.items())
+    return noise_ranks_by_peeling({c.info.run_id: c.data.metrics for c in children}, objectives)
 
 
 def _open_runs(page: Page, url: str, parent: Any) -> None:

@@ -67,6 +67,15 @@ PLUGINS = {
                 return torch.rand(32, 1, 4, 4), torch.rand(32)
         """
     ),
+    "nanval": textwrap.dedent(
+        """
+        class T(Base):
+            def val_data(self):
+                x, y = super().val_data()
+                x[3, 0, 1, 1] = float("nan")
+                return x, y
+        """
+    ),
     "notmodule": textwrap.dedent(
         """
         class T(Base):
@@ -80,7 +89,8 @@ PLUGINS = {
 def _validate(tmp_path: Path, module: str, attr: str = "T") -> subprocess.CompletedProcess[str]:
     (tmp_path / f"{module}.py").write_text(PLUGIN_HEAD + PLUGINS.get(module, ""))
     (tmp_path / "c.yaml").write_text(f"experiment: x\ntask: {module}:{attr}\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "MLFLOW_DISABLE_TELEMETRY": "true"}
     return subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", "validate", "c.yaml"],
         cwd=tmp_path,
@@ -106,6 +116,7 @@ def test_a_good_plugin_passes(tmp_path: Path) -> None:
         ("badshape", "data", "same per-sample shape"),
         ("badlabels", "forward", "class indices below"),
         ("floatlabels", "data", "int64"),
+        ("nanval", "data", "non-finite value(s) (NaN) in 1 sample(s) of the val split"),
         ("notmodule", "build_model", "torch.nn.Module"),
     ],
 )

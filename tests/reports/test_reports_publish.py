@@ -84,9 +84,15 @@ def test_publish_front(
         "batch_size",
         "sparsity",
         "bits",
+        "format",  # the knobs that vary (no space recorded here: those whose values differ)
         "accuracy",
         "size_gzip_bytes",
         "latency_ms",
+        "latency_converged",
+        "pareto_group",
+        "pareto_representative",
+        "pareto_tied",
+        "pareto_strict",
         "artifact",
     ]
     assert set(csv["run_id"]) == {r for r, on in expected.items() if on}

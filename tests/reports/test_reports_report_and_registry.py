@@ -57,7 +57,10 @@ def test_report_is_self_contained(store: Any, tmp_path: Path) -> None:
     page = index.read_text()
     assert not re.search(r"https?://", page)  # no URL at all in index.html
     assert page.count("data:image/png;base64,") == 3  # two trade-offs and the hypervolume
-    assert "Pareto front (9 of 11 finished trials)" in page
+    # Trials 3 and 4 are identical: one group, shown once, the other named as tied.
+    assert "Pareto front (9 of 11 finished trials, 8 groups)" in page
+    assert "tied (within tolerance)" in page
+    assert "Failed trials (1)" in page and "RuntimeError: export failed" in page
     assert "Best trial per constraint band" in page
     # Cost: sum of trial_seconds (1 + 2 + ... + 11 = 66) x 2 CPUs; no GPU.
     assert "<b>132.0</b>" in page and "<b>0.0</b>" in page

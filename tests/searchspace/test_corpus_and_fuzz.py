@@ -38,6 +38,7 @@ def test_corpus_file_names_its_field(path: Path) -> None:
     msg = str(err)
     assert "\n" not in msg.strip(), "one paragraph"
     assert str(path) in msg and "Fix:" in msg
+    assert "s3cret" not in msg and "wJalrXUtnFEMI" not in msg, "credentials are masked"
 
 
 def test_cli_rejects_every_corpus_file_with_exit_2_and_no_traceback(tmp_path: Path) -> None:
@@ -60,6 +61,7 @@ def test_cli_rejects_every_corpus_file_with_exit_2_and_no_traceback(tmp_path: Pa
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().split(",") == ["2"] * len(CORPUS)
     assert "Traceback" not in proc.stderr
+    assert "s3cret" not in proc.stderr and "wJalrXUtnFEMI" not in proc.stderr  # masked
     assert proc.stderr.count("slimtune: config error:") == len(CORPUS)
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / ".slimtune").exists()
 

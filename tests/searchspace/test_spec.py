@@ -14,6 +14,8 @@ from searchspace import (
     to_distributions,
 )
 
+HEAD = "experiment: x\ntask: digits\n"  # the two required fields
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -30,7 +32,7 @@ def test_every_example_config_loads(path: Path) -> None:
 
 
 def test_minimal_config_gets_documented_defaults() -> None:
-    spec = parse_spec("experiment: x\n")
+    spec = parse_spec(HEAD)
     assert spec.task == "digits"
     assert spec.metric_names == ["accuracy", "size_gzip_bytes", "latency_ms"]
     assert spec.directions == ["maximize", "minimize", "minimize"]
@@ -39,7 +41,7 @@ def test_minimal_config_gets_documented_defaults() -> None:
 
 def test_distributions_keep_integer_knobs_integer() -> None:
     spec = parse_spec(
-        "experiment: x\nspace:\n  lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n"
+        HEAD + "space:\n  lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n"
         "  batch_size: {choices: [16, 64]}\n  sparsity: 0.5\n  bits: 8\n"
     )
     d = to_distributions(spec.space)
@@ -53,29 +55,29 @@ def test_distributions_keep_integer_knobs_integer() -> None:
 @pytest.mark.parametrize(
     ("text", "field", "words"),
     [
-        ("experiment: x\nspace:\n  lr: {low: 0.1, high: 0.01}\n", "space.lr", "low < high"),
-        ("experiment: x\nspace:\n  lr: {low: 0, high: 0.1, log: true}\n", "space.lr", "low > 0"),
-        ("experiment: x\nspace:\n  sparsity: 1.0\n", "space.sparsity", "[0, 1)"),
-        ("experiment: x\nspace:\n  sparsity: {low: 0.5, high: 1.2}\n", "space.sparsity", "[0, 1)"),
-        ("experiment: x\nspace:\n  bits: {choices: [8, 12]}\n", "space.bits", "one of"),
-        ("experiment: x\nspace:\n  batch_size: 0\n", "space.batch_size", ">= 1"),
-        ("experiment: x\nspace:\n  batch_size: {low: 8, high: 64}\n", "space.batch_size", "range"),
-        ("experiment: x\ntrials: 0\n", "trials", "greater than or equal to 1"),
-        ("experiment: x\ntrails: 3\n", "trails", "did you mean 'trials'"),
-        ("experiment: x\nsampler: {name: cmaes}\n", "sampler.name", "'tpe'"),
-        ("experiment: x\nobjectives: []\n", "objectives", "at least one objective"),
+        (HEAD + "space:\n  lr: {low: 0.1, high: 0.01}\n", "space.lr", "low < high"),
+        (HEAD + "space:\n  lr: {low: 0, high: 0.1, log: true}\n", "space.lr", "low > 0"),
+        (HEAD + "space:\n  sparsity: 1.0\n", "space.sparsity", "[0, 1)"),
+        (HEAD + "space:\n  sparsity: {low: 0.5, high: 1.2}\n", "space.sparsity", "[0, 1)"),
+        (HEAD + "space:\n  bits: {choices: [8, 12]}\n", "space.bits", "one of"),
+        (HEAD + "space:\n  batch_size: 0\n", "space.batch_size", ">= 1"),
+        (HEAD + "space:\n  batch_size: {low: 8, high: 64}\n", "space.batch_size", "range"),
+        (HEAD + "trials: 0\n", "trials", "greater than or equal to 1"),
+        (HEAD + "trails: 3\n", "trails", "did you mean 'trials'"),
+        (HEAD + "sampler: {name: cmaes}\n", "sampler.name", "'tpe'"),
+        (HEAD + "objectives: []\n", "objectives", "at least one objective"),
         (
-            "experiment: x\nobjectives:\n  - {metric: latency_ms, direction: maximize}\n",
+            HEAD + "objectives:\n  - {metric: latency_ms, direction: maximize}\n",
             "objectives.0",
             "must be minimized",
         ),
         (
-            "experiment: x\nobjectives:\n  - {metric: acc, direction: maximize}\n",
+            HEAD + "objectives:\n  - {metric: acc, direction: maximize}\n",
             "objectives.0",
             "unknown metric",
         ),
         ("trials: 3\n", "experiment", "required"),
-        ("experiment: x\nresources: {cpu: 0}\n", "resources.cpu", "greater than 0"),
+        (HEAD + "resources: {cpu: 0}\n", "resources.cpu", "greater than 0"),
     ],
 )
 def test_invalid_fields_are_named_with_rule_and_fix(text: str, field: str, words: str) -> None:
@@ -87,7 +89,7 @@ def test_invalid_fields_are_named_with_rule_and_fix(text: str, field: str, words
     assert "Fix:" in msg
 
 
-@pytest.mark.parametrize("text", ["A:\n", "experiment: x\nRange: 1\n", "Choices: [1]\n"])
+@pytest.mark.parametrize("text", ["A:\n", HEAD + "Range: 1\n", "Choices: [1]\n"])
 def test_capitalised_unknown_keys_are_named(text: str) -> None:
     # Regression (found by hypothesis): a key starting with a capital letter was dropped from
     # the error path like a union branch name, and the loader crashed with IndexError.
@@ -96,8 +98,8 @@ def test_capitalised_unknown_keys_are_named(text: str) -> None:
 
 
 def test_error_names_the_line() -> None:
-    err = _err("experiment: x\ntrials: 5\nspace:\n  bits: {choices: [8, 99]}\n")
-    assert err.line == 4
+    err = _err(HEAD + "trials: 5\nspace:\n  bits: {choices: [8, 99]}\n")
+    assert err.line == 5
 
 
 @pytest.mark.parametrize("text", ["", "- a\n- b\n", "experiment: [x\n", "42\n"])
@@ -125,27 +127,27 @@ def test_trial_params_validate_themselves() -> None:
 
 
 def test_spec_is_frozen() -> None:
-    spec = parse_spec("experiment: x\n")
+    spec = parse_spec(HEAD)
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError on frozen models
         spec.trials = 3  # type: ignore[misc]
     assert isinstance(spec, SearchSpec)
 
 
 def test_pruning_knob_defaults_to_unstructured_and_is_a_string_categorical() -> None:
-    spec = parse_spec("experiment: x\n")
+    spec = parse_spec(HEAD)
     d = to_distributions(spec.space)
     assert d["pruning"] == CategoricalDistribution(["unstructured"])
     assert d["distill_weight"] == CategoricalDistribution([0.0])
     assert d["distill_temperature"] == CategoricalDistribution([2.0])
     spec = parse_spec(
-        "experiment: x\nspace:\n  pruning: {choices: [unstructured, structured]}\n"
+        HEAD + "space:\n  pruning: {choices: [unstructured, structured]}\n"
         "  bits: {choices: [8, 16, 32]}\n  distill_weight: {low: 0.0, high: 0.5}\n"
     )
     d = to_distributions(spec.space)
     assert d["pruning"] == CategoricalDistribution(["unstructured", "structured"])
     assert d["bits"] == CategoricalDistribution([8, 16, 32])
     assert d["distill_weight"] == FloatDistribution(0.0, 0.5)
-    fixed = parse_spec("experiment: x\nspace:\n  pruning: structured\n")
+    fixed = parse_spec(HEAD + "space:\n  pruning: structured\n")
     assert to_distributions(fixed.space)["pruning"] == CategoricalDistribution(["structured"])
 
 
@@ -162,7 +164,7 @@ def test_pruning_knob_defaults_to_unstructured_and_is_a_string_categorical() -> 
     ],
 )
 def test_name_knob_errors(text: str, field: str, words: str) -> None:
-    err = _err(f"experiment: x\nspace:\n  {text}\n")
+    err = _err(HEAD + f"space:\n  {text}\n")
     assert err.field == field
     assert words in str(err)
 

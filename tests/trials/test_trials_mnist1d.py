@@ -15,7 +15,14 @@ import pytest
 import torch
 
 import trials.tasks._mnist1d as mnist1d_module
-from trials import BUILTIN_TASKS, Mnist1dLargeTask, Mnist1dTask, TaskError, load_task
+from trials import (
+    BUILTIN_TASKS,
+    Mnist1dLargeTask,
+    Mnist1dSmallTask,
+    Mnist1dTask,
+    TaskError,
+    load_task,
+)
 
 SMALL = {"num_samples": 200}
 
@@ -88,10 +95,24 @@ def test_width_factor_scales_every_hidden_width_and_nothing_else(tmp_path: Path)
     assert sum(t.numel() for t in large.values()) == 8_070_666
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
-def test_width_factor_must_be_a_positive_int(tmp_path: Path, bad: object) -> None:
+def test_small_variant_halves_every_hidden_width(tmp_path: Path) -> None:
+    assert isinstance(load_task("mnist1d-small"), Mnist1dSmallTask)
+    dense = Mnist1dTask(data_dir=tmp_path).build_model().state_dict()
+    small = Mnist1dSmallTask(data_dir=tmp_path).build_model().state_dict()
+    assert list(dense) == list(small)
+
+    def halved(dim: int, n: int) -> int:
+        return n if dim == 2 or n in (1, 10) else n // 2
+
+    for key, tensor in dense.items():
+        assert list(small[key].shape) == [halved(d, n) for d, n in enumerate(tensor.shape)], key
+    assert Mnist1dSmallTask(data_dir=tmp_path).args == Mnist1dTask(data_dir=tmp_path).args
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1 / 256, float("nan"), float("inf"), True, "2"])
+def test_width_factor_must_be_a_positive_number(tmp_path: Path, bad: object) -> None:
     class Wider(Mnist1dTask):
         width_factor = bad  # type: ignore[assignment]
 
-    with pytest.raises(TaskError, match=r"'width_factor' attribute of Wider must be an int >= 1"):
+    with pytest.raises(TaskError, match=r"'width_factor' attribute of Wider must be a finite"):
         Wider(data_dir=tmp_path)
