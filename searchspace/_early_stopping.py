@@ -24,7 +24,8 @@ class EarlyStopping(BaseModel):
     finished trial.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict and finite, as every block of the config (tests/searchspace/test_strict_types.py)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     name: Literal["none", "mo-asha"] = "none"
     min_epochs: Annotated[int, Field(ge=1, le=1000)] = 1
