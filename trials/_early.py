@@ -178,7 +178,11 @@ def _twin(model: nn.Module) -> nn.Module:
 
 class RungHook:
     """``fit``'s ``on_epoch``: after each epoch, report PyTorch's validation accuracy with the
-    early measurement to ``report``."""
+    early measurement to ``report``.
+
+    With ``ptq_grid`` (ptq fine-tunes in float and rounds the weights after), the accuracy is
+    that of a copy with its weights rounded to the grid, as the trial's final model will be:
+    the last rung then reports the final ``torch_accuracy``."""
 
     def __init__(
         self,
@@ -188,12 +192,14 @@ class RungHook:
         report: RungReporter,
         *,
         start: float,
+        ptq_grid: WeightGrid | None = None,
     ) -> None:
         self.model = model
         self.task = task
         self.early = early
         self.report = report
         self.start = start
+        self.ptq_grid = ptq_grid
         self.x_val, self.y_val = checked_data(task, "val")
 
     def before_training(self) -> None:
@@ -218,15 +224,27 @@ class RungHook:
         self.report(dataclasses.replace(rung, metrics={**rung.metrics, "torch_accuracy": accuracy}))
 
     def _outputs(self, batch_size: int = 256) -> np.ndarray:
-        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
-        was_training = self.model.training
-        self.model.eval()
+        model = self.model if self.ptq_grid is None else self._rounded()
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        was_training = model.training
+        model.eval()
         outputs = []
         try:
             with torch.no_grad():
                 for first in range(0, len(self.x_val), batch_size):
                     x = self.x_val[first : first + batch_size].to(device)
-                    outputs.append(self.model(x).float().cpu().numpy())
+                    outputs.append(model(x).float().cpu().numpy())
         finally:
-            self.model.train(was_training)
+            model.train(was_training)
         return np.concatenate(outputs)
+
+    def _rounded(self) -> nn.Module:
+        """A copy of the model with its masks baked and its weights rounded to ``ptq_grid``."""
+        assert self.ptq_grid is not None
+        twin = _twin(self.model)
+        layers = prunable_layers(twin)
+        for layer in layers:
+            if parametrize.is_parametrized(layer, "weight"):
+                parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+        round_to_grid(layers, self.ptq_grid)
+        return twin

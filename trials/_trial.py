@@ -185,10 +185,11 @@ def run_trial(
             tags["distill"] = f"weight={params.distill_weight:g},T={params.distill_temperature:g}"
         hook: RungHook | None = None
         if rungs is not None:
+            ptq_grid = grid if train_grid is None else None
             early = measure_first(
                 model,
                 unstructured_target=params.sparsity if schedule is not None else 0.0,
-                ptq_grid=grid if train_grid is None else None,
+                ptq_grid=ptq_grid,
                 export=lambda m, path: _export_artifact(
                     m, example, path, params, int8, _calibration(x_train, settings), what=what
                 ),
@@ -196,7 +197,7 @@ def run_trial(
                 settings=settings,
                 meter=meter,
             )
-            hook = RungHook(model, task, early, rungs, start=start)
+            hook = RungHook(model, task, early, rungs, start=start, ptq_grid=ptq_grid)
             hook.before_training()
         train_seconds = fit(
             model,
