@@ -20,6 +20,7 @@ from typing import Any, Protocol, TextIO
 import pandas as pd
 from ray.tune import Callback
 
+from orchestrator._scheduler import RUNG_KEY, is_rung
 from orchestrator._searcher import TRIAL_NUMBER_KEY
 from reports import knob_value, latency_flag
 
@@ -168,9 +169,13 @@ class TrialLines(Callback):
                 f"{self._knob_text(trial.config)} | FAILED: {str(r.get('trial_error'))[:200]}"
             )
             return
-        if r.get("trial_stopped") or r.get("stopped_early"):
+        if is_rung(r):  # its last report was a rung: the early-stopping scheduler stopped it
             p.stopped += 1
-            self._print(f"{self._knob_text(trial.config)} | stopped early")
+            acc = r.get("rung_accuracy")
+            at = f" (accuracy {acc:.4f})" if isinstance(acc, float) else ""
+            self._print(
+                f"{self._knob_text(trial.config)} | stopped early at epoch {r[RUNG_KEY]}{at}"
+            )
             return
         p.done += 1
         flag = latency_flag(r)

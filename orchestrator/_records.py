@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,9 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from ray.tune import Stopper
 
+from orchestrator._scheduler import STOPPED_TAG
 from orchestrator._tracking import MAX_TAG_CHARS, ROLE_TAG, fail_run, log_metrics, redact_uri
-from orchestrator._trainable import ERROR_KEY, FAILED_KEY, TrialCounts, is_finished
+from orchestrator._trainable import ERROR_KEY, FAILED_KEY, TrialCounts, is_finished, is_stopped
 from searchspace import SlimtuneError
 
 log = logging.getLogger(__name__)
@@ -192,8 +193,10 @@ def close_trial_runs(
 
 def mlflow_counts(client: MlflowClient, parent_run_id: str) -> tuple[int, int]:
     """(finished, failed) trial runs of the search as MLflow records them: FINISHED, and
-    FAILED or KILLED."""
-    statuses = [r.info.status for r in trial_runs(client, parent_run_id)]
+    FAILED or KILLED (a run stopped early by the search's scheduler, KILLED with tag
+    ``early_stopped=true``, is neither: it ended as the search meant it to)."""
+    runs = trial_runs(client, parent_run_id)
+    statuses = [r.info.status for r in runs if r.data.tags.get(STOPPED_TAG) != "true"]
     return statuses.count("FINISHED"), sum(s in ("FAILED", "KILLED") for s in statuses)
 
 
@@ -201,7 +204,9 @@ def mlflow_counts(client: MlflowClient, parent_run_id: str) -> tuple[int, int]:
 class SearchAccount:
     """What Ray Tune's results say of a search: the counts, how many trials reached an outcome
     (finished, reported their failure, or ended with an error: the rest were cut off), the
-    MLflow runs of the finished ones, and each failed trial's reason by its MLflow run.
+    MLflow runs of the finished ones, and each failed trial's reason by its MLflow run. A trial
+    stopped early by the search's scheduler (``stopped_ids``, see ``is_stopped``) reached its
+    outcome: it is ended, neither finished nor failed.
 
     Outcomes, not Ray's trial statuses: after a SIGINT Ray Tune saves its state and then marks
     the trials it stops TERMINATED, whether or not they ran to the end."""
@@ -212,20 +217,26 @@ class SearchAccount:
     errors: Mapping[str, str]
 
     @classmethod
-    def of(cls, results: Sequence[Any], metric_names: Sequence[str]) -> SearchAccount:
+    def of(
+        cls,
+        results: Sequence[Any],
+        metric_names: Sequence[str],
+        stopped_ids: Container[str] | None = None,
+    ) -> SearchAccount:
         finished, errors, ended = [], {}, 0
         for r in results:
             metrics = r.metrics or {}
             run_id = str(metrics.get("mlflow_run_id") or "")
             done = is_finished(r, metric_names)
-            ended += done or bool(metrics.get(FAILED_KEY)) or r.error is not None
+            stopped = is_stopped(r, stopped_ids)
+            ended += done or stopped or bool(metrics.get(FAILED_KEY)) or r.error is not None
             if done:
                 finished.append(run_id)
-            elif run_id:
+            elif run_id and not stopped:
                 error = metrics.get(ERROR_KEY) or (repr(r.error) if r.error else "")
                 errors[run_id] = str(error or "the trial ended without a result")
         return cls(
-            counts=TrialCounts.of(results, metric_names),
+            counts=TrialCounts.of(results, metric_names, stopped_ids),
             ended=ended,
             finished_run_ids=tuple(r for r in finished if r),
             errors=errors,

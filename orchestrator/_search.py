@@ -25,6 +25,7 @@ from orchestrator._faults import FirstTrialsAllFail
 from orchestrator._int8 import resolution_tags, resolve_int8_format
 from orchestrator._latency import MeterRef, running_meter
 from orchestrator._live import LiveFrontCallback
+from orchestrator._mo_asha import MoAshaState
 from orchestrator._progress import (
     TrialLines,
     cost_summary,
@@ -47,6 +48,13 @@ from orchestrator._records import (
 from orchestrator._resources import check_resources
 from orchestrator._resume import check_resume_config
 from orchestrator._samplers import build_sampler
+from orchestrator._scheduler import (
+    STATE_FILE,
+    EarlyStopRecords,
+    FinalReportsOnly,
+    MoAsha,
+    is_rung,
+)
 from orchestrator._searcher import TRIAL_NUMBER_KEY, OptunaAskTell
 from orchestrator._state import check_resume_state, default_storage, state_dir
 from orchestrator._tracking import (
@@ -115,6 +123,10 @@ def _local_env() -> None:
     # trial's start, result and end (~5 ms per trial, a TensorBoard writer thread each) and
     # duplicate what MLflow records; the search adds back only the JSON one (see _tune).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # A trial stopped early ends its thread inside tune.report; Ray waits this long (default
+    # 2 s) for it before reusing the actor, and fails the next trial if it has not ended (on a
+    # loaded machine the unwinding, e.g. leaving the latency gate, can take longer).
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
     # torch configures its loggers when imported (by now): keep the exporter's notices quiet.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 
@@ -273,13 +285,20 @@ def _run(
                 "`faults.stop_after_failures` sets how many failures in a row stop a search."
             )
         check_account(client, parent, spec.trials, account, watch)
-        finished, failed = account.counts.finished, account.counts.failed
+        counts = account.counts
+        finished, failed = counts.finished, counts.failed
         front = publish_front(uri, parent, out_dir=runs_dir / "report", backfill=True)
         wall = time.perf_counter() - t0
         log_metrics(
             client,
             parent,
-            {"trials_finished": finished, "trials_failed": failed, "search_seconds": wall},
+            {
+                "trials_finished": finished,
+                "trials_failed": failed,
+                "trials_stopped": counts.stopped,
+                "trial_seconds_total": counts.seconds,
+                "search_seconds": wall,
+            },
         )
         client.set_terminated(parent, "FINISHED")
     except (KeyboardInterrupt, SearchInterrupted) as exc:
@@ -291,7 +310,11 @@ def _run(
         if isinstance(exc, MlflowException | OSError):  # e.g. the store's disk is full
             raise records_unwritable(exc, uri) from exc
         raise
-    print(f"\n{finished} trials finished, {failed} failed in {wall:.0f} s. Pareto front:", file=out)
+    stopped = f", {counts.stopped} stopped early" if spec.early_stopping.enabled else ""
+    print(
+        f"\n{finished} trials finished, {failed} failed{stopped} in {wall:.0f} s. Pareto front:",
+        file=out,
+    )
     if finished:
         print(pareto_table(front, table_knobs(spec.space.varying_knobs(), front)), file=out)
     print(
@@ -405,6 +428,11 @@ def _tune(
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     trainable = tune.with_resources(make_trainable(ctx, body=body), resources)
     stopper = FirstTrialsAllFail(spec.faults.stop_after_failures)
+    scheduler = (
+        MoAsha(MoAshaState.for_spec(spec), runs_dir / STATE_FILE)
+        if spec.early_stopping.enabled
+        else None
+    )
     storage = spec.storage or default_storage(runs_dir.parent.parent.parent)
     name = f"search-{ctx.tracking.parent_run_id}"
     path = state_dir(storage, ctx.tracking.parent_run_id)
@@ -434,13 +462,15 @@ def _tune(
                 num_samples=spec.trials,
                 max_concurrent_trials=spec.concurrency,
                 reuse_actors=True,
+                scheduler=scheduler,
             ),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage,
                 verbose=0,
                 # FirstTrialsAllFail must see every result: CombinedStopper asks in order.
-                stop=tune.stopper.CombinedStopper(stopper, watch, EndAtReport()),
+                # (it counts trials: rung reports of early stopping are not trials).
+                stop=tune.stopper.CombinedStopper(FinalReportsOnly(stopper), watch, EndAtReport()),
                 callbacks=[
                     # result.json per trial: what Ray Tune's own ResultGrid reads back.
                     JsonLoggerCallback(),
@@ -448,6 +478,7 @@ def _tune(
                         spec.trials, out=out, knobs=spec.space.varying_knobs(), front=live.live
                     ),
                     live,
+                    *([EarlyStopRecords(scheduler, ctx.tracking.uri)] if scheduler else []),
                     *extra_callbacks,
                 ],
                 failure_config=tune.FailureConfig(max_failures=spec.faults.max_retries),
@@ -458,10 +489,23 @@ def _tune(
     if resume and len(results) < spec.trials:
         # The search ended short of its trials. Ray Tune consulted the stopper it restored, not
         # this one: apply the rule to the results, in trial order, to say why.
+        # (FinalReportsOnly: the rule counts trials, a last report at a rung is none.)
         stopper.replay(
-            r.metrics for r in sorted(results, key=_trial_number) if r.metrics is not None
+            r.metrics
+            for r in sorted(results, key=_trial_number)
+            if r.metrics is not None and not is_rung(r.metrics)
         )
-    return SearchAccount.of(results, spec.metric_names), stopper
+    return SearchAccount.of(results, spec.metric_names, _stopped_ids(scheduler, results)), stopper
+
+
+def _stopped_ids(scheduler: MoAsha | None, results: Sequence[Any]) -> frozenset[str]:
+    """The trials among ``results`` that the early-stopping scheduler stopped. After --resume
+    ``scheduler`` is not the one Ray Tune ran (it restored its own): it reads the decisions
+    back from the state file, which the running one writes at every decision."""
+    if scheduler is None:
+        return frozenset()
+    ids = (str((r.metrics or {}).get("trial_id", "")) for r in results)
+    return frozenset(i for i in ids if i and scheduler.stopped(i) is not None)
 
 
 def _has_trials(ctx: TrialContext) -> bool:

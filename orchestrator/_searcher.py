@@ -2,7 +2,8 @@
 
 Ours rather than ``ray.tune.search.optuna.OptunaSearch`` because that one swallows errors from
 ``tell``, forces a NopPruner and has exclusive integer bounds (see the stack notes). This one is
-small: ``suggest`` asks, ``on_trial_complete`` tells (values, or FAIL with the reason).
+small: ``suggest`` asks, ``on_trial_complete`` tells (values, PRUNED for a trial stopped early
+at a rung, or FAIL with the reason).
 
 Its saved state (``save``/``restore``, what ``--resume`` reads) is JSON, not a pickle: the trials
 asked so far with their parameters, states and values, replayed into a fresh study on restore.
@@ -24,6 +25,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState, create_trial
 from ray.tune.search import Searcher
 
+from orchestrator._scheduler import RUNG_KEY, is_rung
 from searchspace import SlimtuneError
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,14 @@ log = logging.getLogger(__name__)
 TRIAL_NUMBER_KEY = "trial_number"
 STATE_FORMAT = "slimtune.searcher-state"
 STATE_VERSION = 1
-# The states a saved trial may be in; WAITING/PRUNED never occur in an ask/tell study of ours.
-_STATES = {"COMPLETE": TrialState.COMPLETE, "FAIL": TrialState.FAIL, "RUNNING": TrialState.RUNNING}
+# The states a saved trial may be in (PRUNED: stopped early at a rung); WAITING never occurs in
+# an ask/tell study of ours.
+_STATES = {
+    "COMPLETE": TrialState.COMPLETE,
+    "FAIL": TrialState.FAIL,
+    "PRUNED": TrialState.PRUNED,
+    "RUNNING": TrialState.RUNNING,
+}
 
 
 class SearcherStateDamaged(SlimtuneError):
@@ -81,6 +89,11 @@ class OptunaAskTell(Searcher):
     ) -> None:
         trial = self._live.pop(trial_id, None)
         if trial is None:
+            return
+        if not error and is_rung(result):
+            # Its last report was a rung: the search's scheduler stopped it early.
+            trial.set_user_attr("pruned_at_epoch", int(result[RUNG_KEY]))  # type: ignore[index]
+            self._study.tell(trial, state=TrialState.PRUNED)
             return
         values = _objective_values(result, self._metrics) if not error else None
         if values is None:

@@ -20,7 +20,7 @@ import itertools
 import math
 import os
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -29,12 +29,14 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Result, Stopper
 
 from orchestrator._latency import LatencyMeterUnavailable, MeterRef
+from orchestrator._scheduler import RUNG_KEY, STOPPED_KEY, STOPPED_TAG, is_rung, rung_result
 from orchestrator._searcher import TRIAL_NUMBER_KEY
 from orchestrator._tracking import (
     TrackingTarget,
     fail_run,
     find_trial_run,
     finish_trial_run,
+    log_metrics,
     reopen_run,
     start_failed_trial_run,
     start_trial_run,
@@ -42,6 +44,8 @@ from orchestrator._tracking import (
 from searchspace import SearchSpec, SlimtuneError, TrialParams
 from trials import (
     Int8Resolution,
+    RungReport,
+    RungReporter,
     Task,
     TrialRecord,
     TrialResult,
@@ -120,7 +124,8 @@ def _task(ref: str) -> Task:
 
 
 class EndAtReport(Stopper):
-    """Stop each trial at its report: the trial function reports once, at its very end.
+    """Stop each trial at its final report: the trial function reports once, at its very end
+    (with early stopping it also reports at its rungs, which this lets pass).
 
     Without it Ray Tune asks the function for a next result after that report, and learns only
     one more driver round trip later that it returned: ~2 round trips per trial instead of 1
@@ -129,7 +134,7 @@ class EndAtReport(Stopper):
     """
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        return True
+        return not is_rung(result)
 
     def stop_all(self) -> bool:
         return False
@@ -140,18 +145,55 @@ class TrialCounts:
     """How many of a search's trials finished and how many failed, from Ray Tune's results.
 
     A trial finished when Ray ended it without an error and its last report carries every
-    objective and no failure. Anything else failed: a trial whose own work failed (it reports
-    ``FAILED_KEY``), one Ray ended with an error (a trial restored by ``--resume`` that fails
-    again keeps the result it reported before, objectives included), one that never reported.
+    objective and no failure. A trial stopped early by the search's scheduler (:func:`is_stopped`)
+    is neither. Anything else failed: a trial whose own work failed (it reports ``FAILED_KEY``),
+    one Ray ended with an error (a trial restored by ``--resume`` that fails again keeps the
+    result it reported before, objectives included), one that never reported.
     """
 
     finished: int
     failed: int
+    stopped: int = 0  # stopped early by the search's scheduler (last report at a rung)
+    seconds: float = 0.0  # the search's cost: trial-seconds of finished and stopped trials
 
     @classmethod
-    def of(cls, results: Iterable[Result], metric_names: Sequence[str]) -> TrialCounts:
+    def of(
+        cls,
+        results: Iterable[Result],
+        metric_names: Sequence[str],
+        stopped_ids: Container[str] | None = None,
+    ) -> TrialCounts:
+        """``stopped_ids``: the trials the search's scheduler stopped (see :func:`is_stopped`)."""
+        results = list(results)
         done = [is_finished(r, metric_names) for r in results]
-        return cls(finished=sum(done), failed=len(done) - sum(done))
+        stopped = [is_stopped(r, stopped_ids) for r in results]
+        seconds = sum(_seconds(r.metrics or {}) for r in results)
+        return cls(
+            finished=sum(done),
+            failed=len(done) - sum(done) - sum(stopped),
+            stopped=sum(stopped),
+            seconds=seconds,
+        )
+
+
+def _seconds(metrics: dict[str, Any]) -> float:
+    value = metrics.get("trial_seconds", metrics.get("rung_seconds", 0.0))
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else 0.0
+
+
+def is_stopped(result: Result, stopped_ids: Container[str] | None = None) -> bool:
+    """Whether Ray's ``result`` is a trial stopped early by the search's scheduler: no error,
+    its last report a rung, and, given ``stopped_ids`` (the trial ids the scheduler stopped),
+    one of those or replayed as stopped by ``--resume``. With ``stopped_ids`` a trial cut off
+    after a rung report (Ctrl-C) is not stopped early: it did not end, and runs again."""
+    metrics = result.metrics or {}
+    if result.error is not None or not is_rung(metrics):
+        return False
+    return (
+        stopped_ids is None
+        or bool(metrics.get(STOPPED_KEY))
+        or str(metrics.get("trial_id", "")) in stopped_ids
+    )
 
 
 def is_finished(result: Result, metric_names: Sequence[str]) -> bool:
@@ -176,8 +218,9 @@ def make_trainable(
 ) -> Callable[[dict[str, Any]], None]:
     """Return the Ray Tune function trainable bound to ``ctx``; each trial runs ``body``.
 
-    The function calls ``tune.report`` exactly once, when the trial's work and its MLflow run
-    are done (or its failure is recorded): run it with :class:`EndAtReport`.
+    The function calls ``tune.report`` once at its end, when the trial's work and its MLflow run
+    are done (or its failure is recorded), and with early stopping also at each rung: run it
+    with :class:`EndAtReport`.
     """
 
     def slimtune_trial(config: dict[str, Any]) -> None:
@@ -207,7 +250,9 @@ def run_trial_in_mlflow(
     report: Report,
 ) -> None:
     """Run one trial inside its MLflow child run and ``report`` its outcome once (to Ray Tune
-    in a search: ``tune.report``).
+    in a search: ``tune.report``); with early stopping, its rungs too (``_RungReports``), and
+    a stop at a rung ends the trial with the ``SystemExit`` Ray expects, its run left to the
+    driver (``EarlyStopRecords``).
 
     Whatever fails, at whatever stage (a config that is no TrialParams, a lookup in MLflow,
     the trial's work, writing its result to a full disk), the trial's run ends FAILED with the
@@ -222,6 +267,10 @@ def run_trial_in_mlflow(
         params = TrialParams.from_dict(config)
         existing = find_trial_run(client, ctx.tracking, trial_id, number)
         run_id = existing.info.run_id if existing is not None else None
+        if existing is not None and existing.data.tags.get(STOPPED_TAG) == "true":
+            # Stopped early before the driver went down (resume): it stays stopped.
+            report(_stopped_replay(existing))
+            return
         if existing is not None and existing.info.status == "FINISHED":
             _replay(existing, params, number, report)
             return
@@ -244,8 +293,10 @@ def run_trial_in_mlflow(
         _report_failure(client, ctx.tracking, run_id, trial_id, config, exc, report)
         return
     assert run_id is not None  # set on every path that reaches here
+    early = ctx.spec.early_stopping.enabled
+    rungs = _RungReports(client, run_id, ctx.spec.metric_names, report) if early else None
     try:
-        result = _run_body(body, ctx.latency_meter, _task(ctx.task_ref), params, settings)
+        result = _run_body(body, ctx.latency_meter, _task(ctx.task_ref), params, settings, rungs)
         bad = {k: v for k, v in result.metrics.items() if not math.isfinite(v)}
         if bad:
             raise NonFiniteMetric(
@@ -271,6 +322,9 @@ def run_trial_in_mlflow(
             onnx_path=result.onnx_path,
             record_json=record.to_json(),
         )
+    except StoppedAtRung:  # the search's scheduler stopped it; the driver records it
+        # (EarlyStopRecords): end the thread at once, so that Ray can reuse this actor
+        raise SystemExit(0) from None  # how Ray ends a trial it stops, as tune.report did
     except LatencyMeterUnavailable as exc:  # the infrastructure's: Ray retries the trial
         fail_run(client, run_id, f"{type(exc).__name__}: {exc}")
         raise
@@ -338,15 +392,67 @@ def _run_body(
     task: Task,
     params: TrialParams,
     settings: TrialSettings,
+    rungs: RungReporter | None = None,
 ) -> TrialResult:
     """Run ``trials.run_trial`` inside this machine's measurement gate, its latency timed by
-    the search's meter. Any other body (the orchestration benchmark's fixed work) measures no
-    latency and runs as it is."""
-    if meter_ref is None or body is not run_trial:
+    the search's meter, reporting to ``rungs`` with early stopping. Any other body (the
+    orchestration benchmark's fixed work) measures no latency and runs as it is."""
+    if body is not run_trial:
         return body(task, params, settings)
+    if meter_ref is None:
+        return run_trial(task, params, settings, rungs=rungs)
     meter = meter_ref.connect()
     with meter.working():
-        return run_trial(task, params, settings, meter=meter)
+        return run_trial(task, params, settings, meter=meter, rungs=rungs)
+
+
+class StoppedAtRung(BaseException):
+    """Ray Tune ended the trial at this rung report (its scheduler said stop). A
+    BaseException, as the ``SystemExit`` it replaces: no handler of the trial's own failures
+    may take it for one."""
+
+    def __init__(self, report: RungReport) -> None:
+        super().__init__(f"stopped at epoch {report.epoch}")
+        self.report = report
+
+
+class _RungReports:
+    """A trial's ``RungReporter``: each rung goes to its MLflow run as metric history
+    (``rung_<metric>`` at step = epoch) and to Ray Tune; the ``SystemExit`` by which
+    ``tune.report`` ends a trial that the scheduler stopped becomes :class:`StoppedAtRung`."""
+
+    def __init__(
+        self, client: MlflowClient, run_id: str, objectives: list[str], report: Callable[..., None]
+    ) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.objectives = objectives
+        self.report = report
+
+    def __call__(self, rung: RungReport) -> None:
+        payload = rung_result(rung, self.objectives, self.run_id)
+        history = {k: v for k, v in payload.items() if k.startswith("rung_") and k != RUNG_KEY}
+        if "torch_accuracy" in rung.metrics:
+            history["rung_torch_accuracy"] = rung.metrics["torch_accuracy"]
+        log_metrics(self.client, self.run_id, history, step=rung.epoch)
+        if rung.epoch == 0:  # the early measurement, kept if the trial is stopped
+            early = {f"early_{k}": v for k, v in rung.metrics.items()}
+            log_metrics(self.client, self.run_id, early)
+        try:
+            self.report(payload)
+        except SystemExit:
+            raise StoppedAtRung(rung) from None
+
+
+def _stopped_replay(run: Any) -> dict[str, Any]:
+    """The report of a trial recorded as stopped early (a re-run after --resume)."""
+    return {
+        RUNG_KEY: int(run.data.tags.get("stopped_at_epoch", "0") or 0),
+        STOPPED_KEY: 1,
+        "rung_seconds": float(run.data.metrics.get("trial_seconds", 0.0)),
+        "mlflow_run_id": run.info.run_id,
+        "replayed": 1,
+    }
 
 
 # A knob's default is what slimtune did before the knob existed (quant_scheme: qat, the only

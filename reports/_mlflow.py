@@ -17,6 +17,7 @@ from mlflow.entities import Metric, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from reports._early import STOPPED_COLUMNS
 from reports._errors import ReportError, SearchNotFound
 from reports._interactive import plot_interactive
 from reports._knobs import varying_knobs
@@ -48,6 +49,7 @@ _TAG_COLUMNS = {
     "format": "format",
     "slimtune.error": "error",
     "latency_converged": "latency_converged",
+    **STOPPED_COLUMNS,
 }
 _BASE_COLUMNS = [
     "run_id",

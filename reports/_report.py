@@ -18,6 +18,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from reports._cost import SearchCost, cost_html, search_cost
+from reports._early import StoppedTrials, stopped_mask
 from reports._errors import ReportError
 from reports._flags import failures_html, flagged
 from reports._interactive import plot_interactive
@@ -118,7 +119,7 @@ def write_report(
     objectives = search.objectives
     ranked = pareto_ranks(search.trials, objectives, tolerances=search.tolerances)
     finished = ranked[ranked["status"] == "FINISHED"]
-    failed = int((ranked["status"] != "FINISHED").sum())
+    failed = int(((ranked["status"] != "FINISHED") & ~stopped_mask(ranked)).sum())
 
     reference: dict[str, float] | None
     try:
@@ -248,6 +249,8 @@ def _page(
         _bands_table(bands),
         "<h2>Cost of the search</h2>",
         cost_html(cost),
+        "<h2>Stopped early</h2>",
+        StoppedTrials.of(ranked).html(),
         "<h2>Plots</h2>",
         "<p>Interactive view of every trial (hover for details; opens offline): "
         "<a href='trials.html'>trials.html</a>.</p>",

@@ -1,6 +1,7 @@
 """What is searched: knobs and their ranges, objectives with directions, the validated config."""
 
 from searchspace._distributions import to_distributions
+from searchspace._early_stopping import EARLY_STOPPING_NAMES, EarlyStopping
 from searchspace._errors import ConfigError, SlimtuneError, shorten
 from searchspace._load import load_spec, parse_spec
 from searchspace._pruning import PRUNING_SCOPES, Pruning, layer_sparsity_cap
@@ -32,6 +33,7 @@ from searchspace._spec import (
 
 __all__ = [
     "CREDENTIALS_FIX",
+    "EARLY_STOPPING_NAMES",
     "INT8_FORMATS",
     "KNOBS",
     "METRICS",
@@ -44,6 +46,7 @@ __all__ = [
     "SUPPORTED_BITS",
     "Choice",
     "ConfigError",
+    "EarlyStopping",
     "Faults",
     "FloatRange",
     "Latency",

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from searchspace._early_stopping import EarlyStopping
 from searchspace._pruning import PRUNING_SCOPES, Pruning
 from searchspace._secrets import CREDENTIALS_FIX, credentials_in
 
@@ -72,6 +73,15 @@ FIELD_FIXES: dict[str, str] = {
     "latency.cpus": "set cpus: 0 (the default: the meter reserves no CPU and trials pause while "
     "it measures) or the CPUs the latency actor reserves; it needs where: actor",
     "latency.max_repeats": "set max_repeats >= repeats, or leave it out (5 x repeats)",
+    "early_stopping": "lower early_stopping.min_epochs below training.epochs, raise "
+    "training.epochs, or set early_stopping.name: none",
+    "early_stopping.name": "write name: mo-asha (multi-objective ASHA) or name: none",
+    "early_stopping.min_epochs": "set min_epochs to a whole number below training.epochs "
+    "(e.g. 1), or set early_stopping.name: none",
+    "early_stopping.reduction_factor": "set reduction_factor to a whole number >= 2 (3 keeps "
+    "the top third at each rung)",
+    "early_stopping.skip_margin": "set skip_margin to an accuracy margin in [0, 1], or leave it "
+    "out (two standard errors of the best accuracy)",
     "pruning.round_to": "set round_to to a whole number >= 1: 8 (the default) keeps widths "
     "multiples of 8, 1 keeps the exact ratio",
     "space.pruning_scope": "write pruning_scope as global, layer or {choices: [global, layer]}",
@@ -546,6 +556,7 @@ class SearchSpec(_Strict):
     pruning: Pruning = Pruning()
     tracking: Tracking = Tracking()
     faults: Faults = Faults()
+    early_stopping: EarlyStopping = EarlyStopping()
     # Where Ray Tune keeps the search's state (for --resume). None: <workdir>/.slimtune/ray.
     # On a multi-node cluster give a path every node sees (NFS) or a URI such as s3://bucket/x.
     storage: str | None = None
@@ -565,6 +576,18 @@ class SearchSpec(_Strict):
         names = [o.metric for o in v]
         if len(set(names)) != len(names):
             raise ValueError(f"each metric may appear once (got {names})")
+        return v
+
+    @field_validator("early_stopping")
+    @classmethod
+    def _early_stopping(cls, v: EarlyStopping, info: ValidationInfo) -> EarlyStopping:
+        training = info.data.get("training")
+        epochs = training.epochs if isinstance(training, Training) else None
+        if v.enabled and epochs is not None and not v.rungs(epochs):
+            raise ValueError(
+                f"min_epochs must be below training.epochs for {v.name} to stop anything "
+                f"(got min_epochs={v.min_epochs}, training.epochs={epochs})"
+            )
         return v
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ Importing this package has no process-wide side effects (thread counts are the c
 
 from trials._baseline import ensure_baseline
 from trials._check import TaskCheck, TaskCheckError, check_task
+from trials._early import EarlyMeasurement, RungReport, RungReporter
 from trials._errors import (
     BaselineCacheError,
     ExportClaimError,
@@ -64,6 +65,7 @@ __all__ = [
     "Baseline",
     "BaselineCacheError",
     "DigitsTask",
+    "EarlyMeasurement",
     "ExportClaim",
     "ExportClaimError",
     "ExportError",
@@ -85,6 +87,8 @@ __all__ = [
     "PruningLog",
     "QuantizationError",
     "RecordError",
+    "RungReport",
+    "RungReporter",
     "Split",
     "SplitTask",
     "Task",

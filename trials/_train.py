@@ -44,6 +44,7 @@ def fit(
     what: str,
     on_step: Callable[[int, int], None] | None = None,
     distill: Distillation | None = None,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> float:
     """Train ``model`` with Adam and cross-entropy on the device ``x`` lives on; return the
     seconds it took.
@@ -52,6 +53,8 @@ def fit(
     arguments see the same batches (on any device). ``what`` names the run in error messages.
     ``on_step(step, total_steps)`` is called before each step's forward pass (gradual pruning
     uses it); ``distill`` adds a distillation term from a teacher model (kept in eval mode).
+    ``on_epoch(epochs_done)`` is called after each epoch, its losses checked (a search's rung
+    reports use it; it may raise to stop the training).
 
     With ``x`` and ``y`` on a GPU, the model (and the teacher) move there for training, under
     bf16 autocast with a fused Adam, and come back to where they were; the loss is checked for
@@ -94,6 +97,9 @@ def fit(
                 losses.add(loss, epoch, step)
                 loss.backward()
                 optimizer.step()
+            if on_epoch is not None:
+                losses.flush()
+                on_epoch(epoch + 1)
         losses.flush()
         if on_gpu:
             torch.cuda.synchronize(device)

@@ -29,6 +29,7 @@ from trials._compress import (
     zero_weights,
 )
 from trials._device import device_data, device_description, prepare_device, training_device
+from trials._early import RungHook, RungReporter, measure_first
 from trials._errors import PruningError, TaskError
 from trials._export import (
     FP16_FORMAT,
@@ -64,6 +65,7 @@ def run_trial(
     settings: TrialSettings,
     *,
     meter: LatencyMeter | None = None,
+    rungs: RungReporter | None = None,
 ) -> TrialResult:
     """Compress the task's baseline as ``params`` say and measure the exported artifact.
 
@@ -95,6 +97,12 @@ def run_trial(
        raises ``ExportClaimError``), then measure it in ONNX Runtime (``measure_onnx``); its
        latency is timed by ``meter`` (default: in this process, ``trials.InlineMeter``), whose
        ``pause_point`` is called before every training step.
+
+    With ``rungs`` (a search with early stopping), between 2 and 3 the compressed untrained
+    model is exported and measured like the final artifact (``trials._early.measure_first``),
+    and ``rungs`` gets a ``RungReport`` before training and after every epoch (it may raise to
+    stop the trial); the result then also holds the early numbers (``early_*``). The trained
+    weights are the same with or without it.
 
     The ONNX file is ``settings.work_dir / "model.onnx"``. The result's ``lineage`` holds the
     SHA-256 of the baseline's and of the compressed weights and the pruning log: on CPU, the
@@ -178,6 +186,22 @@ def run_trial(
                 params.distill_temperature,
             )
             tags["distill"] = f"weight={params.distill_weight:g},T={params.distill_temperature:g}"
+        hook: RungHook | None = None
+        if rungs is not None:
+            ptq_grid = grid if train_grid is None else None
+            early = measure_first(
+                model,
+                unstructured_target=params.sparsity if schedule is not None else 0.0,
+                ptq_grid=ptq_grid,
+                export=lambda m, path: _export_artifact(
+                    m, example, path, params, int8, _calibration(x_train, settings), what=what
+                ),
+                task=task,
+                settings=settings,
+                meter=meter,
+            )
+            hook = RungHook(model, task, early, rungs, start=start, ptq_grid=ptq_grid)
+            hook.before_training()
         train_seconds = fit(
             model,
             x_fit,
@@ -189,6 +213,7 @@ def run_trial(
             what=what,
             on_step=_step_hook(schedule, meter),
             distill=distill,
+            on_epoch=hook,
         )
         if schedule is not None:
             masks = schedule.finish()
@@ -253,7 +278,8 @@ def run_trial(
         meter=meter,
     )
     result.tags.update(_pruning_effect(params, result.metrics["sparsity_achieved"]))
-    return dataclasses.replace(result, lineage=lineage)
+    result = dataclasses.replace(result, lineage=lineage)
+    return hook.early.merged_into(result) if hook is not None else result
 
 
 def run_baseline(

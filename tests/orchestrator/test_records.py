@@ -47,13 +47,35 @@ def test_trials_cut_off_without_an_outcome_are_not_ended() -> None:
     assert "recorded with other parameters" in account.errors["c"]
 
 
+def test_trials_stopped_early_are_ended_but_a_trial_cut_off_after_a_rung_is_not() -> None:
+    rung = {"rung_epoch": 1, "rung_accuracy": 0.5, "rung_seconds": 2.0}
+    results = [
+        _result({**DONE, "mlflow_run_id": "a", "trial_id": "ta"}),
+        _result({**rung, "mlflow_run_id": "b", "trial_id": "tb"}),  # the scheduler stopped it
+        _result({**rung, "early_stopped": 1, "mlflow_run_id": "c", "trial_id": "tc"}),  # replayed
+        _result({**rung, "mlflow_run_id": "d", "trial_id": "td"}),  # cut off by Ctrl-C
+    ]
+    account = SearchAccount.of(results, OBJECTIVES, frozenset({"tb"}))
+    assert account.ended == 3 and account.finished_run_ids == ("a",)
+    counts = account.counts
+    assert (counts.finished, counts.stopped, counts.failed) == (1, 2, 1)
+    assert set(account.errors) == {"d"}  # a stopped trial's run is the driver's, not an error
+
+
 def _store(tmp_path: Path) -> tuple[MlflowClient, str, dict[str, str]]:
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("x", artifact_location=(tmp_path / "mlruns").as_uri())
     parent = client.create_run(exp, tags={"slimtune.role": "search"}).info.run_id
     runs = {}
-    for name, status in [("done", "FINISHED"), ("failed", "FAILED"), ("cut", "RUNNING")]:
+    for name, status in [
+        ("done", "FINISHED"),
+        ("failed", "FAILED"),
+        ("cut", "RUNNING"),
+        ("stopped", "KILLED"),
+    ]:
         tags = {"mlflow.parentRunId": parent, "slimtune.role": "trial"}
+        if name == "stopped":  # stopped early by the search's scheduler: neither count
+            tags["early_stopped"] = "true"
         runs[name] = client.create_run(exp, tags=tags).info.run_id
         if status != "RUNNING":
             client.set_terminated(runs[name], status)

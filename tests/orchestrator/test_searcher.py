@@ -165,3 +165,16 @@ def test_a_saved_value_outside_the_space_is_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps(state))
     with pytest.raises(SearcherStateDamaged, match="bits=3 is not in the search space"):
         read_state(path, to_distributions(SPEC.space))
+
+
+def test_a_trial_stopped_early_is_saved_and_restored_pruned(tmp_path: Path) -> None:
+    s = _searcher(max_trials=3)
+    s.suggest("t0")
+    s.on_trial_complete("t0", {"rung_epoch": 1, "rung_accuracy": 0.5})  # its last report: a rung
+    path = tmp_path / "searcher-state-x.json"
+    s.save(str(path))
+    assert json.loads(path.read_text())["trials"][0]["state"] == "PRUNED"
+    restored = _searcher(max_trials=3)
+    restored.restore(str(path))
+    trial = restored.study.trials[0]
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["pruned_at_epoch"] == 1

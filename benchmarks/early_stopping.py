@@ -1,0 +1,360 @@
+"""Multi-objective early stopping (issue 13): the compute each strategy needs for the front.
+
+    python benchmarks/early_stopping.py [--config examples/mnist1d.yaml] [--seeds 0 1 2]
+        [--n 32] [--epochs 9] [--min-epochs 1] [--eta 3] [--workers 9] [--out FILE]
+        [--raw FILE.json] [--smoke]
+
+Three strategies, each run once per seed as one study of the config's sampler (the same seed
+for all three), trials one after another (a search with concurrency 1):
+
+- ``full``: every trial fine-tunes ``--epochs`` epochs; ``--n`` trials;
+- ``mo-asha``: trials stop at the rungs ``min_epochs * eta**k`` by the search's own rule
+  (``orchestrator._mo_asha.MoAshaState``, the state the Ray scheduler keeps), told to Optuna as
+  PRUNED; it runs until it has spent the compute the full study spent (equal compute);
+- ``mo-asha+skip``: the same with ``skip_dominated``.
+
+Trials are real (``trials.run_trial``: prune, fine-tune, quantize, export, measure in ONNX
+Runtime), with no Ray and no MLflow. Compute is the sum of trial-seconds: a finished trial's
+``trial_seconds``; a stopped one's seconds up to its stop. The early measurement the MO-ASHA
+trials make is in their compute; the full study's trials also report their rungs (to measure how
+well the rung rankings predict the final ones) but their early measurement
+(``early_seconds``) is taken out of their compute, since a full-fidelity search does not make it.
+
+Reported per strategy (median over seeds): the compute to reach the hypervolume the full study
+has after ``--n`` trials (over full-fidelity trials only, in the order they ended), its ratio to
+the full study's compute, and the final hypervolume at equal compute; and for the full study,
+Kendall's tau between each rung's accuracy and the final accuracy (is the rung ranking
+predictive?). Studies run in parallel, one process each (``--workers``); latency is measured
+inline while the others run, equally noisy for every strategy: run it on a quiet machine with
+at least one core per study.
+
+``--smoke``: one seed, digits, 2 trials of 2 epochs, a short latency plan: checks that the
+script runs (a few minutes on a busy 2-core machine), not a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from orchestrator._mo_asha import MoAshaState
+from orchestrator._samplers import build_sampler
+from reports import hypervolume, reference_point
+from searchspace import SearchSpec, TrialParams, load_spec, to_distributions
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "examples" / "mnist1d.yaml"
+STRATEGIES = ("full", "mo-asha", "mo-asha+skip")
+MAX_TRIALS_FACTOR = 6  # an early-stopping study runs at most this many times --n trials
+
+
+@dataclass(frozen=True)
+class Job:
+    config: str
+    strategy: str
+    seed: int
+    n: int
+    epochs: int
+    min_epochs: int
+    eta: int
+    budget: float  # compute to spend (early-stopping studies); 0: --n trials (full)
+    cache_dir: str
+    work_root: str
+    smoke: bool
+
+
+class _Stop(Exception):
+    def __init__(self, epoch: int, seconds: float) -> None:
+        super().__init__(epoch)
+        self.epoch = epoch
+        self.seconds = seconds
+
+
+def job_spec(job: Job) -> SearchSpec:
+    spec = load_spec(job.config)
+    sampler = spec.sampler.model_copy(update={"seed": job.seed})
+    update: dict[str, Any] = {
+        "sampler": sampler,
+        "training": spec.training.model_copy(update={"epochs": job.epochs}),
+        "early_stopping": spec.early_stopping.model_copy(
+            update={
+                "name": "mo-asha",
+                "min_epochs": job.min_epochs,
+                "reduction_factor": job.eta,
+                "skip_dominated": job.strategy == "mo-asha+skip",
+            }
+        ),
+    }
+    if job.smoke:
+        update["latency"] = spec.latency.model_copy(update={"warmup": 2, "repeats": 10})
+    return spec.model_copy(update=update)
+
+
+def run_study(job: Job) -> dict[str, Any]:
+    """One strategy, one seed: trials one after another; returns a row per trial."""
+    import torch
+
+    from trials import RungReport, TrialSettings, load_task, run_trial
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = job_spec(job)
+    task = load_task(spec.task)
+    study = optuna.create_study(directions=spec.directions, sampler=build_sampler(spec.sampler))
+    distributions = to_distributions(spec.space)
+    state = MoAshaState.for_spec(spec)
+    stopping = job.strategy != "full"
+    rows: list[dict[str, Any]] = []
+    spent = 0.0
+    limit = job.n if not stopping else job.n * MAX_TRIALS_FACTOR
+    while len(rows) < limit and (not stopping or spent < job.budget):
+        trial = study.ask(distributions)
+        tid = str(trial.number)
+        rungs: dict[int, float] = {}
+
+        def report(r: RungReport, tid: str = tid, rungs: dict[int, float] = rungs) -> None:
+            rungs[r.epoch] = r.metrics["accuracy"]
+            if not stopping:
+                return
+            decision = state.on_rung(tid, r.epoch, r.metrics, val_samples=r.val_samples)
+            if decision is not None and decision.stop:
+                raise _Stop(r.epoch, r.seconds)
+
+        work = Path(tempfile.mkdtemp(prefix=f"{job.strategy}-{job.seed}-{tid}-", dir=job.work_root))
+        settings = TrialSettings.for_search(
+            spec,
+            seed=spec.seed + trial.number,
+            baseline_seed=spec.seed,
+            cache_dir=Path(job.cache_dir),
+            work_dir=work,
+        )
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {"number": trial.number, **trial.params}
+        try:
+            result = run_trial(task, TrialParams.from_dict(trial.params), settings, rungs=report)
+        except _Stop as stop:
+            study.tell(trial, state=TrialState.PRUNED)
+            row.update(status="STOPPED", stopped_at=stop.epoch, seconds=stop.seconds)
+        except Exception as exc:  # a trial's own failure is a result (told as FAIL)
+            study.tell(trial, state=TrialState.FAIL)
+            row.update(status="FAILED", error=f"{type(exc).__name__}: {exc}"[:200])
+            row["seconds"] = time.perf_counter() - t0
+        else:
+            m = result.metrics
+            values = [float(m[name]) for name in spec.metric_names]
+            study.tell(trial, values)
+            state.on_final(tid, m)
+            seconds = m["trial_seconds"] - (m["early_seconds"] if not stopping else 0.0)
+            row.update(
+                status="FINISHED",
+                seconds=seconds,
+                **dict(zip(spec.metric_names, values, strict=True)),
+            )
+        row["rungs"] = {str(k): v for k, v in rungs.items()}
+        spent += row["seconds"]
+        row["spent"] = spent
+        rows.append(row)
+    return {"strategy": job.strategy, "seed": job.seed, "rows": rows}
+
+
+def measure_baseline(spec: SearchSpec, cache_dir: Path, work: Path) -> dict[str, float]:
+    from trials import TrialSettings, ensure_baseline, load_task, run_baseline
+
+    task = load_task(spec.task)
+    ensure_baseline(task, seed=spec.seed, cache_dir=cache_dir)
+    settings = TrialSettings.for_search(spec, seed=spec.seed, cache_dir=cache_dir, work_dir=work)
+    return dict(run_baseline(task, settings).metrics)
+
+
+def hv_curve(
+    rows: list[dict[str, Any]], objectives: Sequence[tuple[str, str]], ref: dict[str, float]
+) -> list[tuple[float, float]]:
+    """(compute spent, hypervolume of the full-fidelity trials so far) after each trial."""
+    out: list[tuple[float, float]] = []
+    done: list[dict[str, Any]] = []
+    for row in rows:
+        if row["status"] == "FINISHED":
+            done.append({**{m: row[m] for m, _ in objectives}, "status": "FINISHED"})
+        hv = hypervolume(pd.DataFrame(done), objectives, ref) if done else 0.0
+        out.append((row["spent"], hv))
+    return out
+
+
+def compute_to_reach(curve: list[tuple[float, float]], target: float) -> float:
+    return next((spent for spent, hv in curve if hv >= target - 1e-12), math.nan)
+
+
+def hv_at_compute(curve: list[tuple[float, float]], budget: float) -> float:
+    return max((hv for spent, hv in curve if spent <= budget + 1e-9), default=0.0)
+
+
+def kendall_by_rung(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Kendall's tau between each rung's accuracy and the final accuracy (finished trials)."""
+    done = [r for r in rows if r["status"] == "FINISHED" and "accuracy" in r]
+    out: dict[str, float] = {}
+    epochs = sorted({int(e) for r in done for e in r["rungs"]})
+    for epoch in epochs:
+        pairs = [(r["rungs"][str(epoch)], r["accuracy"]) for r in done if str(epoch) in r["rungs"]]
+        if len(pairs) >= 3:
+            df = pd.DataFrame(pairs, columns=["rung", "final"])
+            out[str(epoch)] = float(df["rung"].corr(df["final"], method="kendall"))
+    return out
+
+
+def summarize(
+    studies: list[dict[str, Any]], objectives: Sequence[tuple[str, str]], ref: dict[str, float]
+) -> dict[str, Any]:
+    by = {(s["strategy"], s["seed"]): s["rows"] for s in studies}
+    seeds = sorted({s["seed"] for s in studies})
+    table: dict[str, dict[str, list[float]]] = {k: {} for k in STRATEGIES}
+    for seed in seeds:
+        full = by[("full", seed)]
+        full_curve = hv_curve(full, objectives, ref)
+        target, budget = full_curve[-1][1], full_curve[-1][0]
+        for strategy in STRATEGIES:
+            rows = by[(strategy, seed)]
+            curve = hv_curve(rows, objectives, ref)
+            reach = compute_to_reach(curve, target)
+            cells = {
+                "compute_to_full_hv_s": reach,
+                "compute_ratio": reach / budget if budget else math.nan,
+                "hv_at_equal_compute": hv_at_compute(curve, budget),
+                "trials": float(len(rows)),
+                "stopped": float(sum(r["status"] == "STOPPED" for r in rows)),
+                "full_hv": target,
+                "full_compute_s": budget,
+            }
+            for key, value in cells.items():
+                table[strategy].setdefault(key, []).append(value)
+    taus = [kendall_by_rung(by[("full", seed)]) for seed in seeds]
+    return {"table": table, "kendall": taus}
+
+
+def _median(values: list[float]) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return statistics.median(vals) if vals else math.nan
+
+
+def render(summary: dict[str, Any], *, command: str, n: int, seconds: float) -> str:
+    lines = [
+        f"`{command}` ({platform.node()}, {seconds / 60:.1f} min)",
+        "",
+        f"| strategy | compute to reach full's HV@{n} (s) | ratio to full | HV at equal compute "
+        "| trials | stopped |",
+        "|---|---|---|---|---|---|",
+    ]
+    for strategy, cells in summary["table"].items():
+        if not cells:
+            continue
+        lines.append(
+            f"| {strategy} | {_median(cells['compute_to_full_hv_s']):.0f} "
+            f"| {_median(cells['compute_ratio']):.2f} "
+            f"| {_median(cells['hv_at_equal_compute']):.4f} "
+            f"| {_median(cells['trials']):.0f} | {_median(cells['stopped']):.0f} |"
+        )
+    lines.append("")
+    lines.append("Medians over seeds; per seed: " + json.dumps(summary["table"], default=str))
+    lines.append(
+        "Kendall tau, rung accuracy vs final accuracy (full study, per seed): "
+        + json.dumps(summary["kendall"])
+    )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--n", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=9)
+    parser.add_argument("--min-epochs", type=int, default=1)
+    parser.add_argument("--eta", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=9)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--raw", type=Path)
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=ROOT / ".slimtune" / "cache",
+        help="the dense baselines' cache (trained once per task and seed)",
+    )
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.config, args.seeds, args.n, args.epochs = str(ROOT / "examples/digits.yaml"), [0], 2, 2
+    command = "python benchmarks/early_stopping.py " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="slimtune-es-") as tmp:
+        cache, work = args.cache_dir.resolve(), Path(tmp) / "work"
+        work.mkdir(parents=True)
+        base_job = Job(
+            args.config,
+            "full",
+            args.seeds[0],
+            args.n,
+            args.epochs,
+            args.min_epochs,
+            args.eta,
+            0.0,
+            str(cache),
+            str(work),
+            args.smoke,
+        )
+        spec = job_spec(base_job)
+        baseline = measure_baseline(spec, cache, work)
+        objectives = [(o.metric, o.direction) for o in spec.objectives]
+        ref = reference_point(baseline, objectives)
+        ctx = get_context("spawn")
+        studies: list[dict[str, Any]] = []
+        with ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
+            fulls = [pool.submit(run_study, _with(base_job, "full", s, 0.0)) for s in args.seeds]
+            pending = []
+            for fut in fulls:
+                full = fut.result()
+                studies.append(full)
+                budget = full["rows"][-1]["spent"]
+                for strategy in STRATEGIES[1:]:
+                    pending.append(
+                        pool.submit(run_study, _with(base_job, strategy, full["seed"], budget))
+                    )
+            studies.extend(f.result() for f in pending)
+    seconds = time.perf_counter() - start
+    summary = summarize(studies, objectives, ref)
+    text = render(summary, command=command, n=args.n, seconds=seconds)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    if args.raw:
+        args.raw.write_text(json.dumps({"studies": studies, "summary": summary}, default=str))
+    return 0
+
+
+def _with(job: Job, strategy: str, seed: int, budget: float) -> Job:
+    return Job(**{**job.__dict__, "strategy": strategy, "seed": seed, "budget": budget})
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
