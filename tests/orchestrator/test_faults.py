@@ -523,10 +523,11 @@ def test_ctrl_c_ends_the_search_killed_and_resume_continues_it(tmp_path: Path) -
     children = _assert_each_trial_once(uri, "sigint", trials)
     [search] = _searches(uri, "sigint")
     assert search.info.status == "FINISHED" and _counts(search) == (trials, 0)
-    # Why an earlier attempt ended is kept aside, not passed off as the outcome.
+    # Why an earlier attempt ended is kept aside, not passed off as the outcome. Whether an
+    # interrupt caught a trial mid-run (and so left a previous_error) depends on timing: the
+    # move itself is checked in test_records.py.
     for run in [search, *children]:
         assert "slimtune.error" not in run.data.tags, run.data.tags
-    assert any("slimtune.previous_error" in c.data.tags for c in children)
 
 
 def test_a_store_deleted_mid_search_fails_it_loudly(tmp_path: Path) -> None:

@@ -138,3 +138,16 @@ def test_a_deleted_or_replaced_store_is_noticed(tmp_path: Path) -> None:
     restored(t, {})
     assert restored.identity is None and not restored.stop_all()
     assert StoreIdentity.of("http://mlflow.internal:5000") is None
+
+
+def test_a_reopened_run_keeps_why_its_last_attempt_ended_aside(tmp_path: Path) -> None:
+    from orchestrator._tracking import fail_run, reopen_run
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("reopen")).info.run_id
+    fail_run(client, run_id, "KeyboardInterrupt: cut off", status="KILLED")
+    reopen_run(client, client.get_run(run_id))
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING"
+    assert "slimtune.error" not in run.data.tags
+    assert run.data.tags["slimtune.previous_error"] == "KeyboardInterrupt: cut off"
