@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
+from searchspace import KNOBS
+
 SPACE_PREFIX = "space."
 # A column that tells apart what the knobs do not: the artifact's format (int8 format, fp16, ..).
 FORMAT_COLUMN = "format"
@@ -46,23 +48,11 @@ def varying_knobs(parent_params: Mapping[str, str], trials: pd.DataFrame) -> lis
     if space:
         knobs = [k for k, v in space if space_varies(str(v)) and k in trials.columns]
     else:
-        knobs = [c for c in _KNOB_GUESS if c in trials.columns and _differs(trials[c])]
+        # Without a recorded space: the knob columns a trials table may have.
+        knobs = [c for c in KNOBS if c in trials.columns and _differs(trials[c])]
     if FORMAT_COLUMN in trials.columns and _differs(_finished(trials)[FORMAT_COLUMN]):
         knobs.append(FORMAT_COLUMN)
     return knobs
-
-
-# Without a recorded space: the knob columns a trials table may have (TrialParams' fields).
-_KNOB_GUESS = (
-    "lr",
-    "batch_size",
-    "sparsity",
-    "bits",
-    "pruning",
-    "distill_weight",
-    "distill_temperature",
-    "quant_scheme",
-)
 
 
 def _finished(trials: pd.DataFrame) -> pd.DataFrame:
