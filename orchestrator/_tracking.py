@@ -261,29 +261,17 @@ def start_trial_run(
     params: TrialParams,
     extra_params: Mapping[str, object],
 ) -> str:
-    run = client.create_run(
-        target.experiment_id,
-        run_name=f"trial-{number:03d}",
-        tags={
-            "mlflow.parentRunId": target.parent_run_id,
-            ROLE_TAG: "trial",
-            "slimtune.trial_id": trial_id,
-            "slimtune.trial_number": str(number),
-        },
-    )
-    run_id = str(run.info.run_id)
+    run_id = _open_trial_run(client, target, trial_id=trial_id, number=str(number))
     all_params = {**params.to_dict(), **extra_params}
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in all_params.items()])
     return run_id
 
 
-def start_failed_trial_run(
-    client: MlflowClient, target: TrackingTarget, *, trial_id: str, config: Mapping[str, object]
+def _open_trial_run(
+    client: MlflowClient, target: TrackingTarget, *, trial_id: str, number: str
 ) -> str:
-    """Open the run of a trial that failed before its own run existed (e.g. a config that is no
-    TrialParams), tagged like any trial's, with the config it was given as params; the caller
-    ends it FAILED with the reason."""
-    number = str(config.get("trial_number", "?"))[:50]
+    """Create a trial's child run (named ``trial-007``), tagged with its parent, role, Ray
+    trial id and number; return its id."""
     run = client.create_run(
         target.experiment_id,
         run_name=f"trial-{number:>03}",
@@ -294,7 +282,17 @@ def start_failed_trial_run(
             "slimtune.trial_number": number,
         },
     )
-    run_id = str(run.info.run_id)
+    return str(run.info.run_id)
+
+
+def start_failed_trial_run(
+    client: MlflowClient, target: TrackingTarget, *, trial_id: str, config: Mapping[str, object]
+) -> str:
+    """Open the run of a trial that failed before its own run existed (e.g. a config that is no
+    TrialParams), tagged like any trial's, with the config it was given as params; the caller
+    ends it FAILED with the reason."""
+    number = str(config.get("trial_number", "?"))[:50]
+    run_id = _open_trial_run(client, target, trial_id=trial_id, number=number)
     params = [Param(str(k)[:250], str(v)[:500]) for k, v in config.items()]
     client.log_batch(run_id, params=params[:100])
     return run_id
