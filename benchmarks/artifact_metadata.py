@@ -1,5 +1,6 @@
 """How much of the artifact was exporter debug metadata: file sizes with and without stripping
-it (``trials._artifact_clean``), fp32 and int8, on MNIST-1D's CNN and on a small Transformer.
+it (``trials._artifact_clean``), fp32 and int8, on MNIST-1D's CNN, a small Transformer and the
+built-in ``transformer`` and ``transformer-linear`` tasks.
 
     .venv/bin/python benchmarks/artifact_metadata.py [--out FILE.md]
 
@@ -8,7 +9,9 @@ steps that strip (``restore_weight_names``, ``strip_debug_metadata``) replaced b
 is the export path as trials run it. int8 is static QDQ in the default format, calibrated on 64
 random inputs. The Transformer: token embedding (vocabulary 64, width 64), 2
 ``nn.TransformerEncoderLayer`` blocks (4 heads, MLP 128, LayerNorm), mean pool, classifier; 32
-tokens per input. Models are freshly initialised (sizes do not depend on training).
+tokens per input. The built-in tasks' models get the trial's own ``nn.MultiheadAttention``
+rewrite (``trials._attention``) first, as a trial does. Models are freshly initialised (sizes do
+not depend on training).
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ from torch import nn
 import trials._export as export_module
 from trials import Mnist1dTask
 from trials._artifact_clean import StripSummary
+from trials._attention import rewrite_multihead_attention
 from trials._export import export_onnx, quantize_int8
+from trials.tasks import TransformerLinearTask, TransformerTask
+from trials.tasks._transformer import SEQ_LEN, VOCAB
 
 
 class SmallTransformer(nn.Module):
@@ -56,6 +62,15 @@ def _no_stripping() -> Iterator[None]:
     finally:
         export_module.strip_debug_metadata = strip  # type: ignore[assignment]
         export_module.restore_weight_names = restore  # type: ignore[assignment]
+
+
+def _task_model(task: TransformerTask) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        model = task.build_model()
+        rewrite_multihead_attention(model)
+        return model
+
+    return build
 
 
 def _metadata_entries(path: Path) -> int:
@@ -97,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
             torch.randint(0, 64, (1, 32)),
             rng.integers(0, 64, (64, 32)).astype(np.int64),
         ),
+        **{
+            f"{task.name} task": (
+                _task_model(task),
+                torch.randint(0, VOCAB, (1, SEQ_LEN)).float(),
+                rng.integers(0, VOCAB, (64, SEQ_LEN)).astype(np.float32),
+            )
+            for task in (TransformerTask(), TransformerLinearTask())
+        },
     }
     lines = [
         f"artifact_metadata.py {' '.join(argv if argv is not None else sys.argv[1:])}",

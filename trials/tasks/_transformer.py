@@ -81,7 +81,8 @@ class LinearBlock(nn.Module):
 
 
 class SequenceClassifier(nn.Module):
-    """Token and position embeddings, encoder blocks, mean pooling, a Linear head. Inputs are
+    """Token and position embeddings, encoder blocks, a Linear head on the first position (where
+    the query token sits). Inputs are
     token ids as floats (slimtune's tasks feed float tensors), cast to int64 here."""
 
     def __init__(self, blocks: nn.Module, dim: int) -> None:
