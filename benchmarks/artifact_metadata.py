@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
-    cases = {
+    Case = tuple[Callable[[], nn.Module], torch.Tensor, np.ndarray]
+    cases: dict[str, Case] = {
         "mnist1d": (
             lambda: Mnist1dTask().build_model(),
             torch.randn(1, 1, 40),
