@@ -12,18 +12,16 @@ from reports._decision import (
 )
 from reports._errors import ReportError, SearchNotFound
 from reports._flags import latency_flag
-from reports._interactive import interactive_figure, plot_interactive
-from reports._knobs import knob_value, knobs_text, varying_knobs
-from reports._mlflow import (
+from reports._front_store import (
     FrontTracker,
     FrontUpdate,
-    SearchRuns,
-    download_model,
     hypervolume_history,
-    load_search,
     publish_front,
     update_front,
 )
+from reports._interactive import interactive_figure, plot_interactive
+from reports._knobs import knob_value, knobs_text, varying_knobs
+from reports._mlflow import SearchRuns, download_model, load_search
 from reports._noise import (
     TOLERANCES_TAG,
     Tolerance,

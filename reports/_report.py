@@ -21,9 +21,10 @@ from reports._cost import SearchCost, cost_html, search_cost
 from reports._early import StoppedTrials, stopped_mask
 from reports._errors import ReportError
 from reports._flags import failures_html, flagged
+from reports._front_store import hypervolume_history
 from reports._interactive import plot_interactive
 from reports._knobs import knob_value, varying_knobs
-from reports._mlflow import SearchRuns, hypervolume_history, load_search
+from reports._mlflow import SearchRuns, load_search
 from reports._noise import tolerance_summary
 from reports._pareto import hypervolume_curve, pareto_ranks, reference_point
 from reports._plots import plot_hypervolume, plot_tradeoffs
