@@ -14,11 +14,16 @@ for all three), trials one after another (a search with concurrency 1):
 - ``mo-asha+skip``: the same with ``skip_dominated``.
 
 Trials are real (``trials.run_trial``: prune, fine-tune, quantize, export, measure in ONNX
-Runtime), with no Ray and no MLflow. Compute is the sum of trial-seconds: a finished trial's
-``trial_seconds``; a stopped one's seconds up to its stop. The early measurement the MO-ASHA
-trials make is in their compute; the full study's trials also report their rungs (to measure how
-well the rung rankings predict the final ones) but their early measurement
-(``early_seconds``) is taken out of their compute, since a full-fidelity search does not make it.
+Runtime), with no Ray and no MLflow. Compute is the sum of trial-seconds: with ``--compute cpu``
+(the default) the CPU seconds of the study's process during the trial (trials run one torch and
+one ONNX Runtime thread, so on a quiet machine this equals the trial's wall seconds, and other
+load on the machine does not inflate it), with ``--compute wall`` its wall seconds; a stopped
+trial's seconds up to its stop. The early measurement the MO-ASHA trials make is in their
+compute; the full study's trials also report their rungs (to measure how well the rung rankings
+predict the final ones) but their early measurement (``early_seconds``, in CPU seconds at the
+trial's own CPU/wall rate) is taken out of their compute, since a full-fidelity search does not
+make it. ``--task`` replaces the config's task (e.g. ``mnist1d-small``, MNIST-1D with a CNN half
+as wide, for a 2-core machine).
 
 Reported per strategy (median over seeds): the compute to reach the hypervolume the full study
 has after ``--n`` trials (over full-fidelity trials only, in the order they ended), its ratio to
@@ -80,6 +85,8 @@ class Job:
     cache_dir: str
     work_root: str
     smoke: bool
+    task: str = ""  # overrides the config's task when set
+    compute: str = "cpu"  # cpu: a trial's CPU seconds; wall: its wall seconds
 
 
 class _Stop(Exception):
@@ -91,6 +98,8 @@ class _Stop(Exception):
 
 def job_spec(job: Job) -> SearchSpec:
     spec = load_spec(job.config)
+    if job.task:
+        spec = spec.model_copy(update={"task": job.task})
     sampler = spec.sampler.model_copy(update={"seed": job.seed})
     update: dict[str, Any] = {
         "sampler": sampler,
@@ -149,28 +158,40 @@ def run_study(job: Job) -> dict[str, Any]:
             cache_dir=Path(job.cache_dir),
             work_dir=work,
         )
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         row: dict[str, Any] = {"number": trial.number, **trial.params}
         try:
             result = run_trial(task, TrialParams.from_dict(trial.params), settings, rungs=report)
         except _Stop as stop:
             study.tell(trial, state=TrialState.PRUNED)
-            row.update(status="STOPPED", stopped_at=stop.epoch, seconds=stop.seconds)
+            row.update(
+                status="STOPPED",
+                stopped_at=stop.epoch,
+                wall_seconds=stop.seconds,
+                cpu_seconds=time.process_time() - c0,  # it stopped just now
+            )
         except Exception as exc:  # a trial's own failure is a result (told as FAIL)
             study.tell(trial, state=TrialState.FAIL)
             row.update(status="FAILED", error=f"{type(exc).__name__}: {exc}"[:200])
-            row["seconds"] = time.perf_counter() - t0
+            row.update(wall_seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
         else:
+            cpu = time.process_time() - c0
             m = result.metrics
             values = [float(m[name]) for name in spec.metric_names]
             study.tell(trial, values)
             state.on_final(tid, m)
-            seconds = m["trial_seconds"] - (m["early_seconds"] if not stopping else 0.0)
+            wall = m["trial_seconds"]
+            if not stopping:  # a full-fidelity search makes no early measurement
+                early = m["early_seconds"]
+                cpu -= early * cpu / wall if wall > 0 else 0.0  # its CPU share, at the trial's rate
+                wall -= early
             row.update(
                 status="FINISHED",
-                seconds=seconds,
+                wall_seconds=wall,
+                cpu_seconds=cpu,
                 **dict(zip(spec.metric_names, values, strict=True)),
             )
+        row["seconds"] = row["cpu_seconds"] if job.compute == "cpu" else row["wall_seconds"]
         row["rungs"] = {str(k): v for k, v in rungs.items()}
         spent += row["seconds"]
         row["spent"] = spent
@@ -299,6 +320,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=ROOT / ".slimtune" / "cache",
         help="the dense baselines' cache (trained once per task and seed)",
     )
+    parser.add_argument(
+        "--task", default="", help="a task to use instead of the config's (e.g. mnist1d-small)"
+    )
+    parser.add_argument(
+        "--compute",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="a trial's compute: the CPU seconds of its process (default; robust to other load "
+        "on the machine, trials run one thread) or its wall seconds",
+    )
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -322,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             str(cache),
             str(work),
             args.smoke,
+            args.task,
+            args.compute,
         )
         spec = job_spec(base_job)
         baseline = measure_baseline(spec, cache, work)
