@@ -290,7 +290,16 @@ def publish_front(
     knobs = varying_knobs(search.parent_params, front)
     _front_table(finished, search.objectives, knobs).to_csv(csv_path, index=False)
     log_tolerances(client, search, finished)
-    paths = [csv_path, *plot_tradeoffs(finished, search.objectives, out, baseline=search.baseline)]
+    paths = [
+        csv_path,
+        *plot_tradeoffs(
+            finished,
+            search.objectives,
+            out,
+            baseline=search.baseline,
+            tolerances=search.tolerances,
+        ),
+    ]
     history = hypervolume_history(client, parent_run_id)
     paths.append(plot_hypervolume(history, out / "hypervolume.png", reference=update.reference))
     if interactive:

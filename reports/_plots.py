@@ -13,7 +13,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
 from reports._errors import ReportError
-from reports._pareto import pareto_front, pareto_mask
+from reports._noise import Tolerance
+from reports._pareto import pareto_front, pareto_ranks
 
 _SIZE_METRICS = ("size_gzip_bytes", "size_bytes")
 _X_LABELS = {
@@ -30,13 +31,15 @@ def plot_tradeoffs(
     out_dir: Path,
     *,
     baseline: Mapping[str, float] | None = None,
+    tolerances: Mapping[str, Tolerance] | None = None,
 ) -> list[Path]:
     """Write ``accuracy_vs_size.png`` and ``accuracy_vs_latency.png`` to ``out_dir``.
 
     Every trial with the two metrics is a grey dot; trials on the Pareto front (column
     ``pareto``, computed over ``objectives`` when absent) are coloured by bit-width and
     annotated with bits and sparsity (``*`` marks a simulated artifact); the 2-D front of each
-    plotted pair is drawn as a step line; ``baseline`` (metric -> value, e.g. the uncompressed
+    plotted pair (:func:`pair_front`, the same noise-aware dominance under ``tolerances``) is
+    drawn as a step line; ``baseline`` (metric -> value, e.g. the uncompressed
     model's ``accuracy`` and ``size_bytes``) is a star. The size axis uses the size metric
     among the objectives, else ``size_bytes``, in KB; it is logarithmic when sizes span more
     than 10x.
@@ -50,17 +53,32 @@ def plot_tradeoffs(
             f"(columns are {list(df.columns)})"
         )
     if "pareto" not in df.columns:
-        df = pareto_front(df, objectives)
+        df = pareto_front(df, objectives, tolerances=tolerances)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return [
-        _tradeoff(df, size_metric, out / "accuracy_vs_size.png", baseline),
-        _tradeoff(df, "latency_ms", out / "accuracy_vs_latency.png", baseline),
+        _tradeoff(df, size_metric, out / "accuracy_vs_size.png", baseline, tolerances),
+        _tradeoff(df, "latency_ms", out / "accuracy_vs_latency.png", baseline, tolerances),
     ]
 
 
+def pair_front(
+    df: pd.DataFrame, x_metric: str, tolerances: Mapping[str, Tolerance] | None = None
+) -> pd.Series:
+    """Which rows of ``df`` are on the 2-D front of accuracy (maximized) against ``x_metric``
+    (minimized), by the search's noise-aware dominance (:func:`reports.pareto_ranks` over the
+    two objectives, with their ``tolerances``): the step line of a trade-off plot."""
+    pair = [("accuracy", "maximize"), (x_metric, "minimize")]
+    ranks = pareto_ranks(df, pair, tolerances=tolerances)["pareto_rank"]
+    return (ranks == 0).fillna(False).astype(bool)
+
+
 def _tradeoff(
-    df: pd.DataFrame, x_metric: str, path: Path, baseline: Mapping[str, float] | None
+    df: pd.DataFrame,
+    x_metric: str,
+    path: Path,
+    baseline: Mapping[str, float] | None,
+    tolerances: Mapping[str, Tolerance] | None,
 ) -> Path:
     fig = Figure(figsize=(7.5, 5.0), dpi=120, layout="constrained")
     FigureCanvasAgg(fig)
@@ -78,7 +96,7 @@ def _tradeoff(
 
     ax.scatter(x, y, s=16, color="0.72", label=f"trials ({len(data)})", zorder=1)
     if len(data):
-        pair = pareto_mask(np.column_stack([y, x]), ["maximize", "minimize"])
+        pair = pair_front(data, x_metric, tolerances).to_numpy(dtype=bool)
         order = np.argsort(x[pair], kind="stable")
         ax.step(
             x[pair][order],
@@ -87,7 +105,7 @@ def _tradeoff(
             color="tab:red",
             lw=1.0,
             alpha=0.6,
-            label=f"2-D front (accuracy vs {x_metric})",
+            label=f"2-D front (accuracy vs {x_metric}, noise-aware)",
             zorder=2,
         )
     _draw_front(ax, data[on_front], x[on_front], y[on_front])

@@ -136,7 +136,11 @@ def write_report(
             )
         ]
 
-    pngs = [*plot_tradeoffs(finished, objectives, out, baseline=search.baseline)]
+    pngs = [
+        *plot_tradeoffs(
+            finished, objectives, out, baseline=search.baseline, tolerances=search.tolerances
+        )
+    ]
     pngs.append(plot_hypervolume(history, out / "hypervolume.png", reference=reference))
     plot_interactive(
         ranked,

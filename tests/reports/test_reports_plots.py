@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 import reports
-from reports import ReportError, plot_tradeoffs
+from reports import ReportError, Tolerance, plot_tradeoffs
+from reports._plots import pair_front
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 OBJECTIVES = [("accuracy", "maximize"), ("size_gzip_bytes", "minimize"), ("latency_ms", "minimize")]
@@ -82,3 +83,19 @@ def test_reports_keeps_to_its_imports() -> None:
                 assert "pyplot" not in name, (source.name, name)
                 if root == "mlflow":
                     assert name in allowed_mlflow, (source.name, name)
+
+
+def test_the_step_line_uses_the_searchs_noise_aware_dominance() -> None:
+    """The 2-D front drawn on a plot is ranked by the same rule as the front: trial 1 is only
+    0.2 points more accurate than trial 0, inside a 1 % accuracy tolerance, and 1.5x larger."""
+    df = pd.DataFrame(
+        {
+            "status": ["FINISHED", "FINISHED", "FINISHED"],
+            "accuracy": [0.950, 0.952, 0.990],
+            "size_bytes": [100_000.0, 150_000.0, 400_000.0],
+        }
+    )
+    strict = pair_front(df, "size_bytes", {"accuracy": Tolerance("accuracy", "exact")})
+    assert strict.tolist() == [True, True, True]
+    tolerant = pair_front(df, "size_bytes", {"accuracy": Tolerance("accuracy", "relative", 0.01)})
+    assert tolerant.tolist() == [True, False, True]
