@@ -45,10 +45,11 @@ def small_config(
     trials: int,
     task: str = "digits",
     latency: str = "{warmup: 3, repeats: 20}",
+    epochs: int = 1,
     extra: str = "",
 ) -> str:
-    """A small search config (2 at a time, random sampler, 1 epoch, a short latency plan) for
-    the orchestrator tests that run `slimtune search` on a task of their own."""
+    """A small search config (2 at a time, random sampler, ``epochs`` epochs, a short latency
+    plan) for the orchestrator tests that run `slimtune search` on a task of their own."""
     return f"""
 experiment: {experiment}
 task: {task}
@@ -60,7 +61,7 @@ space:
   sparsity: {{low: 0.0, high: 0.8}}
   bits: {{choices: [8, 32]}}
 sampler: {{name: random, seed: 3}}
-training: {{epochs: 1}}
+training: {{epochs: {epochs}}}
 latency: {latency}
 {extra}
 """

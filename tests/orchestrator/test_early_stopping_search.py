@@ -12,26 +12,18 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.orchestrator.conftest import cli
+from tests.orchestrator.conftest import cli, small_config
 
 pytestmark = pytest.mark.e2e
 
 TRIALS = 4
-CONFIG = f"""
-experiment: es
-task: digits
-trials: {TRIALS}
-concurrency: 2
-space:
-  lr: {{low: 1.0e-4, high: 2.0e-3, log: true}}
-  batch_size: {{choices: [128]}}
-  sparsity: {{low: 0.0, high: 0.8}}
-  bits: {{choices: [8, 32]}}
-sampler: {{name: random, seed: 3}}
-training: {{epochs: 2}}
-latency: {{warmup: 3, repeats: 20}}
-early_stopping: {{name: mo-asha, min_epochs: 1, reduction_factor: 3, skip_dominated: true}}
-"""
+CONFIG = small_config(
+    "es",
+    trials=TRIALS,
+    epochs=2,
+    extra="early_stopping: {name: mo-asha, min_epochs: 1, reduction_factor: 3, "
+    "skip_dominated: true}",
+)
 
 
 def test_mo_asha_search_stops_trials_at_rungs_and_keeps_them_off_the_front(
