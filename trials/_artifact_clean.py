@@ -8,6 +8,9 @@ third of the file: it inflated ``size_bytes`` and diluted every size ratio. ``st
 removes it; ``restore_weight_names`` first gives the weights the exporter folded into new
 tensors (``val_29``: a GRU's weights stacked, an attention ``in_proj_weight`` transposed) the
 names of the model parameters they came from, which only that metadata records.
+``fixed_width_tensors`` stores small integer tensors (ONNX Runtime's int8 zero points) as raw
+bytes instead of protobuf varints, so that a file's size depends on its structure, not on the
+values calibration gave them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 import onnx
+from onnx import numpy_helper
 
 # Model- and graph-level metadata keys the exporters write (torch's and onnxscript's).
 _DEBUG_PREFIXES = ("pkg.", "namespace")
@@ -67,6 +71,35 @@ def strip_debug_metadata(model: onnx.ModelProto) -> StripSummary:
             function.doc_string = ""
             docs += 1
     return StripSummary(metadata_props=props, doc_strings=docs)
+
+
+# Element types ONNX stores in ``int32_data`` as protobuf varints: 1 to 10 bytes per value,
+# depending on the value (a uint8 zero point takes 1 byte below 128, 2 from 128; a negative
+# int8 takes 10).
+_VARINT_TYPES = {
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.UINT8,
+    onnx.TensorProto.INT16,
+    onnx.TensorProto.UINT16,
+    onnx.TensorProto.INT32,
+}
+
+
+def fixed_width_tensors(model: onnx.ModelProto) -> int:
+    """Rewrite, in place, every initializer of a varint-encoded integer type (int8/uint8/int16/
+    uint16/int32) held in ``int32_data`` as ``raw_data`` (fixed width, little-endian), subgraphs
+    included; return how many. Values, names, types and shapes are unchanged. Without it an
+    int8 file's size moved by a byte whenever calibration moved a zero point across 128, so
+    two files of the same structure differed in size (and the early measurement of issue 13 did
+    not match the final one)."""
+    count = 0
+    for graph in _graphs(model):
+        for index, tensor in enumerate(graph.initializer):
+            if tensor.data_type in _VARINT_TYPES and len(tensor.int32_data):
+                fixed = numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name)
+                graph.initializer[index].CopyFrom(fixed)
+                count += 1
+    return count
 
 
 def restore_weight_names(model: onnx.ModelProto, param_names: Collection[str]) -> int:

@@ -34,12 +34,11 @@ from trials._settings import TrialResult, TrialSettings
 from trials._task import Task, checked_data
 
 EARLY_ONNX = "model.early.onnx"
-# Metrics of the early measurement that the final one should reproduce exactly: the artifact's
-# bytes on disk depend on its structure only, with one known exception: ONNX Runtime's int8
-# quantizer stores each activation zero point as a protobuf varint (1 byte for 0-127, 2 for
-# 128-255), and those come from the calibrated ranges, which training moves. The tag
+# Metrics of the early measurement that the final one must reproduce exactly: the artifact's
+# bytes on disk depend on its structure only (integer tensors such as int8 zero points are stored
+# at a fixed width, ``trials._artifact_clean.fixed_width_tensors``). The tag
 # ``early_<name>_match`` and the metric ``early_<name>_drift`` (final - early) show it. (The
-# gzip size also depends on the weight values; latency is re-measured and noisy.)
+# gzip size depends on the weight values; latency is re-measured and noisy.)
 EXACT_EARLY = ("size_bytes",)
 
 

@@ -19,7 +19,11 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import Tensor, nn
 
-from trials._artifact_clean import restore_weight_names, strip_debug_metadata
+from trials._artifact_clean import (
+    fixed_width_tensors,
+    restore_weight_names,
+    strip_debug_metadata,
+)
 from trials._errors import ExportError, QuantizationError
 from trials._quantize import DEFAULT_INT8_FORMAT, Int8Format
 from trials._quantize_int4 import Int4Export, rewrite_int4
@@ -238,10 +242,12 @@ class _Calibration(CalibrationDataReader):
 
 def _finish_artifact(path: Path, *, what: str) -> None:
     """The last step of every export, whatever the format: strip the exporter's debug metadata
-    (``strip_debug_metadata``), so that the file measured is the file a user would ship, and
-    check that it is one self-contained file."""
+    (``strip_debug_metadata``), so that the file measured is the file a user would ship, store
+    integer tensors at a fixed width (``fixed_width_tensors``), so that its size depends on its
+    structure only, and check that it is one self-contained file."""
     model = onnx.load(str(path), load_external_data=False)
-    if strip_debug_metadata(model).changed:
+    stripped = strip_debug_metadata(model).changed
+    if fixed_width_tensors(model) or stripped:
         onnx.save_model(model, str(path))
     external = [
         t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
