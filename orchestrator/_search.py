@@ -168,7 +168,7 @@ def run_search(
     _start_ray(spec, opts)
     try:
         # Before MLflow: a latency meter that cannot start leaves no half-made records.
-        with running_meter(spec.latency) as meter:
+        with running_meter(spec.latency, trial_cpus=spec.resources.cpu) as meter:
             return _run(spec, opts, task, workdir, uri, t0, out, meter, trial_body, tune_callbacks)
     finally:
         import ray
@@ -259,11 +259,13 @@ def _run(
         if int8_auto is not None:  # on the search run too: how the search chose its int8 format
             tags = resolution_tags(int8_auto)
             client.log_batch(parent, tags=[RunTag(k, v) for k, v in tags.items()])
+        isolation = {"latency_isolation": meter.isolation, "latency_isolation_rule": meter.rule}
+        client.log_batch(parent, tags=[RunTag(k, v) for k, v in isolation.items()])
         ctx = TrialContext(
             tracking=target,
             runs_dir=runs_dir,
             cache_dir=cache_dir,
-            spec=spec,
+            spec=measured_with(spec, meter),  # each trial's record: the mode that measured it
             baseline_threads=torch.get_num_threads(),  # the baseline was trained here, above
             latency_meter=meter,
             int8_auto=int8_auto,
@@ -362,7 +364,7 @@ def _baseline(
     client.log_batch(parent, tags=[RunTag(k, v) for k, v in where.items()])
     log_onnx(client, parent, result.onnx_path, "baseline")
     print(f"dense baseline ({how}): {format_metrics(result.metrics)}", file=out, flush=True)
-    print(_latency_place(result.tags), file=out, flush=True)
+    print(_latency_place(result.tags, meter), file=out, flush=True)
 
 
 def _baseline_device(spec: SearchSpec, out: TextIO) -> str:
@@ -384,15 +386,26 @@ def _baseline_device(spec: SearchSpec, out: TextIO) -> str:
     return "cpu"
 
 
-def _latency_place(tags: dict[str, str]) -> str:
+def _latency_place(tags: dict[str, str], meter: MeterRef) -> str:
     where = tags.get("latency_where", "inline")
     node = tags.get("latency_node", "?")
     ip = tags.get("latency_node_ip") or tags.get("latency_host", "")
     gate = {"exclusive": "trials on that machine pause while it measures", "off": "no pause"}
+    how = gate.get(tags.get("latency_gate", ""), "gate timed out")
+    if meter.pinning is not None:
+        cores = ",".join(str(c) for c in meter.pinning.cores)
+        how = f"it has core(s) {cores} to itself, the trials there keep to the others"
     return (
         f"latency: measured {'by the search meter' if where == 'actor' else 'in each trial'} "
-        f"on node {node[:12]} ({ip}); {gate.get(tags.get('latency_gate', ''), 'gate timed out')}"
+        f"on node {node[:12]} ({ip}); isolation {meter.isolation} ({meter.rule}): {how}"
     )
+
+
+def measured_with(spec: SearchSpec, meter: MeterRef) -> SearchSpec:
+    """``spec`` with ``latency.isolation`` the mode ``meter`` measures under (``auto``
+    resolved): what each trial's record keeps."""
+    latency = spec.latency.model_copy(update={"isolation": meter.isolation})
+    return spec.model_copy(update={"latency": latency})
 
 
 class BaselineFailed(SlimtuneError):

@@ -141,10 +141,12 @@ def test_without_pausing_trials_the_gate_is_off(mlp_onnx: Path, tmp_path: Path) 
 # --- config and cluster checks -------------------------------------------------------------
 
 
-def test_latency_section_defaults_measure_in_one_actor_that_pauses_trials() -> None:
+def test_latency_section_defaults_measure_in_one_actor_that_isolates_itself() -> None:
     latency = parse_spec("experiment: x\ntask: digits\n").latency
     assert (latency.where, latency.cpus, dict(latency.resources)) == ("actor", 0.0, {})
-    assert latency.pause_trials and latency.target_cv == 0.05 and latency.max_repeats is None
+    # auto: pause on a small machine, cores of its own on a big one (tests/.../test_isolation)
+    assert latency.isolation == "auto" and latency.pause_trials is None
+    assert latency.target_cv == 0.05 and latency.max_repeats is None
 
 
 @pytest.mark.parametrize(
