@@ -8,6 +8,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -153,9 +154,6 @@ def run_search(
     _local_env()
     workdir = opts.workdir.resolve()
     task = load_task(spec.task)
-    check = check_task(task)
-    seconds = sum(t for _, t in check.steps)
-    print(f"task {check.task!r} passed its dry run in {seconds:.1f} s", file=out, flush=True)
     uri = resolve_tracking_uri(spec.tracking.uri, workdir)
     probe_tracking(uri)
     if opts.resume:
@@ -165,15 +163,33 @@ def run_search(
         # A damaged state would make Ray hang, a planted one run code: checked first (exit 2).
         space = to_distributions(spec.space)
         check_resume_state(MlflowClient(tracking_uri=uri), spec, workdir, space)
-    _start_ray(spec, opts)
-    try:
-        # Before MLflow: a latency meter that cannot start leaves no half-made records.
-        with running_meter(spec.latency, trial_cpus=spec.resources.cpu) as meter:
-            return _run(spec, opts, task, workdir, uri, t0, out, meter, trial_body, tune_callbacks)
-    finally:
-        import ray
+    # The task's dry run runs in a thread while Ray and the latency meter start (seconds each,
+    # mostly waiting for processes): the search's fixed cost is the longest, not the sum.
+    # A failed dry run still stops the search before anything is written to MLflow.
+    with ThreadPoolExecutor(1, thread_name_prefix="slimtune-dry-run") as pool:
+        dry_run = pool.submit(check_task, task)
+        try:
+            _start_ray(spec, opts)
+        except BaseException:
+            dry_run.cancel()
+            raise
+        try:
+            # Before MLflow: a latency meter that cannot start leaves no half-made records.
+            with running_meter(spec.latency, trial_cpus=spec.resources.cpu) as meter:
+                check = dry_run.result()
+                seconds = sum(t for _, t in check.steps)
+                print(
+                    f"task {check.task!r} passed its dry run in {seconds:.1f} s",
+                    file=out,
+                    flush=True,
+                )
+                return _run(
+                    spec, opts, task, workdir, uri, t0, out, meter, trial_body, tune_callbacks
+                )
+        finally:
+            import ray
 
-        ray.shutdown()
+            ray.shutdown()
 
 
 def _start_ray(spec: SearchSpec, opts: SearchOptions) -> None:
