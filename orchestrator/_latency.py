@@ -8,14 +8,17 @@ Two mechanisms, both chosen by the config's ``latency:`` section:
   the intended hardware on a mixed cluster (e.g. ``resources: {deploy_cpu: 1}``). Trials send it
   the artifact's bytes and the example input. ``where: inline`` measures in each trial's own
   process instead.
-- **A measurement gate** (``pause_trials: true``, the default): a reader/writer lock between
+- **A measurement gate** (``isolation: pause``, the default on small machines, in
+  ``orchestrator._gate``): a reader/writer lock between
   the processes of one machine, on two lock files in a node-local directory. Trials hold it
   shared while they work and offer it at each training step (``pause_point``); a measurement
   takes it exclusive, so the trials on that machine pause at their next step until it is done
   (a few tenths of a second). A turnstile keeps new readers out while a measurement waits, so
   it is never starved. Without it a trial training beside a measurement shares the cores and
-  the caches with it; reserving a CPU for the meter (``cpus: 1``) does not pin it to a core
-  and, on a 2-core laptop, halves the trials that can run at once.
+  the caches with it.
+- **Cores of its own** (``isolation: cores``, ``auto``'s choice on nodes with enough cores;
+  ``orchestrator._isolation``): the meter pins itself to cores of its node and the trials
+  there pin themselves to the others, so nobody pauses.
 
 The meter also resolves ``quantization.int8_format: auto`` for its search, once, before the
 trials start (``time_candidates``; see ``orchestrator._int8``): the int8 format is chosen on the
@@ -28,11 +31,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import errno
-import fcntl
-import os
 import socket
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -42,6 +41,16 @@ from typing import Any, Literal, cast
 
 import numpy as np
 
+from orchestrator._gate import GATE_DIR_ENV, GATE_TIMEOUT_S, GateClaim, MeasureGate
+from orchestrator._isolation import (
+    IsolationChoice,
+    Mode,
+    choose_isolation,
+    meter_cores,
+    pin_threads,
+    pin_trial,
+    usable_cores,
+)
 from searchspace import Latency, SlimtuneError
 from trials import (
     Int8Timing,
@@ -52,12 +61,20 @@ from trials import (
     time_int8_candidates,
 )
 
-GATE_DIR_ENV = "SLIMTUNE_GATE_DIR"
+__all__ = [
+    "GATE_DIR_ENV",
+    "GATE_TIMEOUT_S",
+    "GateClaim",
+    "LatencyMeterError",
+    "LatencyMeterUnavailable",
+    "MeasureGate",
+    "MeterRef",
+    "Pinning",
+    "SearchMeter",
+    "running_meter",
+]
+
 NAMESPACE = "slimtune"
-# A measurement waits at most this long for the trials on its machine to pause (a trial offers
-# the gate at every training step; export and quantization of a large model can take longer).
-# Past it the measurement runs anyway and is tagged latency_gate=timeout.
-GATE_TIMEOUT_S = 120.0
 # How long a search waits for its latency actor to start on a node that can hold it.
 PLACEMENT_TIMEOUT_S = 300.0
 
@@ -74,145 +91,6 @@ class LatencyMeterUnavailable(LatencyMeterError):
 # A meter lost with its node restarts elsewhere (max_restarts=-1); a trial keeps asking it for
 # this long before it gives up and lets Ray retry the whole trial.
 METER_RETRY_S = 120.0
-
-
-def default_gate_dir() -> Path:
-    """The node-local directory of the gate's lock files: ``$SLIMTUNE_GATE_DIR``, else
-    ``<tmp>/slimtune-<uid>/`` (one gate per user and machine, shared by all searches)."""
-    configured = os.environ.get(GATE_DIR_ENV)
-    if configured:
-        return Path(configured)
-    return Path(tempfile.gettempdir()) / f"slimtune-{os.getuid()}"
-
-
-@dataclass(frozen=True)
-class GateClaim:
-    """What a measurement got from the gate: ``quiet`` when it held it exclusively (every
-    trial on the machine paused), and how long it waited for that."""
-
-    quiet: bool
-    wait_s: float
-
-
-class MeasureGate:
-    """A reader/writer lock between the processes of one machine (``fcntl.flock`` on two files
-    in ``directory``): trials are readers, a latency measurement is the writer.
-
-    ``working()`` holds it shared; ``pause_point()`` (cheap: one non-blocking probe) lets a
-    waiting measurement through; ``stepped_aside()`` releases it around a wait for the meter;
-    ``exclusive()`` is the measurement's side. The kernel drops a dead process's locks.
-    One object per process and thread; it is not re-entrant across threads.
-    """
-
-    def __init__(self, directory: Path | None = None, *, poll_s: float = 0.001) -> None:
-        self.directory = directory or default_gate_dir()
-        self._poll_s = poll_s
-        self._fds: tuple[int, int] | None = None
-        self._held = False
-
-    @property
-    def held(self) -> bool:
-        return self._held
-
-    @contextlib.contextmanager
-    def working(self) -> Iterator[None]:
-        """Hold the gate shared for the block (a no-op when already held)."""
-        if self._held:
-            yield
-            return
-        self._enter()
-        try:
-            yield
-        finally:
-            self._leave()
-
-    def pause_point(self) -> None:
-        """If a measurement waits for this machine, release the gate until it is done."""
-        if not self._held:
-            return
-        turnstile, _ = self._files()
-        try:
-            fcntl.flock(turnstile, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
-                raise
-            self._leave()
-            self._enter()
-            return
-        fcntl.flock(turnstile, fcntl.LOCK_UN)
-
-    @contextlib.contextmanager
-    def stepped_aside(self) -> Iterator[None]:
-        """Release a shared hold for the block (this process waits for a measurement)."""
-        if not self._held:
-            yield
-            return
-        self._leave()
-        try:
-            yield
-        finally:
-            self._enter()
-
-    @contextlib.contextmanager
-    def exclusive(self, *, timeout_s: float = GATE_TIMEOUT_S) -> Iterator[GateClaim]:
-        """Hold the gate alone: wait for the trials to reach a pause point (at most
-        ``timeout_s``; then go on with ``quiet=False``). New readers wait from the start."""
-        if self._held:
-            raise RuntimeError("a process holding the gate shared cannot take it exclusive")
-        turnstile, main = self._files()
-        start = time.perf_counter()
-        fcntl.flock(turnstile, fcntl.LOCK_EX)  # other measurements queue here
-        quiet = False
-        try:
-            deadline = start + timeout_s
-            while True:
-                try:
-                    fcntl.flock(main, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    quiet = True
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
-                        raise
-                if time.perf_counter() >= deadline:
-                    break
-                time.sleep(self._poll_s)
-            yield GateClaim(quiet=quiet, wait_s=time.perf_counter() - start)
-        finally:
-            if quiet:
-                fcntl.flock(main, fcntl.LOCK_UN)
-            fcntl.flock(turnstile, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        """Release everything and close the lock files."""
-        if self._fds is not None:
-            for fd in self._fds:
-                os.close(fd)  # closing drops this process's locks on the file
-            self._fds = None
-        self._held = False
-
-    def _enter(self) -> None:
-        turnstile, main = self._files()
-        fcntl.flock(turnstile, fcntl.LOCK_SH)  # waits while a measurement holds or awaits it
-        try:
-            fcntl.flock(main, fcntl.LOCK_SH)
-        finally:
-            fcntl.flock(turnstile, fcntl.LOCK_UN)
-        self._held = True
-
-    def _leave(self) -> None:
-        _, main = self._files()
-        fcntl.flock(main, fcntl.LOCK_UN)
-        self._held = False
-
-    def _files(self) -> tuple[int, int]:
-        if self._fds is None:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-            self._fds = (
-                os.open(self.directory / "latency-turnstile.lock", flags, 0o600),
-                os.open(self.directory / "latency-gate.lock", flags, 0o600),
-            )
-        return self._fds
 
 
 def node_tags() -> dict[str, str]:
@@ -304,13 +182,28 @@ class LatencyMeterActor:
     """The search's latency meter, run as a Ray actor with ``max_concurrency=1``: measures one
     artifact at a time, on the node its resources pin it to."""
 
-    def __init__(self, pause_trials: bool) -> None:
-        self._gate = MeasureGate() if pause_trials else None
-        self._tags = {"latency_where": "actor", **node_tags()}
+    def __init__(self, latency: Latency, trial_cpus: float) -> None:
+        self._choice = choose_isolation(
+            latency, node_cores=len(usable_cores()), trial_cpus=trial_cpus
+        )
+        self._cores: tuple[int, ...] = ()
+        if self._choice.mode == "cores":
+            pin_threads(meter_cores(latency.meter_cores))
+            self._cores = tuple(usable_cores())  # as the kernel now has it
+        self._gate = MeasureGate() if self._choice.mode == "pause" else None
+        self._tags = {
+            "latency_where": "actor",
+            "latency_isolation": self._choice.mode,
+            **node_tags(),
+        }
 
     def node(self) -> dict[str, str]:
         """Where the meter runs (its tags)."""
         return dict(self._tags)
+
+    def placement(self) -> MeterPlacement:
+        """Where the meter runs, the isolation it chose there and the cores it pinned."""
+        return MeterPlacement(self._tags["latency_node"], self._choice, self._cores)
 
     def measure(self, model: bytes, example: np.ndarray, plan: LatencyPlan) -> LatencyReading:
         return timed(model, example, plan, gate=self._gate, tags=self._tags)
@@ -399,9 +292,9 @@ class InlineSearchMeter(SearchMeter):
     ) -> CandidateTiming:
         return timed_candidates(models, example, timing, gate=self._gate, tags=self._tags())
 
-    @staticmethod
-    def _tags() -> dict[str, str]:
-        return {"latency_where": "inline", **node_tags()}
+    def _tags(self) -> dict[str, str]:
+        mode = "pause" if self._gate is not None else "none"
+        return {"latency_where": "inline", "latency_isolation": mode, **node_tags()}
 
 
 class ActorSearchMeter(SearchMeter):
@@ -451,13 +344,59 @@ class ActorSearchMeter(SearchMeter):
 
 
 @dataclass(frozen=True)
+class MeterPlacement:
+    """Where a meter actor runs (its Ray node id), the isolation it measures under there, and
+    the cores it pinned itself to (``cores`` mode; else ())."""
+
+    node: str
+    choice: IsolationChoice
+    cores: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Pinning:
+    """``isolation: cores``: the meter's node (Ray node id) and the cores it holds there; a
+    trial worker on that node keeps off them (``orchestrator._isolation.pin_trial``)."""
+
+    node: str
+    cores: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not self.cores:
+            raise ValueError("a pinned meter holds at least one core, got none")
+
+
+@dataclass(frozen=True)
 class MeterRef:
-    """How a trial reaches its search's latency meter; plain data, pickled to the workers."""
+    """How a trial reaches its search's latency meter; plain data, pickled to the workers.
+
+    ``pause_trials``: the trials hold the node's gate (``isolation: pause``); ``pinning``: the
+    meter holds cores of its node (``isolation: cores``); neither: ``none``. ``rule``: why
+    that mode (``orchestrator._isolation.choose_isolation``)."""
 
     where: Literal["actor", "inline"]
     pause_trials: bool
     actor_name: str | None = None
     namespace: str = NAMESPACE
+    pinning: Pinning | None = None
+    rule: str = ""
+
+    @property
+    def isolation(self) -> Mode:
+        """The mode the search's latency is measured under."""
+        if self.pinning is not None:
+            return "cores"
+        return "pause" if self.pause_trials else "none"
+
+    def pin_trial(self) -> tuple[int, ...]:
+        """In a trial worker: under ``isolation: cores``, on the meter's node, pin this
+        process's threads to the cores the meter does not hold and return them; elsewhere,
+        and in other modes, pin nothing and return ()."""
+        if self.pinning is None:
+            return ()
+        if node_tags()["latency_node"] != self.pinning.node:
+            return ()
+        return pin_trial(self.pinning.cores)
 
     def connect(self, gate_dir: Path | None = None) -> SearchMeter:
         """This process's meter (one per trial: it owns the process's gate files)."""
@@ -471,14 +410,16 @@ class MeterRef:
 
 @contextlib.contextmanager
 def running_meter(
-    latency: Latency, *, timeout_s: float = PLACEMENT_TIMEOUT_S
+    latency: Latency, *, trial_cpus: float = 1.0, timeout_s: float = PLACEMENT_TIMEOUT_S
 ) -> Iterator[MeterRef]:
     """Start the search's latency meter as ``latency`` says, wait until it runs, and yield how
     trials reach it; the meter is stopped when the block ends. Needs ``ray.init()`` first (for
     ``where: actor``). The driver holds the actor's handle for the whole block: Ray stops an
-    actor once no handle to it is left."""
+    actor once no handle to it is left. ``trial_cpus``: the CPUs one trial reserves (the rule
+    of ``isolation: auto`` counts them; the meter resolves it on its own node)."""
     if latency.where == "inline":
-        yield MeterRef(where="inline", pause_trials=latency.pause_trials)
+        choice = choose_isolation(latency, node_cores=len(usable_cores()), trial_cpus=trial_cpus)
+        yield MeterRef(where="inline", pause_trials=choice.mode == "pause", rule=choice.rule)
         return
     import ray
 
@@ -493,16 +434,30 @@ def running_meter(
     }
     if latency.resources:
         options["resources"] = dict(latency.resources)
-    actor: Any = ray.remote(LatencyMeterActor).options(**options).remote(latency.pause_trials)
+    actor: Any = ray.remote(LatencyMeterActor).options(**options).remote(latency, trial_cpus)
     try:
-        ready, _ = ray.wait([actor.node.remote()], timeout=timeout_s)
+        placed = actor.placement.remote()
+        ready, _ = ray.wait([placed], timeout=timeout_s)
         if not ready:
             raise LatencyMeterError(
                 f"the latency meter (cpus={latency.cpus:g}, resources={dict(latency.resources)}) "
                 f"did not start within {timeout_s:g} s: the nodes that can hold it are busy. "
                 "Fix: free them, or lower latency.cpus / latency.resources."
             )
-        yield MeterRef(where="actor", pause_trials=latency.pause_trials, actor_name=name)
+        try:
+            where: MeterPlacement = ray.get(placed)
+        except Exception as exc:  # its __init__ failed: e.g. no core left for the trials
+            raise LatencyMeterError(
+                f"the latency meter (isolation={latency.isolation}, cpus={latency.cpus:g}) "
+                f"could not start: {exc}"
+            ) from exc
+        yield MeterRef(
+            where="actor",
+            pause_trials=where.choice.mode == "pause",
+            actor_name=name,
+            pinning=Pinning(where.node, where.cores) if where.cores else None,
+            rule=where.choice.rule,
+        )
     finally:
         with contextlib.suppress(Exception):  # already gone with its node or the cluster
             ray.kill(actor)

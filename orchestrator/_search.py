@@ -8,6 +8,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -153,9 +154,6 @@ def run_search(
     _local_env()
     workdir = opts.workdir.resolve()
     task = load_task(spec.task)
-    check = check_task(task)
-    seconds = sum(t for _, t in check.steps)
-    print(f"task {check.task!r} passed its dry run in {seconds:.1f} s", file=out, flush=True)
     uri = resolve_tracking_uri(spec.tracking.uri, workdir)
     probe_tracking(uri)
     if opts.resume:
@@ -165,15 +163,33 @@ def run_search(
         # A damaged state would make Ray hang, a planted one run code: checked first (exit 2).
         space = to_distributions(spec.space)
         check_resume_state(MlflowClient(tracking_uri=uri), spec, workdir, space)
-    _start_ray(spec, opts)
-    try:
-        # Before MLflow: a latency meter that cannot start leaves no half-made records.
-        with running_meter(spec.latency) as meter:
-            return _run(spec, opts, task, workdir, uri, t0, out, meter, trial_body, tune_callbacks)
-    finally:
-        import ray
+    # The task's dry run runs in a thread while Ray and the latency meter start (seconds each,
+    # mostly waiting for processes): the search's fixed cost is the longest, not the sum.
+    # A failed dry run still stops the search before anything is written to MLflow.
+    with ThreadPoolExecutor(1, thread_name_prefix="slimtune-dry-run") as pool:
+        dry_run = pool.submit(check_task, task)
+        try:
+            _start_ray(spec, opts)
+        except BaseException:
+            dry_run.cancel()
+            raise
+        try:
+            # Before MLflow: a latency meter that cannot start leaves no half-made records.
+            with running_meter(spec.latency, trial_cpus=spec.resources.cpu) as meter:
+                check = dry_run.result()
+                seconds = sum(t for _, t in check.steps)
+                print(
+                    f"task {check.task!r} passed its dry run in {seconds:.1f} s",
+                    file=out,
+                    flush=True,
+                )
+                return _run(
+                    spec, opts, task, workdir, uri, t0, out, meter, trial_body, tune_callbacks
+                )
+        finally:
+            import ray
 
-        ray.shutdown()
+            ray.shutdown()
 
 
 def _start_ray(spec: SearchSpec, opts: SearchOptions) -> None:
@@ -259,11 +275,13 @@ def _run(
         if int8_auto is not None:  # on the search run too: how the search chose its int8 format
             tags = resolution_tags(int8_auto)
             client.log_batch(parent, tags=[RunTag(k, v) for k, v in tags.items()])
+        isolation = {"latency_isolation": meter.isolation, "latency_isolation_rule": meter.rule}
+        client.log_batch(parent, tags=[RunTag(k, v) for k, v in isolation.items()])
         ctx = TrialContext(
             tracking=target,
             runs_dir=runs_dir,
             cache_dir=cache_dir,
-            spec=spec,
+            spec=measured_with(spec, meter),  # each trial's record: the mode that measured it
             baseline_threads=torch.get_num_threads(),  # the baseline was trained here, above
             latency_meter=meter,
             int8_auto=int8_auto,
@@ -362,7 +380,7 @@ def _baseline(
     client.log_batch(parent, tags=[RunTag(k, v) for k, v in where.items()])
     log_onnx(client, parent, result.onnx_path, "baseline")
     print(f"dense baseline ({how}): {format_metrics(result.metrics)}", file=out, flush=True)
-    print(_latency_place(result.tags), file=out, flush=True)
+    print(_latency_place(result.tags, meter), file=out, flush=True)
 
 
 def _baseline_device(spec: SearchSpec, out: TextIO) -> str:
@@ -384,15 +402,26 @@ def _baseline_device(spec: SearchSpec, out: TextIO) -> str:
     return "cpu"
 
 
-def _latency_place(tags: dict[str, str]) -> str:
+def _latency_place(tags: dict[str, str], meter: MeterRef) -> str:
     where = tags.get("latency_where", "inline")
     node = tags.get("latency_node", "?")
     ip = tags.get("latency_node_ip") or tags.get("latency_host", "")
     gate = {"exclusive": "trials on that machine pause while it measures", "off": "no pause"}
+    how = gate.get(tags.get("latency_gate", ""), "gate timed out")
+    if meter.pinning is not None:
+        cores = ",".join(str(c) for c in meter.pinning.cores)
+        how = f"it has core(s) {cores} to itself, the trials there keep to the others"
     return (
         f"latency: measured {'by the search meter' if where == 'actor' else 'in each trial'} "
-        f"on node {node[:12]} ({ip}); {gate.get(tags.get('latency_gate', ''), 'gate timed out')}"
+        f"on node {node[:12]} ({ip}); isolation {meter.isolation} ({meter.rule}): {how}"
     )
+
+
+def measured_with(spec: SearchSpec, meter: MeterRef) -> SearchSpec:
+    """``spec`` with ``latency.isolation`` the mode ``meter`` measures under (``auto``
+    resolved): what each trial's record keeps."""
+    latency = spec.latency.model_copy(update={"isolation": meter.isolation})
+    return spec.model_copy(update={"latency": latency})
 
 
 class BaselineFailed(SlimtuneError):

@@ -28,6 +28,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from ray.tune import Result, Stopper
 
+from orchestrator._isolation import cores_text
 from orchestrator._latency import LatencyMeterUnavailable, MeterRef
 from orchestrator._scheduler import RUNG_KEY, STOPPED_KEY, STOPPED_TAG, is_rung, rung_result
 from orchestrator._searcher import TRIAL_NUMBER_KEY
@@ -227,6 +228,10 @@ def make_trainable(
         import torch
         from ray import tune
 
+        if ctx.latency_meter is not None:
+            # isolation: cores: off the meter's cores, at each trial (a reused worker stays
+            # off); the trial keeps its CPUs' worth of torch threads (its record says so)
+            ctx.latency_meter.pin_trial()
         torch.set_num_threads(ctx.torch_threads)
         trial_id = tune.get_context().get_trial_id() or f"trial-{config.get(TRIAL_NUMBER_KEY)}"
         run_trial_in_mlflow(ctx, config, trial_id, body=body, report=tune.report)
@@ -318,7 +323,11 @@ def run_trial_in_mlflow(
             client,
             run_id,
             metrics={**result.metrics, "worker_trial_index": float(next(_trials_in_process))},
-            tags={**result.tags, "worker_pid": str(os.getpid())},
+            tags={
+                **result.tags,
+                "worker_pid": str(os.getpid()),
+                "worker_cores": cores_text(os.sched_getaffinity(0)),
+            },
             onnx_path=result.onnx_path,
             record_json=record.to_json(),
         )

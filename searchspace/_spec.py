@@ -417,8 +417,14 @@ class Latency(_Strict):
     included, in one Ray actor that takes one measurement at a time; it reserves ``cpus`` CPUs
     (0: none) and the custom Ray ``resources`` given, which pin it to the nodes that have them
     (e.g. ``{deploy_cpu: 1}``). ``where: inline`` measures in each trial's own process.
-    ``pause_trials``: while a measurement runs, the trials on that machine wait at their next
-    training step (a lock on the node), so that they do not disturb it.
+    ``isolation``: how the trials on the meter's machine are kept from disturbing it.
+    ``pause``: while a measurement runs they wait at their next training step (a lock on the
+    node). ``cores``: the meter pins itself to ``meter_cores`` cores of its node
+    (``max(cpus, threads)``) and the trials there to the other cores; nobody pauses. ``none``:
+    no isolation. ``auto`` (default): ``cores`` on a node with at least ``meter_cores`` + one
+    trial's CPUs + 1 spare core (and ``where: actor`` and a whole ``cpus``), else ``pause``
+    (orchestrator._isolation). ``pause_trials`` is the older spelling: true is ``pause``,
+    false ``none``.
     """
 
     warmup: Annotated[int, Field(ge=0)] = 20
@@ -431,10 +437,56 @@ class Latency(_Strict):
     resources: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
         default_factory=dict
     )
-    pause_trials: bool = True
+    isolation: Literal["auto", "pause", "cores", "none"] = "auto"
+    pause_trials: bool | None = None
     # A measurement whose block medians' CV stays above target_cv is taken again, up to this
     # many times, before its trial can enter the front (0: never).
     remeasure: Annotated[int, Field(ge=0, le=20)] = 2
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pause_trials(cls, data: Any) -> Any:
+        """``pause_trials`` (the older setting) says ``isolation`` unless that is given too."""
+        if not isinstance(data, dict) or not isinstance(data.get("pause_trials"), bool):
+            return data
+        implied = "pause" if data["pause_trials"] else "none"
+        given = data.get("isolation")
+        if given is None:
+            return {**data, "isolation": implied}
+        if given != implied:
+            raise ValueError(
+                f"pause_trials: {str(data['pause_trials']).lower()} means isolation: {implied}, "
+                f"but isolation is {given!r}; remove pause_trials (isolation replaces it)"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _isolation(self) -> Latency:
+        if self.isolation != "cores":
+            return self
+        if self.where == "inline":
+            raise ValueError(
+                "isolation 'cores' pins the latency actor to its own cores, but where is "
+                "'inline' (each trial measures in its own process); set where: actor, or "
+                "isolation: pause"
+            )
+        if self.cpus != int(self.cpus):
+            raise ValueError(
+                f"isolation 'cores' pins the latency actor to whole cores, but cpus is "
+                f"{self.cpus:g}; set cpus to a whole number (e.g. 1)"
+            )
+        if 0 < self.cpus < self.threads:
+            raise ValueError(
+                f"isolation 'cores' gives the latency actor cpus={self.cpus:g} cores, fewer "
+                f"than its threads={self.threads}; raise cpus to {self.threads}, or lower threads"
+            )
+        return self
+
+    @property
+    def meter_cores(self) -> int:
+        """How many cores the meter pins itself to under ``isolation: cores``: ``cpus`` (which
+        Ray also reserves for it), at least ``threads``."""
+        return max(int(self.cpus), self.threads)
 
     @field_validator("max_repeats")
     @classmethod

@@ -1,5 +1,5 @@
-"""The GPU packing benchmark's search configs (the searches themselves need a GPU: run by hand,
-benchmarks/BENCHMARKS.md)."""
+"""The GPU packing benchmark's search configs, its ratios and its run plan (the searches
+themselves need a GPU: run by hand, benchmarks/BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.gpu_packing import search_config
+from benchmarks.gpu_packing import plan_runs, search_config, speedups
 from searchspace import SearchSpec
 
 CONFIG = Path(__file__).resolve().parents[2] / "examples" / "mnist1d_large_gpu.yaml"
@@ -22,8 +22,39 @@ def test_packing_config_is_valid_and_sets_the_gate_only_when_asked(pause: bool |
     assert spec.concurrency == 8 and spec.trials == 32
     assert spec.resources.gpu == pytest.approx(0.125) and spec.resources.cpu == 2.0
     assert spec.sampler.name == "random"  # every packing runs the same trials
-    expected = base.get("latency", {}).get("pause_trials", True) if pause is None else pause
-    assert spec.latency.pause_trials is expected
+    default = base.get("latency", {}).get("isolation", "auto")
+    expected = default if pause is None else ("pause" if pause else "none")
+    assert spec.latency.isolation == expected
     # The config's other latency settings survive the override.
     assert spec.latency.repeats == base["latency"]["repeats"]
     assert base.get("latency", {}).get("pause_trials") is None  # the base is not changed
+
+
+@pytest.mark.parametrize("isolation", ["auto", "pause", "cores", "none"])
+def test_packing_config_sets_the_isolation_mode(isolation: str) -> None:
+    base = yaml.safe_load(CONFIG.read_text())
+    cfg = search_config(base, per_gpu=8, trials=16, cpus=2.0, smoke=False, isolation=isolation)
+    spec = SearchSpec.model_validate(cfg)
+    assert spec.latency.isolation == isolation
+    assert spec.experiment == f"gpu-packing-8-{isolation}"  # one experiment per row
+
+
+def _row(per_gpu: int, per_hour: float) -> dict[str, float]:
+    return {"per_gpu": per_gpu, "trials_per_hour": per_hour}
+
+
+def test_ratios_are_against_the_one_per_gpu_row_whatever_the_order() -> None:
+    rows = [_row(8, 840), _row(1, 210), _row(4, 420)]
+    assert speedups(rows) == pytest.approx([4.0, 1.0, 2.0])
+    assert speedups([_row(1, 100), _row(8, 250)]) == pytest.approx([1.0, 2.5])
+    assert all(x != x for x in speedups([_row(8, 840)]))  # no reference row: nan, not 1.0
+
+
+def test_the_plan_runs_each_packing_in_each_mode_and_the_reference_once() -> None:
+    assert plan_runs([1, 8], ["auto", "pause", "none"]) == [
+        (1, "auto"),
+        (8, "auto"),
+        (8, "pause"),
+        (8, "none"),
+    ]
+    assert plan_runs([8, 1], []) == [(8, None), (1, None)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from reports import download_model_version, load_search
 from tests.orchestrator.conftest import E2E_TRIALS, E2ESearch, cli
-from trials import DigitsTask, onnx_accuracy
+from trials import DigitsTask, TrialRecord, onnx_accuracy
 
 pytestmark = pytest.mark.e2e
 
@@ -202,6 +203,27 @@ def test_the_search_meter_chose_the_int8_format_before_the_trials(search: Search
         assert json.loads(tags["int8_format_latencies_ms"]) == {
             k: round(v, 4) for k, v in entry["latencies_ms"].items()
         }
+
+
+def test_every_trial_records_the_isolation_mode_that_measured_it(search: Search) -> None:
+    """``latency.isolation: auto`` (the default) is resolved once by the meter; the search run
+    says the rule, every trial's run and record the mode (``pause`` on a 2-core machine)."""
+    work, proc = search
+    client = MlflowClient(_uri(work))
+    parent = _parent(client)
+    mode = parent.data.tags["latency_isolation"]
+    rule = parent.data.tags["latency_isolation_rule"]
+    assert rule.startswith("auto: ") and rule.endswith(f"-> {mode}")
+    assert f"isolation {mode} ({rule})" in proc.stdout
+    if len(os.sched_getaffinity(0)) <= 2:
+        assert mode == "pause"  # the default keeps the gate on a 2-core machine
+    children = client.search_runs([parent.info.experiment_id], "tags.`slimtune.role` = 'trial'")
+    (work / "rec").mkdir(exist_ok=True)
+    for c in children:
+        assert c.data.tags["latency_isolation"] == mode
+        path = client.download_artifacts(c.info.run_id, "trial/record.json", str(work / "rec"))
+        record = TrialRecord.from_json(Path(path).read_text(), source=path)
+        assert record.spec.latency.isolation == mode
 
 
 def test_hypervolume_is_logged_live_one_point_per_finished_trial(search: Search) -> None:

@@ -141,10 +141,12 @@ def test_without_pausing_trials_the_gate_is_off(mlp_onnx: Path, tmp_path: Path) 
 # --- config and cluster checks -------------------------------------------------------------
 
 
-def test_latency_section_defaults_measure_in_one_actor_that_pauses_trials() -> None:
+def test_latency_section_defaults_measure_in_one_actor_that_isolates_itself() -> None:
     latency = parse_spec("experiment: x\ntask: digits\n").latency
     assert (latency.where, latency.cpus, dict(latency.resources)) == ("actor", 0.0, {})
-    assert latency.pause_trials and latency.target_cv == 0.05 and latency.max_repeats is None
+    # auto: pause on a small machine, cores of its own on a big one (tests/.../test_isolation)
+    assert latency.isolation == "auto" and latency.pause_trials is None
+    assert latency.target_cv == 0.05 and latency.max_repeats is None
 
 
 @pytest.mark.parametrize(
@@ -202,7 +204,13 @@ def _config(experiment: str, latency: str) -> str:
 
 def _search(cwd: Path, address: str) -> subprocess.CompletedProcess[str]:
     return cli(
-        "search", "c.yaml", "--address", address, cwd=cwd, env={"PYTHONPATH": str(TINY_TASK_DIR)}
+        "search",
+        "c.yaml",
+        "--address",
+        address,
+        cwd=cwd,
+        # the tiny task, and this checkout's slimtune (as the cluster's nodes import it)
+        env={"PYTHONPATH": os.pathsep.join([str(TINY_TASK_DIR), str(TINY_TASK_DIR.parents[1])])},
     )
 
 
@@ -247,7 +255,10 @@ def test_latency_is_measured_on_the_node_with_the_custom_resource(
     for run in trials:
         tags = run.data.tags
         assert tags["latency_node"] == deploy.node_id, tags
-        assert tags["latency_where"] == "actor" and tags["latency_gate"] == "exclusive"
+        assert tags["latency_where"] == "actor"
+        # isolation auto: pause on a small machine (the gate held), else cores (no gate)
+        gate = "exclusive" if tags["latency_isolation"] == "pause" else "off"
+        assert tags["latency_gate"] == gate
         assert run.data.metrics["latency_runs"] >= 20
         if run.data.params["bits"] == "8":  # int8_format: auto was timed by the pinned meter
             assert tags["int8_format_node"] == deploy.node_id, tags
