@@ -71,14 +71,16 @@ class LayerSetting:
 class CompressionPlan:
     """Each layer's setting, in module order, plus how the plan was made: ``kind`` (uniform or
     mixed) and, for a mixed plan, ``budget`` (the target size as a fraction of the dense
-    artifact's), ``predicted_bytes`` (the allocator's size prediction for the artifact) and
-    ``predicted_loss`` (the summed sensitivity of the settings chosen)."""
+    artifact's), ``target_bytes`` (that size in bytes), ``predicted_bytes`` (the allocator's size
+    prediction for the artifact) and ``predicted_loss`` (the summed sensitivity of the settings
+    chosen)."""
 
     layers: tuple[tuple[str, LayerSetting], ...]
     kind: str = "uniform"
     budget: float | None = None
     predicted_bytes: int | None = None
     predicted_loss: float | None = None
+    target_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list | dict):
@@ -146,6 +148,7 @@ class CompressionPlan:
             "budget": self.budget,
             "predicted_bytes": self.predicted_bytes,
             "predicted_loss": self.predicted_loss,
+            "target_bytes": self.target_bytes,
             "layers": [{"name": n, "format": s.format, "keep": s.keep} for n, s in self.layers],
         }
 
@@ -165,12 +168,14 @@ class CompressionPlan:
             _fail("layers", data.get("layers"), f"each needs name, format and keep ({exc})")
         predicted = data.get("predicted_bytes")
         loss = data.get("predicted_loss")
+        target = data.get("target_bytes")
         return cls(
             layers,
             kind=str(data.get("kind", "uniform")),
             budget=data.get("budget"),
             predicted_bytes=None if predicted is None else int(predicted),
             predicted_loss=None if loss is None else float(loss),
+            target_bytes=None if target is None else int(target),
         )
 
 

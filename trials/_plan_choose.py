@@ -218,11 +218,8 @@ class PlanChooser:
             )
             for layer, name in zip(layers, names, strict=True)
         ]
-        result = allocate(
-            tables,
-            fixed_bytes=overhead + others,
-            target_bytes=self.params.budget * sens.dense_file_bytes,
-        )
+        target = int(self.params.budget * sens.dense_file_bytes)
+        result = allocate(tables, fixed_bytes=overhead + others, target_bytes=target)
         return CompressionPlan(
             tuple(
                 (name, LayerSetting(result.formats[name], keep))
@@ -232,16 +229,26 @@ class PlanChooser:
             budget=self.params.budget,
             predicted_bytes=result.predicted_bytes,
             predicted_loss=round(result.predicted_loss, 9),
+            target_bytes=target,
         )
 
 
 def plan_tags(plan: CompressionPlan) -> dict[str, str]:
-    """The tags of a plan: its kind, the histogram of formats and, for a mixed plan, the budget
-    and the predicted bytes."""
+    """The tags of a plan: its kind, the histogram of formats and, for a mixed plan, the budget,
+    its bytes, the predicted bytes, whether the prediction meets the budget, each layer's
+    format."""
     tags = {"plan": plan.kind, "plan_formats": plan.histogram()}
     if plan.kind == "mixed":
         tags["plan_budget"] = f"{plan.budget:g}"
         tags["plan_predicted_bytes"] = str(plan.predicted_bytes)
+        tags["plan_target_bytes"] = str(plan.target_bytes)
+        if plan.predicted_bytes is not None and plan.target_bytes is not None:
+            met = plan.predicted_bytes <= plan.target_bytes
+            tags["plan_budget_met"] = (
+                "true"
+                if met
+                else "false: even the cheapest format of every layer is predicted over budget"
+            )
         tags["plan_layers"] = ",".join(f"{n}={s.format}" for n, s in plan.layers)[:5000]
     return tags
 

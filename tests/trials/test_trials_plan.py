@@ -24,6 +24,7 @@ from trials import (
     LayerOption,
     LayerSetting,
     LayerTable,
+    RungReport,
     Task,
     TrialRecord,
     TrialResult,
@@ -153,6 +154,8 @@ def test_a_mixed_plan_round_trips_config_artifact_record_rebuild(
     assert plan.predicted_bytes is not None
     assert abs(plan.predicted_bytes - size) / size <= 0.10  # the issue's 10 % target
     assert int(result.tags["plan_measured_bytes"]) == int(size)
+    assert plan.target_bytes is not None and plan.predicted_bytes <= plan.target_bytes
+    assert result.tags["plan_budget_met"] == "true"
     # The artifact holds each layer in its planned format, read from the file.
     stored = dict(p.split("=") for p in result.tags["export_check_summary"][5:].split(","))
     assert stored == dict(zip(plan.names, plan.formats(), strict=True))
@@ -197,3 +200,17 @@ def test_the_per_layer_check_fails_on_an_artifact_that_does_not_hold_the_plan(
     onnx.save_model(model, str(tampered))
     with pytest.raises(ExportClaimError, match=f"layer '{name}' is stored as {setting.format}"):
         check_plan_export(tampered, plan, int8_format=None, what="test")
+
+
+def test_a_mixed_ptq_trial_measures_its_plan_first_under_early_stopping(
+    tiny_task: Task, tmp_path: Path
+) -> None:
+    """The early (untrained) artifact is the mixed plan's: same bytes as the final one; ptq's
+    last rung reports the accuracy of the weights rounded per layer, as the final model's."""
+    reports: list[RungReport] = []
+    settings = _mixed_settings(tmp_path / "cache", tmp_path / "work")
+    result = run_trial(tiny_task, MIXED, settings, rungs=reports.append)
+    assert result.tags["plan"] == "mixed" and result.tags["plan_formats"].count(":") > 1
+    assert result.metrics["early_size_bytes"] == result.metrics["size_bytes"]
+    assert [r.epoch for r in reports] == [0, 1]
+    assert reports[-1].metrics["torch_accuracy"] == result.metrics["torch_accuracy"]
