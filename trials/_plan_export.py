@@ -22,7 +22,13 @@ from torch import nn
 from trials._artifact_weights import ArtifactWeight, weight_census
 from trials._errors import ExportClaimError
 from trials._export import export_onnx, quantize_int4, quantize_int8
-from trials._export_check import ExportClaim, _check_int8_format, _check_loads, check_export
+from trials._export_check import (
+    ExportClaim,
+    _check_int8_format,
+    _check_loads,
+    _layer_weights,
+    check_export,
+)
 from trials._plan import MIXED_FORMATS, CompressionPlan
 from trials._quantize import INT4_COMPUTE, INT4_GRID, Int8Format
 
@@ -99,12 +105,15 @@ def check_plan_export(
     int8_format: str | None,
     what: str,
     example: np.ndarray | None = None,
+    units: int | None = None,
 ) -> dict[str, str]:
     """Check that the artifact at ``path`` stores each layer of ``plan`` in its format: an int8
     weight behind a DequantizeLinear (in ``int8_format``, checked as a uniform int8 artifact
     is), an int4 one in a MatMulNBits or INT4 initializer on ``[-7, 7]``, an fp32 one as a float
-    initializer; every weight outside the plan float. Returns the tags ``export_check=ok``,
-    ``export_check_summary`` (each layer's stored precision) and ``weight_bytes_share``.
+    initializer; every weight outside the plan float; with ``units`` (structured pruning
+    claimed), the Conv/Linear layers have that many output units in all. Returns the tags
+    ``export_check=ok``, ``export_check_summary`` (each layer's stored precision) and
+    ``weight_bytes_share``.
     Raises ``ExportClaimError`` on a mismatch."""
     model = onnx.load(str(path))
     census = weight_census(model)
@@ -141,9 +150,18 @@ def check_plan_export(
             f"weights outside the plan stay float ({strays[0].name} is {strays[0].precision})",
             bug,
         )
+    inits = {t.name: t for t in model.graph.initializer}
     if plan.layers_in("int8") and int8_format is not None:
-        inits = {t.name: t for t in model.graph.initializer}
         _check_int8_format(model.graph, inits, int8_format, fail)
+    if units is not None:
+        weights, unresolved = _layer_weights(model.graph, inits)
+        seen_units = sum(w.array.shape[0] for w in weights)
+        if unresolved or seen_units != units:
+            raise fail(
+                f"structured pruning is claimed: {units} output units "
+                f"(the file has {seen_units}, {unresolved} weights computed in the graph)",
+                bug,
+            )
     _check_loads(path, example, what=what)
     return {
         "export_check": "ok",
@@ -192,4 +210,11 @@ def check_artifact(
             keep_float=keep_float,
         )
         return check_export(path, claim, what=what, example=example)
-    return check_plan_export(path, plan, int8_format=int8_format, what=what, example=example)
+    return check_plan_export(
+        path,
+        plan,
+        int8_format=int8_format,
+        what=what,
+        example=example,
+        units=units if structured else None,
+    )

@@ -188,6 +188,10 @@ def test_the_per_layer_check_fails_on_an_artifact_that_does_not_hold_the_plan(
     )
     with pytest.raises(ExportClaimError, match=f"layer '{name}' is stored as {other}"):
         check_plan_export(result.onnx_path, claimed, int8_format=None, what="test")
+    units = int(result.metrics["output_units"])
+    check_plan_export(result.onnx_path, plan, int8_format=None, what="test", units=units)
+    with pytest.raises(ExportClaimError, match=f"structured pruning is claimed: {units - 8}"):
+        check_plan_export(result.onnx_path, plan, int8_format=None, what="test", units=units - 8)
     # Tamper with the file: the layer's weight turned back into a plain fp32 initializer.
     model = onnx.load(str(result.onnx_path))
     census = {w.name: w for w in weight_census(model).weights}
