@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from searchspace import TrialParams
-from trials._compress import Prunable
+from trials._compress import Prunable, prunable_layers
 from trials._export import export_onnx
 from trials._plan import MIXED_FORMATS, CompressionPlan, LayerSetting
 from trials._plan_allocate import LayerOption, LayerTable, allocate
@@ -30,7 +30,7 @@ from trials._quantize import DEFAULT_INT8_FORMAT, INT4_GRID, WeightGrid
 from trials._quantize_auto import Int8Choice
 from trials._quantize_int4 import _block_size
 from trials._settings import TrialSettings
-from trials._task import Task
+from trials._task import Task, checked_data
 from trials._trial_steps import layer_names, layer_width
 
 PLAN_JSON = "plan.json"
@@ -157,9 +157,6 @@ class PlanChooser:
     def measure_dense(self, model: nn.Module) -> None:
         if self.params.plan != "mixed":
             return
-        from trials._compress import prunable_layers
-        from trials._task import checked_data
-
         x_train, _ = checked_data(self.task, "train")
         # The search's calibration batch (its baseline seed), so that every trial shares it.
         generator = torch.Generator().manual_seed(self.settings.dense_seed)
