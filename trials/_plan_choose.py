@@ -151,7 +151,8 @@ class PlanChooser:
 
     def _cache_path(self, count: int) -> Path:
         fmt = (self.int8.fmt if self.int8 is not None else DEFAULT_INT8_FORMAT).name
-        key = f"{self.task.name}-{self.baseline_sha256[:16]}-{fmt}-{count}"
+        seed = self.settings.dense_seed
+        key = f"{self.task.name}-{self.baseline_sha256[:16]}-{fmt}-{count}-seed{seed}"
         return self.settings.cache_dir / "sensitivity" / f"{key}.json"
 
     def measure_dense(self, model: nn.Module) -> None:
