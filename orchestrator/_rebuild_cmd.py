@@ -241,6 +241,8 @@ def compare(record: TrialRecord, logged: Mapping[str, float], result: TrialResul
         checks.append(_same("baseline sha256", lineage.baseline_sha256, rebuilt.baseline_sha256))
         checks.append(_same("weights sha256", lineage.weights_sha256, rebuilt.weights_sha256))
         checks.append(_same("pruning", lineage.pruning, rebuilt.pruning))
+        if lineage.plan is not None or rebuilt.plan is not None:
+            checks.append(_same("plan", lineage.plan, rebuilt.plan))
     checks.append(_same("onnx sha256", record.onnx_sha256, file_sha256(result.onnx_path)))
     for name in ("accuracy", "torch_accuracy"):
         if name in logged:

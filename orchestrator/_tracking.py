@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from searchspace import SearchSpec, SlimtuneError, TrialParams
 from searchspace import redact_uri as redact_uri  # the one credential mask, re-exported
+from trials import PLAN_JSON
 
 ROLE_TAG = "slimtune.role"
 # On the search run: the name of its config file among the run's artifacts (what --resume
@@ -31,6 +32,7 @@ CONFIG_ARTIFACT_TAG = "slimtune.config_artifact"
 MAX_TAG_CHARS = 5000
 # Each finished trial's record (trials.TrialRecord as JSON): what `slimtune rebuild` reads.
 RECORD_ARTIFACT = "trial/record.json"
+PLAN_ARTIFACT_DIR = "trial"  # trial/plan.json (trials.PLAN_JSON)
 
 
 class TrackingError(SlimtuneError):
@@ -308,7 +310,7 @@ def finish_trial_run(
     record_json: str | None = None,
 ) -> None:
     """Log a trial's metrics, tags, ONNX file and (when given) its rebuild record
-    (``RECORD_ARTIFACT``), then mark the run FINISHED."""
+    (``RECORD_ARTIFACT``) and its plan (``trial/plan.json``), then mark the run FINISHED."""
     now = int(time.time() * 1000)
     client.log_batch(
         run_id,
@@ -316,6 +318,9 @@ def finish_trial_run(
         tags=[RunTag(k, str(v)[:MAX_TAG_CHARS]) for k, v in tags.items()],
     )
     log_onnx(client, run_id, onnx_path, "model")
+    plan = onnx_path.with_name(PLAN_JSON)
+    if plan.exists():  # the trial's per-layer plan (trials.run_trial writes it)
+        client.log_artifact(run_id, str(plan), PLAN_ARTIFACT_DIR)
     if record_json is not None:
         client.log_text(run_id, record_json, RECORD_ARTIFACT)
     client.set_terminated(run_id, "FINISHED")

@@ -45,6 +45,11 @@ PRUNING_SCHEMES: tuple[str, ...] = ("unstructured", "structured")
 # quantized (int8 activations calibrated) after training. 16 and 32 bits ignore the scheme.
 QUANT_SCHEMES: tuple[str, ...] = ("qat", "ptq")
 
+# Compression plans (docs/quantization.md, "Per-layer plans"). uniform: one bit-width and one
+# sparsity for every layer; mixed: each layer's format chosen by the allocator under
+# space.budget (a fraction of the dense artifact's size), from measured sensitivities.
+PLAN_KINDS: tuple[str, ...] = ("uniform", "mixed")
+
 # Bit-widths with no ONNX Runtime format: they exist only as fake-quant fine-tuning (qat).
 SIMULATED_BITS: tuple[int, ...] = (2, 3, 5, 6, 7)
 
@@ -84,6 +89,9 @@ FIELD_FIXES: dict[str, str] = {
     "out (two standard errors of the best accuracy)",
     "pruning.round_to": "set round_to to a whole number >= 1: 8 (the default) keeps widths "
     "multiples of 8, 1 keeps the exact ratio",
+    "space.plan": "write plan as uniform, mixed or {choices: [uniform, mixed]}",
+    "space.budget": "write budget as a fraction of the dense artifact's size in (0, 1], e.g. "
+    "budget: 0.4 or {low: 0.25, high: 0.6}",
     "space.pruning_scope": "write pruning_scope as global, layer or {choices: [global, layer]}",
     "quantization.keep_float": "list module names of the model, e.g. keep_float: [gru, head]",
 }
@@ -100,10 +108,12 @@ KNOBS = (
     "distill_temperature",
     "quant_scheme",
     "pruning_scope",
+    "plan",
+    "budget",
 )
 
 # Knobs whose values are names (strings), not numbers.
-NAME_KNOBS = ("pruning", "quant_scheme", "pruning_scope")
+NAME_KNOBS = ("pruning", "quant_scheme", "pruning_scope", "plan")
 
 
 class _Strict(BaseModel):
@@ -193,6 +203,31 @@ class Space(_Strict):
     quant_scheme: NameKnob = Choice(choices=["qat"])
     # Unstructured pruning's scope: global (one threshold, each layer capped) or layer.
     pruning_scope: NameKnob = Choice(choices=["global"])
+    # Per-layer plans: uniform (every layer at `bits`) or mixed (the allocator picks each
+    # layer's format so that the predicted artifact is at most `budget` x the dense one's).
+    plan: NameKnob = Choice(choices=["uniform"])
+    budget: Knob = 0.5
+
+    @field_validator("plan")
+    @classmethod
+    def _plan(cls, v: Any) -> Any:
+        values = list(v.choices) if isinstance(v, Choice) else [v]
+        bad = [x for x in values if x not in PLAN_KINDS]
+        if bad:
+            raise ValueError(
+                f"plan must be one of {list(PLAN_KINDS)} (got {bad[0]!r}); "
+                "e.g. {choices: [uniform, mixed]}"
+            )
+        return v
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, v: Any) -> Any:
+        return _check_knob(
+            v,
+            lambda x: 0.0 < x <= 1.0,
+            "budget must be in (0, 1] (a fraction of the dense artifact's size)",
+        )
 
     @field_validator("quant_scheme")
     @classmethod
@@ -670,6 +705,8 @@ class TrialParams:
     distill_temperature: float = 2.0
     quant_scheme: str = "qat"
     pruning_scope: str = "global"
+    plan: str = "uniform"
+    budget: float = 0.5
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -706,6 +743,10 @@ class TrialParams:
                 f"pruning_scope must be one of {list(PRUNING_SCOPES)}, but got "
                 f"pruning_scope={self.pruning_scope!r}"
             )
+        if self.plan not in PLAN_KINDS:
+            raise ValueError(f"plan must be one of {list(PLAN_KINDS)}, but got plan={self.plan!r}")
+        if not 0.0 < self.budget <= 1.0:
+            raise ValueError(f"`0 < budget <= 1` must hold, but got budget={self.budget}")
         if self.quant_scheme == "ptq" and self.bits in SIMULATED_BITS:
             raise ValueError(
                 f"quant_scheme 'ptq' cannot produce bits={self.bits} (simulated widths "
@@ -724,6 +765,8 @@ class TrialParams:
             distill_temperature=float(d.get("distill_temperature", 2.0)),
             quant_scheme=str(d.get("quant_scheme", "qat")),
             pruning_scope=str(d.get("pruning_scope", "global")),
+            plan=str(d.get("plan", "uniform")),
+            budget=float(d.get("budget", 0.5)),
         )
 
     def to_dict(self) -> dict[str, Any]:

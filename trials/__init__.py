@@ -28,6 +28,10 @@ from trials._measure import (
     measure_onnx,
     onnx_accuracy,
 )
+from trials._plan import CompressionPlan, LayerSetting
+from trials._plan_allocate import Allocation, LayerOption, LayerTable, allocate
+from trials._plan_choose import PLAN_JSON
+from trials._plan_export import check_plan_export
 from trials._quantize_auto import (
     Int8Cache,
     Int8Subject,
@@ -61,9 +65,12 @@ from trials.tasks import DigitsTask, Mnist1dLargeTask, Mnist1dSmallTask, Mnist1d
 
 __all__ = [
     "BUILTIN_TASKS",
+    "PLAN_JSON",
     "RECORD_SCHEMA_VERSION",
+    "Allocation",
     "Baseline",
     "BaselineCacheError",
+    "CompressionPlan",
     "DigitsTask",
     "EarlyMeasurement",
     "ExportClaim",
@@ -79,6 +86,9 @@ __all__ = [
     "LatencyReading",
     "LatencySession",
     "LatencyStats",
+    "LayerOption",
+    "LayerSetting",
+    "LayerTable",
     "Lineage",
     "Mnist1dLargeTask",
     "Mnist1dSmallTask",
@@ -100,7 +110,9 @@ __all__ = [
     "TrialResult",
     "TrialSettings",
     "VersionDrift",
+    "allocate",
     "check_export",
+    "check_plan_export",
     "check_task",
     "cpu_identity",
     "ensure_baseline",

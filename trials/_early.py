@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from torch.nn.utils import parametrize
 
 from trials._compress import (
     GradualPruning,
+    Prunable,
     bake,
     prunable_layers,
     round_to_grid,
@@ -32,6 +33,10 @@ from trials._measure import LatencyMeter, measure_onnx
 from trials._quantize import WeightGrid
 from trials._settings import TrialResult, TrialSettings
 from trials._task import Task, checked_data
+
+# ptq rounds the trained weights to the grid of their format: one grid, one per layer (a
+# per-layer plan), or none (qat, fp32/fp16).
+PtqGrids = WeightGrid | Sequence[WeightGrid | None] | None
 
 EARLY_ONNX = "model.early.onnx"
 # Metrics of the early measurement that the final one must reproduce exactly: the artifact's
@@ -112,7 +117,7 @@ def measure_first(
     model: nn.Module,
     *,
     unstructured_target: float,
-    ptq_grid: WeightGrid | None,
+    ptq_grid: PtqGrids,
     export: Callable[[nn.Module, Path], dict[str, str]],
     task: Task,
     settings: TrialSettings,
@@ -137,8 +142,7 @@ def measure_first(
         if parametrize.is_parametrized(layer, "weight"):
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
     bake(layers, masks)
-    if ptq_grid is not None:
-        round_to_grid(layers, ptq_grid)
+    _round(layers, ptq_grid)
     path = settings.work_dir / EARLY_ONNX
     try:
         export(twin, path)
@@ -191,7 +195,7 @@ class RungHook:
         report: RungReporter,
         *,
         start: float,
-        ptq_grid: WeightGrid | None = None,
+        ptq_grid: PtqGrids = None,
     ) -> None:
         self.model = model
         self.task = task
@@ -245,5 +249,16 @@ class RungHook:
         for layer in layers:
             if parametrize.is_parametrized(layer, "weight"):
                 parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
-        round_to_grid(layers, self.ptq_grid)
+        _round(layers, self.ptq_grid)
         return twin
+
+
+def _round(layers: list[Prunable], grids: PtqGrids) -> None:
+    """Round each layer's weight to its grid: one grid for all, or one per layer (a per-layer
+    plan; None leaves a layer float)."""
+    if grids is None:
+        return
+    per = [grids] * len(layers) if isinstance(grids, WeightGrid) else list(grids)
+    for layer, grid in zip(layers, per, strict=True):
+        if grid is not None:
+            round_to_grid([layer], grid)

@@ -3,7 +3,7 @@ the ``Int8Format``s); fp16. The int4 export is ``trials._quantize_int4``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -79,11 +79,14 @@ def quantize_int8(
     *,
     what: str,
     fmt: Int8Format = DEFAULT_INT8_FORMAT,
+    only_weights: Collection[str] | None = None,
 ) -> None:
     """Static QDQ int8 quantization of an fp32 ONNX file in format ``fmt`` (activation type,
     per-channel or per-tensor symmetric weights, reduce_range), activations calibrated (min-max)
     on the given inputs. The weights land on ``fmt.grid``, the grid qat fine-tunes on. Raises if
-    the result has no QuantizeLinear/DequantizeLinear nodes."""
+    the result has no QuantizeLinear/DequantizeLinear nodes. With ``only_weights`` (initializer
+    names, a per-layer plan's int8 layers) only the nodes reading those weights are quantized;
+    the others stay float."""
     pre_path = out_path.with_name(out_path.stem + ".pre.onnx")
     try:
         quant_pre_process(str(fp32_path), str(pre_path))
@@ -99,6 +102,9 @@ def quantize_int8(
             extra_options={"WeightSymmetric": True},
             calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=float_tables(pre_path),
+            nodes_to_quantize=(
+                None if only_weights is None else nodes_reading(pre_path, only_weights)
+            ),
         )
     except Exception as exc:
         raise QuantizationError(
@@ -135,12 +141,32 @@ def float_tables(path: Path) -> list[str]:
     ]
 
 
+def nodes_reading(path: Path, weights: Collection[str]) -> list[str]:
+    """Names of the Conv/Gemm/MatMul nodes of the ONNX file at ``path`` whose weight input is
+    one of the initializers ``weights``."""
+    model = onnx.load(str(path), load_external_data=False)
+    wanted = set(weights)
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in wanted
+    ]
+
+
 def quantize_int4(
-    fp32_path: Path, out_path: Path, *, what: str, matmulnbits: bool = True
+    fp32_path: Path,
+    out_path: Path,
+    *,
+    what: str,
+    matmulnbits: bool = True,
+    only_weights: Collection[str] | None = None,
 ) -> Int4Export:
     """The real int4 artifact of an fp32 ONNX file (``trials._quantize_int4``: MatMulNBits for
-    Linear, int4 DequantizeLinear for Conv, weights on ``INT4_GRID``), one self-contained file."""
-    summary = rewrite_int4(fp32_path, out_path, what=what, matmulnbits=matmulnbits)
+    Linear, int4 DequantizeLinear for Conv, weights on ``INT4_GRID``), one self-contained file;
+    with ``only_weights`` only the layers reading those initializers."""
+    summary = rewrite_int4(
+        fp32_path, out_path, what=what, matmulnbits=matmulnbits, only_weights=only_weights
+    )
     _finish_artifact(out_path, what=what)
     return summary
 

@@ -15,6 +15,7 @@ fine-tuning or ``round_to_grid``). Activations stay float: it is a weight-only f
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,15 +46,21 @@ class Int4Export:
 
 
 def rewrite_int4(
-    fp32_path: Path, out_path: Path, *, what: str, matmulnbits: bool = True
+    fp32_path: Path,
+    out_path: Path,
+    *,
+    what: str,
+    matmulnbits: bool = True,
+    only_weights: Collection[str] | None = None,
 ) -> Int4Export:
     """Write ``out_path``: the fp32 ONNX file at ``fp32_path`` with every constant Conv, Gemm
     and MatMul weight stored as int4 (see the module docstring; ``matmulnbits=False`` puts the
-    Linear layers behind int4 DequantizeLinear too, for comparison). Raises
+    Linear layers behind int4 DequantizeLinear too, for comparison; ``only_weights``: only the
+    layers reading those initializers, the others left as they are). Raises
     ``QuantizationError`` if the model has no such layer or the rewrite fails."""
     try:
         model = version_converter.convert_version(onnx.load(str(fp32_path)), INT4_OPSET)
-        summary = _rewrite(model.graph, matmulnbits=matmulnbits)
+        summary = _rewrite(model.graph, matmulnbits=matmulnbits, only=only_weights)
         if summary.matmulnbits and not any(o.domain == _MS_DOMAIN for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid(_MS_DOMAIN, 1))
         onnx.checker.check_model(model)
@@ -94,7 +101,9 @@ def unpack_matmulnbits(packed: np.ndarray, k: int) -> np.ndarray:
     return codes[:, :k].astype(np.int8) - _ZERO_CODE
 
 
-def _rewrite(graph: onnx.GraphProto, *, matmulnbits: bool) -> Int4Export:
+def _rewrite(
+    graph: onnx.GraphProto, *, matmulnbits: bool, only: Collection[str] | None = None
+) -> Int4Export:
     inits = {t.name: t for t in graph.initializer}
     users: dict[str, int] = {}
     for node in graph.node:
@@ -104,7 +113,8 @@ def _rewrite(graph: onnx.GraphProto, *, matmulnbits: bool) -> Int4Export:
     nbits = dq = 0
     for node in graph.node:
         weight = node.input[1] if len(node.input) > 1 else ""
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or weight not in inits:
+        chosen = only is None or weight in only
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or weight not in inits or not chosen:
             nodes.append(node)
             continue
         if users[weight] != 1:  # a shared weight: leave it as it is (the export check says so)

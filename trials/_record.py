@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from searchspace import ConfigError, SearchSpec, SlimtuneError, TrialParams
+from trials._plan import CompressionPlan
 from trials._settings import Lineage, PruningLog, TrialResult, TrialSettings
 
 RECORD_SCHEMA_VERSION = 1
@@ -229,6 +230,7 @@ class TrialRecord:
             "pruning": dataclasses.asdict(lineage.pruning) if lineage else None,
             "outcome": {
                 "int8_format": lineage.int8_format if lineage else None,
+                "plan": lineage.plan if lineage else None,
                 "weights_sha256": lineage.weights_sha256 if lineage else None,
                 "onnx_sha256": self.onnx_sha256,
                 "size_bytes": self.size_bytes,
@@ -271,6 +273,7 @@ class TrialRecord:
                 weights_sha256=r.text(outcome, "outcome.weights_sha256"),
                 pruning=r.pruning(),
                 int8_format=r.optional_text(outcome, "outcome.int8_format"),
+                plan=r.plan(outcome),
             )
         return cls(
             spec=spec,
@@ -373,6 +376,16 @@ class _Reader:
 
     def optional_text(self, where: Mapping[str, Any], field: str) -> str | None:
         return None if where.get(field.rsplit(".", 1)[-1]) is None else self.text(where, field)
+
+    def plan(self, outcome: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A mixed trial's plan (absent in records of uniform trials), checked to be one."""
+        raw = outcome.get("plan")
+        if raw is None:
+            return None
+        try:
+            return CompressionPlan.from_dict(raw).to_dict()
+        except ConfigError as exc:
+            self.fail("outcome.plan", raw, f"it must be a CompressionPlan ({exc})", _REDO)
 
     def spec(self) -> SearchSpec:
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from searchspace import INT8_FORMATS, ConfigError, SearchSpec
 from trials._device import check_device_name
@@ -274,13 +274,15 @@ class Lineage:
     """Where a trial's model came from, as fingerprints a rebuild can check: the dense baseline
     it started from (its seed and the SHA-256 of its weights), the SHA-256 of the compressed
     model's weights just before export, and what pruning did. See ``trials.weights_sha256``.
-    ``int8_format``: the int8 format an 8-bit trial used (``auto`` resolved; None otherwise)."""
+    ``int8_format``: the int8 format an 8-bit trial used (``auto`` resolved; None otherwise).
+    ``plan``: a mixed trial's per-layer plan (``CompressionPlan.to_dict``; None when uniform)."""
 
     baseline_seed: int
     baseline_sha256: str
     weights_sha256: str
     pruning: PruningLog
     int8_format: str | None = None
+    plan: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -5,55 +5,57 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from searchspace import SIMULATED_BITS, TrialParams
+from searchspace import TrialParams
 from trials._artifact_weights import artifact_sparsity
 from trials._attention import rewrite_multihead_attention
 from trials._baseline import ensure_baseline, load_baseline_model
 from trials._compress import (
     GradualPruning,
-    Prunable,
-    attach,
     bake,
     layer_sparsity_text,
     packed_size_bytes,
     param_counts,
     prunable_layers,
-    round_to_grid,
-    zero_weights,
 )
 from trials._device import device_data, device_description, prepare_device, training_device
 from trials._early import RungHook, RungReporter, measure_first
-from trials._errors import PruningError, TaskError
-from trials._export import (
-    FP16_FORMAT,
-    convert_fp16,
-    export_onnx,
-    quantize_int4,
-    quantize_int8,
-)
+from trials._errors import TaskError
+from trials._export import export_onnx
 from trials._export_check import ExportClaim, check_export
 from trials._measure import LatencyMeter, measure_onnx
-from trials._quantize import (
-    DEFAULT_INT8_FORMAT,
-    INT4_COMPUTE,
-    INT4_FORMAT,
-    INT4_GRID,
-    WeightGrid,
-    weight_grid,
-)
-from trials._quantize_auto import Int8Choice, Int8Subject, choose_int8_format, resolved_choice
+from trials._plan_choose import PlanChooser, measured_plan_tags, plan_tags, write_plan
+from trials._plan_export import check_artifact
 from trials._record import weights_sha256
-from trials._settings import Baseline, Lineage, PruningLog, TrialResult, TrialSettings
-from trials._structured import StructuredPruning, output_units, prune_structured
+from trials._settings import Lineage, TrialResult, TrialSettings
+from trials._structured import output_units
 from trials._task import Task, checked_data
 from trials._train import Distillation, fit, predict, steps_per_epoch
+from trials._trial_export import (
+    calibration,
+    embedding_tables,
+    export_artifact,
+    int8_choice,
+    int8_subject,
+    layer_grid,
+)
+from trials._trial_steps import (
+    attach_grids,
+    check_sparsity,
+    layer_width,
+    plan_packed_bytes,
+    pruning_effect,
+    pruning_log,
+    round_to_grids,
+    step_hook,
+    structured_step,
+)
+
+__all__ = ["embedding_tables", "int8_subject", "run_baseline", "run_trial"]
 
 TRIAL_ONNX = "model.onnx"
 BASELINE_ONNX = "baseline.onnx"
@@ -111,7 +113,9 @@ def run_trial(
     start = time.perf_counter()
     what = (
         f"trial of task {task.name!r} (pruning={params.pruning}, lr={params.lr:g}, "
-        f"batch_size={params.batch_size}, sparsity={params.sparsity:g}, bits={params.bits})"
+        f"batch_size={params.batch_size}, sparsity={params.sparsity:g}, "
+        + (f"plan=mixed, budget={params.budget:g})" if params.plan == "mixed" else "")
+        + (f"bits={params.bits})" if params.plan != "mixed" else "")
     )
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     # Once per process: CUDA's set-up and the training data's copy on the device (~0 s after).
@@ -125,6 +129,7 @@ def run_trial(
     )
     x_train, _ = checked_data(task, "train")
     example = task.example_input().float()
+    inputs = calibration(x_train, settings)
     tags: dict[str, str] = {
         "pruning": params.pruning,
         "device": device.type,
@@ -134,9 +139,7 @@ def run_trial(
         "device_init_seconds": device_init_seconds,
         "data_seconds": data_seconds,
     }
-    int8 = _int8_choice(task, params, settings, baseline, x_train, example, what=what)
-    grid = _export_grid(params.bits, int8)
-    train_grid = grid if params.quant_scheme == "qat" else None  # ptq fine-tunes in float
+    int8 = int8_choice(task, params, settings, baseline, x_train, example, what=what)
 
     # fork_rng: anything random in the model (dropout) is seeded without touching the caller's
     # global RNG state.
@@ -153,31 +156,28 @@ def run_trial(
                 f"{type(model).__name__} has none. Fix: use a model built from nn.Conv*d/nn.Linear."
             )
         dense_units = output_units(model)
-        structured: StructuredPruning | None = None
-        if params.pruning == "structured":
-            structured = prune_structured(
-                model, example, params.sparsity, what=what, round_to=settings.pruning_round_to
-            )
-            tags["pruning_widths"] = ",".join(str(w) for w in structured.widths)
-            tags["pruning_round_to"] = str(settings.pruning_round_to)
-            if params.sparsity > 0 and structured.removed == 0:
-                tags["pruning_effect"] = (
-                    f"none: ratio {params.sparsity:g} removes no unit at round_to "
-                    f"{settings.pruning_round_to}"
-                )
-            if structured.heads:
-                tags["pruning_heads"] = structured.attention_tag()
+        dense_widths = [layer_width(layer) for layer in prunable_layers(model)]
+        chooser = PlanChooser(
+            task, params, settings, baseline_sha256, int8, inputs, example, what=what
+        )
+        chooser.measure_dense(model)  # sensitivity of the dense model (mixed plans; cached)
+        structured = structured_step(model, example, params, settings, tags, what=what)
         layers = prunable_layers(model)
+        plan = chooser.choose(model, layers, dense_widths)
+        tags.update(plan_tags(plan))
+        grids = [layer_grid(setting, int8) for _, setting in plan.layers]
+        qat = params.quant_scheme == "qat"
+        train_grids = grids if qat else [None] * len(grids)  # ptq fine-tunes in float
         masks = [torch.ones_like(layer.weight, dtype=torch.bool) for layer in layers]
         schedule: GradualPruning | None = None
         if params.pruning == "unstructured" and params.sparsity > 0:
-            attach(layers, masks, grid=train_grid)
+            attach_grids(layers, masks, train_grids)
             total_steps = settings.epochs * steps_per_epoch(len(x_train), params.batch_size)
             schedule = GradualPruning(
                 layers, params.sparsity, total_steps, scope=params.pruning_scope
             )
-        elif train_grid is not None:
-            attach(layers, masks, grid=train_grid)
+        elif any(g is not None for g in train_grids):
+            attach_grids(layers, masks, train_grids)
         distill = None
         if params.distill_weight > 0:
             distill = Distillation(
@@ -188,19 +188,19 @@ def run_trial(
             tags["distill"] = f"weight={params.distill_weight:g},T={params.distill_temperature:g}"
         hook: RungHook | None = None
         if rungs is not None:
-            ptq_grid = grid if train_grid is None else None
+            ptq_grids = None if qat or not any(grids) else grids
             early = measure_first(
                 model,
                 unstructured_target=params.sparsity if schedule is not None else 0.0,
-                ptq_grid=ptq_grid,
-                export=lambda m, path: _export_artifact(
-                    m, example, path, params, int8, _calibration(x_train, settings), what=what
+                ptq_grid=ptq_grids,
+                export=lambda m, path: export_artifact(
+                    m, example, path, params, plan, int8, inputs, what=what
                 ),
                 task=task,
                 settings=settings,
                 meter=meter,
             )
-            hook = RungHook(model, task, early, rungs, start=start, ptq_grid=ptq_grid)
+            hook = RungHook(model, task, early, rungs, start=start, ptq_grid=ptq_grids)
             hook.before_training()
         train_seconds = fit(
             model,
@@ -211,7 +211,7 @@ def run_trial(
             batch_size=params.batch_size,
             seed=settings.seed,
             what=what,
-            on_step=_step_hook(schedule, meter),
+            on_step=step_hook(schedule, meter),
             distill=distill,
             on_epoch=hook,
         )
@@ -224,15 +224,16 @@ def run_trial(
             tags["pruning_scope"] = params.pruning_scope
             tags["layer_sparsity"] = layer_sparsity_text(model, layers)
     bake(layers, masks)
-    if grid is not None and train_grid is None:
-        round_to_grid(layers, grid)  # ptq: the weight half of post-training quantization
-    _check_sparsity(layers, masks, params.sparsity if schedule else 0.0, what=what)
+    if not qat:
+        round_to_grids(layers, grids)  # ptq: the weight half of post-training quantization
+    check_sparsity(layers, masks, params.sparsity if schedule else 0.0, what=what)
     lineage = Lineage(
         baseline_seed=settings.dense_seed,
         baseline_sha256=baseline_sha256,
         weights_sha256=weights_sha256(model),
-        pruning=_pruning_log(params, settings, len(x_train), schedule, structured),
-        int8_format=int8.fmt.name if int8 is not None else None,
+        pruning=pruning_log(params, settings, len(x_train), schedule, structured),
+        int8_format=int8.fmt.name if int8 is not None and plan.layers_in("int8") else None,
+        plan=plan.to_dict() if plan.kind == "mixed" else None,
     )
     units = output_units(model)
     extra.update(
@@ -243,33 +244,33 @@ def run_trial(
 
     onnx_path = settings.work_dir / TRIAL_ONNX
     export_start = time.perf_counter()
-    tags.update(
-        _export_artifact(
-            model, example, onnx_path, params, int8, _calibration(x_train, settings), what=what
-        )
-    )
+    tags.update(export_artifact(model, example, onnx_path, params, plan, int8, inputs, what=what))
     tables = embedding_tables(model)
     if tables:
         tags["embeddings"] = (
-            f"{'fp16' if params.bits == 16 else 'fp32'}: {tables} nn.Embedding weights kept "
-            "float (not quantized) at every bit-width"
+            f"{'fp16' if params.bits == 16 and plan.kind == 'uniform' else 'fp32'}: {tables} "
+            "nn.Embedding weights kept float (not quantized) at every bit-width"
         )
-    claim = ExportClaim(
-        bits=params.bits,
-        units=units,
-        dense_units=dense_units,
-        structured=structured is not None and structured.removed > 0,
-        int8_format=int8.fmt.name if int8 is not None else None,
-        keep_float=settings.keep_float,
+    tags.update(
+        check_artifact(
+            onnx_path,
+            plan,
+            units=units,
+            dense_units=dense_units,
+            structured=structured is not None and structured.removed > 0,
+            int8_format=lineage.int8_format,
+            keep_float=settings.keep_float,
+            what=what,
+            example=example.numpy(),
+        )
     )
-    tags.update(check_export(onnx_path, claim, what=what, example=example.numpy()))
     export_seconds = time.perf_counter() - export_start
     result = _measured(
         model,
         task,
         settings,
         onnx_path,
-        bits=params.bits,
+        packed_bytes=plan_packed_bytes(model, layers, plan),
         tags=tags,
         train_seconds=train_seconds,
         export_seconds=export_seconds,
@@ -277,7 +278,9 @@ def run_trial(
         extra=extra,
         meter=meter,
     )
-    result.tags.update(_pruning_effect(params, result.metrics["sparsity_achieved"]))
+    result.tags.update(pruning_effect(params, result.metrics["sparsity_achieved"]))
+    result.tags.update(measured_plan_tags(plan, result.metrics["size_bytes"]))
+    write_plan(plan, settings.work_dir)
     result = dataclasses.replace(result, lineage=lineage)
     return hook.early.merged_into(result) if hook is not None else result
 
@@ -316,7 +319,7 @@ def run_baseline(
         task,
         settings,
         onnx_path,
-        bits=32,
+        packed_bytes=packed_size_bytes(model, 32),
         tags=tags,
         train_seconds=baseline.train_seconds,
         export_seconds=export_seconds,
@@ -336,7 +339,7 @@ def _measured(
     settings: TrialSettings,
     onnx_path: Path,
     *,
-    bits: int,
+    packed_bytes: int,
     tags: dict[str, str],
     train_seconds: float,
     export_seconds: float,
@@ -353,7 +356,7 @@ def _measured(
         nonzero_params=float(nonzero),
         total_params=float(total),
         sparsity_achieved=artifact_sparsity(onnx_path),
-        size_packed_bytes=float(packed_size_bytes(model, bits)),
+        size_packed_bytes=float(packed_bytes),
         train_seconds=train_seconds,
         export_seconds=export_seconds,
         **extra,
@@ -366,205 +369,3 @@ def _measured(
         "exporter": "torch.onnx.export(dynamo=True)",
     }
     return TrialResult(metrics=metrics, tags=all_tags, onnx_path=onnx_path)
-
-
-def _pruning_effect(params: TrialParams, achieved: float) -> dict[str, str]:
-    """The tag ``pruning_effect`` when unstructured pruning left under half the requested
-    sparsity in the artifact: it prunes Conv/Linear weights only, and the model keeps most of
-    its weights elsewhere (a GRU, an embedding, attention's in_proj)."""
-    if params.pruning != "unstructured" or params.sparsity <= 0:
-        return {}
-    if achieved >= 0.5 * params.sparsity:
-        return {}
-    return {
-        "pruning_effect": (
-            f"partial: sparsity {params.sparsity:g} requested, {achieved:.3f} of the artifact's "
-            "weights are zero; only Conv/Linear weights are pruned"
-        )
-    }
-
-
-def _step_hook(
-    schedule: GradualPruning | None, meter: LatencyMeter | None
-) -> Callable[[int, int], None] | None:
-    """Before each training step: the pruning schedule, then the meter's pause point (where a
-    latency measurement on this machine may hold the trial)."""
-    if meter is None:
-        return schedule
-
-    def hook(step: int, total_steps: int) -> None:
-        if schedule is not None:
-            schedule(step, total_steps)
-        meter.pause_point()
-
-    return hook
-
-
-def _pruning_log(
-    params: TrialParams,
-    settings: TrialSettings,
-    n_train: int,
-    schedule: GradualPruning | None,
-    structured: StructuredPruning | None,
-) -> PruningLog:
-    log = PruningLog(scheme=params.pruning, target=params.sparsity)
-    if schedule is not None:
-        log = dataclasses.replace(
-            log,
-            total_steps=settings.epochs * steps_per_epoch(n_train, params.batch_size),
-            ramp_steps=schedule.ramp_steps,
-            every=schedule.every,
-            history=tuple(schedule.history),
-        )
-    if structured is not None:
-        log = dataclasses.replace(log, widths=structured.widths)
-    return log
-
-
-def _int8_choice(
-    task: Task,
-    params: TrialParams,
-    settings: TrialSettings,
-    baseline: Baseline,
-    x_train: torch.Tensor,
-    example: torch.Tensor,
-    *,
-    what: str,
-) -> Int8Choice | None:
-    """The int8 format of an 8-bit trial, before fine-tuning (qat trains on its grid):
-    ``settings.int8_format``, where ``auto`` is the search's resolution (``settings.int8_auto``,
-    timed by its latency meter) or, for a trial run without a search, timed here on the dense
-    model once per machine and cached."""
-    if params.bits != 8:
-        return None
-    if settings.int8_format == "auto" and settings.int8_auto is not None:
-        return resolved_choice(settings.int8_auto)
-    return choose_int8_format(
-        settings.int8_format,
-        task_name=task.name,
-        dense=load_baseline_model(task, baseline),
-        example=example,
-        calibration=_calibration(x_train, settings),
-        cache_dir=settings.cache_dir,
-        what=what,
-    )
-
-
-def int8_subject(task: Task, settings: TrialSettings) -> Int8Subject:
-    """What ``int8_format: auto`` times for ``settings``: the dense baseline the trials compress
-    (trained now if not cached), the task's example input and the calibration data of
-    ``settings.seed``."""
-    baseline = ensure_baseline(
-        task, seed=settings.dense_seed, cache_dir=settings.cache_dir, device=settings.device
-    )
-    x_train, _ = checked_data(task, "train")
-    return Int8Subject(
-        task_name=task.name,
-        dense=load_baseline_model(task, baseline),
-        example=task.example_input().float(),
-        calibration=_calibration(x_train, settings),
-    )
-
-
-def _export_grid(bits: int, int8: Int8Choice | None) -> WeightGrid | None:
-    """The weight grid of the exported artifact (and of qat's fake quantization): the int8
-    format's at 8 bits, ``INT4_GRID`` at 4, the default grid of 2, 3, 5-7; None above 8."""
-    if bits == 8 and int8 is not None:
-        return int8.fmt.grid
-    if bits == 4:
-        return INT4_GRID
-    return weight_grid(bits) if bits < 8 else None
-
-
-def _export_artifact(
-    model: nn.Module,
-    example: torch.Tensor,
-    onnx_path: Path,
-    params: TrialParams,
-    int8: Int8Choice | None,
-    calibration: np.ndarray,
-    *,
-    what: str,
-) -> dict[str, str]:
-    """Write the trial's artifact for ``params.bits`` and return the tags that say what it is:
-    ``artifact`` (real or simulated), ``format``, ``quantization``, ``quant_scheme`` (qat, ptq;
-    none at 16 and 32 bits), and what the CPU kernel computes in where that is not the format."""
-    scheme = params.quant_scheme if params.bits <= 8 else "none"
-    if params.bits in (32, *SIMULATED_BITS):
-        export_onnx(model, example, onnx_path, what=what)
-        if params.bits == 32:
-            return {
-                "artifact": "real",
-                "format": "fp32",
-                "quantization": "none",
-                "quant_scheme": scheme,
-            }
-        return {
-            "artifact": "simulated",
-            "format": f"fp32-baked-{params.bits}bit",
-            "quantization": "fake-quant-baked",
-            "quant_scheme": scheme,
-        }
-    fp32_path = onnx_path.with_name(onnx_path.stem + ".fp32.onnx")
-    try:
-        export_onnx(model, example, fp32_path, what=what)
-        if params.bits == 8:
-            fmt = int8.fmt if int8 is not None else DEFAULT_INT8_FORMAT
-            quantize_int8(fp32_path, onnx_path, calibration, what=what, fmt=fmt)
-            return {
-                "artifact": "real",
-                "format": fmt.tag,
-                "quantization": "static-qdq",
-                "quant_scheme": scheme,
-                **(int8.tags() if int8 is not None else {"int8_format": fmt.name}),
-            }
-        if params.bits == 4:
-            written = quantize_int4(fp32_path, onnx_path, what=what)
-            return {
-                "artifact": "real",
-                "format": INT4_FORMAT,
-                "quantization": "int4-weight-only",
-                "quant_scheme": scheme,
-                "int4_layers": f"matmulnbits={written.matmulnbits},dequantize={written.dequantize}",
-                "int4_compute": INT4_COMPUTE,
-            }
-        casts = convert_fp16(fp32_path, onnx_path, what=what)
-        return {
-            **(
-                {"fp16_casts": f"{casts} float32 Casts of the model now cast to float16"}
-                if casts
-                else {}
-            ),
-            "artifact": "real",
-            "format": FP16_FORMAT,
-            "quantization": "fp16",
-            "quant_scheme": scheme,
-            "fp16_compute": "ONNX Runtime's CPU provider casts fp16 to fp32 and computes in fp32",
-        }
-    finally:
-        fp32_path.unlink(missing_ok=True)
-
-
-def embedding_tables(model: nn.Module) -> int:
-    """How many weights the model's ``nn.Embedding`` tables hold (kept float in every artifact)."""
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
-
-
-def _check_sparsity(
-    layers: list[Prunable], masks: list[torch.Tensor], requested: float, *, what: str
-) -> None:
-    pruned = sum(int((~m).sum()) for m in masks)
-    zeros, total = zero_weights(layers)
-    if zeros < pruned:
-        raise PruningError(
-            f"{what}: the achieved weight sparsity must be at least the requested {requested:g}, "
-            f"but only {zeros} of {total} weights are zero ({pruned} pruned). "
-            "Fix: report this as a slimtune bug."
-        )
-
-
-def _calibration(x_train: torch.Tensor, settings: TrialSettings) -> np.ndarray:
-    generator = torch.Generator().manual_seed(settings.seed)
-    count = min(settings.calibration_samples, len(x_train))
-    idx = torch.randperm(len(x_train), generator=generator)[:count]
-    return x_train[idx].numpy()

@@ -232,12 +232,12 @@ def test_a_trial_whose_artifact_lies_fails(
     """If quantization silently did nothing, run_trial raises instead of returning a result."""
     import shutil
 
-    import trials._trial
+    import trials._trial_export
 
     def no_quantization(fp32_path: Path, out_path: Path, *args: object, **kwargs: object) -> None:
         shutil.copyfile(fp32_path, out_path)
 
-    monkeypatch.setattr(trials._trial, "quantize_int8", no_quantization)
+    monkeypatch.setattr(trials._trial_export, "quantize_int8", no_quantization)
     params = TrialParams(lr=1e-3, batch_size=32, sparsity=0.0, bits=8)
     with pytest.raises(ExportClaimError, match="8-bit"):
         run_trial(tiny_task, params, make_settings(shared_cache, tmp_path))

@@ -281,13 +281,13 @@ def test_ptq_fine_tunes_in_float_and_qat_on_the_grid(
     import trials._trial
 
     grids = []
-    real_attach = trials._trial.attach
+    real_attach = trials._trial.attach_grids
 
-    def spy(*args: object, **kwargs: object) -> None:
-        grids.append(kwargs.get("grid"))
-        real_attach(*args, **kwargs)  # type: ignore[arg-type]
+    def spy(layers: list[nn.Module], masks: list[object], layer_grids: list[object]) -> None:
+        grids.append(set(layer_grids).pop() if len(set(layer_grids)) == 1 else layer_grids)
+        real_attach(layers, masks, layer_grids)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(trials._trial, "attach", spy)
+    monkeypatch.setattr(trials._trial, "attach_grids", spy)
     for scheme in ("qat", "ptq"):
         params = TrialParams(lr=1e-3, batch_size=64, sparsity=0.3, bits=4, quant_scheme=scheme)
         settings = make_settings(shared_cache, tmp_path / scheme, epochs=1)
@@ -359,13 +359,13 @@ def test_a_trial_whose_int4_artifact_lies_fails(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """If the int4 export silently wrote the fp32 file, run_trial raises instead of measuring."""
-    import trials._trial
+    import trials._trial_export
 
     def no_int4(fp32_path: Path, out_path: Path, *args: object, **kwargs: object) -> Int4Export:
         shutil.copyfile(fp32_path, out_path)
         return Int4Export(matmulnbits=0, dequantize=0)
 
-    monkeypatch.setattr(trials._trial, "quantize_int4", no_int4)
+    monkeypatch.setattr(trials._trial_export, "quantize_int4", no_int4)
     params = TrialParams(lr=1e-3, batch_size=32, sparsity=0.0, bits=4)
     with pytest.raises(ExportClaimError, match="int4"):
         run_trial(tiny_task, params, make_settings(shared_cache, tmp_path, epochs=0))

@@ -1,0 +1,178 @@
+"""Per-layer plans (issue 17): the front of a mixed-plan search against a uniform one.
+
+    python benchmarks/plan_front.py [--configs examples/mnist1d.yaml examples/transformer.yaml]
+        [--n 30] [--seed 0] [--out FILE] [--smoke]
+
+For each config, two studies of the config's sampler with the same seed and the same number of
+trials, trials one after another (``trials.run_trial``; no Ray, no MLflow), one torch thread:
+
+- ``uniform``: the config's space with ``plan: uniform``;
+- ``mixed``: ``plan: mixed`` with ``budget`` searched in [0.15, 0.7] (``bits`` unused).
+
+Reported per config and kind: the hypervolume (accuracy, size_bytes, latency_ms; reference from
+the dense baseline), and, among trials whose accuracy is within 0.5 point of the best uniform
+trial's, the smallest file and the lowest latency; the ratio uniform / mixed of each; and for
+the mixed trials the median and worst |predicted - measured| / measured size.
+
+Latency is timed inline: run it on a quiet machine. ``--smoke``: digits, 2 trials of 1 epoch per
+kind, a short latency plan: checks that the script runs, not a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from orchestrator._samplers import build_sampler
+from reports import hypervolume, reference_point
+from searchspace import Choice, FloatRange, SearchSpec, TrialParams, load_spec, to_distributions
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIGS = [ROOT / "examples" / "mnist1d.yaml", ROOT / "examples" / "transformer.yaml"]
+OBJECTIVES = [("accuracy", "maximize"), ("size_bytes", "minimize"), ("latency_ms", "minimize")]
+WITHIN = 0.005  # accuracy within 0.5 point of the best uniform trial
+
+
+def kind_spec(spec: SearchSpec, kind: str, *, smoke: bool) -> SearchSpec:
+    space: dict[str, Any] = {"plan": Choice(choices=[kind])}
+    if kind == "mixed":
+        space["budget"] = FloatRange(low=0.15, high=0.7)
+    update: dict[str, Any] = {"space": spec.space.model_copy(update=space)}
+    if smoke:
+        update["training"] = spec.training.model_copy(update={"epochs": 1})
+        update["latency"] = spec.latency.model_copy(update={"warmup": 2, "repeats": 10})
+    return spec.model_copy(update=update)
+
+
+def run_study(spec: SearchSpec, n: int, cache: Path, work: Path) -> pd.DataFrame:
+    from trials import TrialSettings, load_task, run_trial
+
+    task = load_task(spec.task)
+    study = optuna.create_study(directions=spec.directions, sampler=build_sampler(spec.sampler))
+    distributions = to_distributions(spec.space)
+    rows = []
+    for _ in range(n):
+        trial = study.ask(distributions)
+        params = TrialParams.from_dict(trial.params | _fixed(spec))
+        settings = TrialSettings.for_search(
+            spec,
+            seed=spec.seed + trial.number,
+            baseline_seed=spec.seed,
+            cache_dir=cache,
+            work_dir=work / f"{trial.number}",
+        )
+        result = run_trial(task, params, settings)
+        study.tell(trial, [result.metrics[m] for m in spec.metric_names])
+        rows.append(
+            {
+                **params.to_dict(),
+                **{m: result.metrics[m] for m, _ in OBJECTIVES},
+                "state": "FINISHED",
+                "predicted": float(result.tags.get("plan_predicted_bytes", "nan")),
+                "formats": result.tags.get("plan_formats", ""),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _fixed(spec: SearchSpec) -> dict[str, Any]:
+    """The knobs the space fixes (a plain value or one choice): Optuna does not draw them."""
+    out: dict[str, Any] = {}
+    for name, knob in spec.space.knobs().items():
+        if isinstance(knob, Choice) and len(knob.choices) == 1:
+            out[name] = knob.choices[0]
+        elif not isinstance(knob, Choice | FloatRange):
+            out[name] = knob
+    return out
+
+
+def summarize(config: str, frames: dict[str, pd.DataFrame], baseline: dict[str, float]) -> str:
+    reference = reference_point(baseline, OBJECTIVES)
+    best = frames["uniform"]["accuracy"].max()
+    lines = [f"### {config}", "", "| plan | HV | smallest file (B) | lowest latency (ms) |"]
+    lines.append("|---|---|---|---|")
+    reach: dict[str, tuple[float, float]] = {}
+    for kind, df in frames.items():
+        ok = df[df["accuracy"] >= best - WITHIN]
+        size = float(ok["size_bytes"].min()) if len(ok) else float("nan")
+        latency = float(ok["latency_ms"].min()) if len(ok) else float("nan")
+        reach[kind] = (size, latency)
+        hv = hypervolume(df, OBJECTIVES, reference)
+        lines.append(f"| {kind} | {hv:.4f} | {size:.0f} | {latency:.4f} |")
+    (us, ul), (ms, ml) = reach["uniform"], reach["mixed"]
+    lines.append("")
+    lines.append(f"uniform / mixed: size {us / ms:.2f}x, latency {ul / ml:.2f}x (target >= 1.3x)")
+    mixed = frames["mixed"]
+    errors = ((mixed["predicted"] - mixed["size_bytes"]).abs() / mixed["size_bytes"]).dropna()
+    if len(errors):
+        lines.append(
+            f"size prediction error: median {statistics.median(errors):.1%}, worst "
+            f"{errors.max():.1%} (target <= 10 %)"
+        )
+    lines.append("")
+    lines.append(mixed[["budget", "formats", "accuracy", "size_bytes", "predicted"]].to_string())
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", type=Path, default=DEFAULT_CONFIGS)
+    parser.add_argument("--n", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args(argv)
+    import torch
+
+    from trials import TrialSettings, load_task, run_baseline
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    configs = [ROOT / "examples" / "digits.yaml"] if args.smoke else args.configs
+    n = 2 if args.smoke else args.n
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for config in configs:
+            spec = load_spec(config)
+            spec = spec.model_copy(
+                update={
+                    "seed": args.seed,
+                    "sampler": spec.sampler.model_copy(update={"seed": args.seed}),
+                }
+            )
+            cache = root / "cache"
+            dense = run_baseline(
+                load_task(spec.task),
+                TrialSettings.for_search(
+                    kind_spec(spec, "uniform", smoke=args.smoke),
+                    seed=spec.seed,
+                    cache_dir=cache,
+                    work_dir=root / "baseline",
+                ),
+            )
+            frames = {
+                kind: run_study(kind_spec(spec, kind, smoke=args.smoke), n, cache, root / kind)
+                for kind in ("uniform", "mixed")
+            }
+            out.append(summarize(config.name, frames, dense.metrics))
+    text = "\n\n".join(out)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
