@@ -52,6 +52,7 @@ from trials._quantize_auto import Int8Choice, Int8Subject, choose_int8_format, r
 from trials._record import weights_sha256
 from trials._settings import Baseline, Lineage, PruningLog, TrialResult, TrialSettings
 from trials._structured import StructuredPruning, output_units, prune_structured
+from trials._tables import describe_tables, embedding_layers, table_grid
 from trials._task import Task, checked_data
 from trials._train import Distillation, fit, predict, steps_per_epoch
 
@@ -178,6 +179,10 @@ def run_trial(
             )
         elif train_grid is not None:
             attach(layers, masks, grid=train_grid)
+        tables = embedding_layers(model)  # stored per row at <= 8 bits (trials._tables)
+        rows = table_grid(params.bits) if grid is not None else None
+        if rows is not None and train_grid is not None:
+            attach(tables, [torch.ones_like(t.weight, dtype=torch.bool) for t in tables], grid=rows)
         distill = None
         if params.distill_weight > 0:
             distill = Distillation(
@@ -224,8 +229,11 @@ def run_trial(
             tags["pruning_scope"] = params.pruning_scope
             tags["layer_sparsity"] = layer_sparsity_text(model, layers)
     bake(layers, masks)
+    bake(tables, [torch.ones_like(t.weight, dtype=torch.bool) for t in tables])
     if grid is not None and train_grid is None:
         round_to_grid(layers, grid)  # ptq: the weight half of post-training quantization
+        if rows is not None:
+            round_to_grid(tables, rows)
     _check_sparsity(layers, masks, params.sparsity if schedule else 0.0, what=what)
     lineage = Lineage(
         baseline_seed=settings.dense_seed,
@@ -248,12 +256,9 @@ def run_trial(
             model, example, onnx_path, params, int8, _calibration(x_train, settings), what=what
         )
     )
-    tables = embedding_tables(model)
-    if tables:
-        tags["embeddings"] = (
-            f"{'fp16' if params.bits == 16 else 'fp32'}: {tables} nn.Embedding weights kept "
-            "float (not quantized) at every bit-width"
-        )
+    described = describe_tables(model, params.bits)
+    if described is not None:
+        tags["embeddings"] = described.tag()
     claim = ExportClaim(
         bits=params.bits,
         units=units,
@@ -543,11 +548,6 @@ def _export_artifact(
         }
     finally:
         fp32_path.unlink(missing_ok=True)
-
-
-def embedding_tables(model: nn.Module) -> int:
-    """How many weights the model's ``nn.Embedding`` tables hold (kept float in every artifact)."""
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
 
 
 def _check_sparsity(
