@@ -28,6 +28,7 @@ from trials._measure import (
     measure_onnx,
     onnx_accuracy,
 )
+from trials._probe import SchemeCheck, SchemeRefused, check_schemes
 from trials._quantize_auto import (
     Int8Cache,
     Int8Subject,
@@ -89,6 +90,8 @@ __all__ = [
     "RecordError",
     "RungReport",
     "RungReporter",
+    "SchemeCheck",
+    "SchemeRefused",
     "Split",
     "SplitTask",
     "Task",
@@ -101,6 +104,7 @@ __all__ = [
     "TrialSettings",
     "VersionDrift",
     "check_export",
+    "check_schemes",
     "check_task",
     "cpu_identity",
     "ensure_baseline",
