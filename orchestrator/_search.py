@@ -55,6 +55,7 @@ from orchestrator._scheduler import (
     MoAsha,
     is_rung,
 )
+from orchestrator._schemes import check_space_schemes
 from orchestrator._searcher import TRIAL_NUMBER_KEY, OptunaAskTell
 from orchestrator._state import check_resume_state, default_storage, state_dir
 from orchestrator._tracking import (
@@ -156,6 +157,8 @@ def run_search(
     check = check_task(task)
     seconds = sum(t for _, t in check.steps)
     print(f"task {check.task!r} passed its dry run in {seconds:.1f} s", file=out, flush=True)
+    # Every bits x pruning pair of the space on the untrained model: refused before Ray.
+    check_space_schemes(spec, task, out=out, cache_dir=workdir / ".slimtune" / "cache")
     uri = resolve_tracking_uri(spec.tracking.uri, workdir)
     probe_tracking(uri)
     if opts.resume:
