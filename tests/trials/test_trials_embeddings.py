@@ -16,6 +16,7 @@ from torch import nn
 
 from trials import ExportClaim, ExportClaimError, check_export
 from trials._export import export_onnx, quantize_int4, quantize_int8
+from trials._quantize import int8_format
 from trials._structured import output_units
 from trials._tables import TABLE_INT8_GRID, row_codes
 from trials.tasks._transformer import TransformerTask
@@ -54,12 +55,17 @@ def transformer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndar
     return path, x[:256].float().numpy(), output_units(model)
 
 
+@pytest.mark.parametrize(
+    "fmt", ["u8s8-per-channel", "s8s8-per-tensor", "u8s8-per-channel-reduce-range"]
+)
 def test_int8_tables_are_per_row_int8_and_outputs_stay_close(
-    transformer: tuple[Path, np.ndarray, int], tmp_path: Path
+    transformer: tuple[Path, np.ndarray, int], tmp_path: Path, fmt: str
 ) -> None:
     fp32, x, units = transformer
     int8 = tmp_path / "int8.onnx"
-    quantize_int8(fp32, int8, x[:64], what="test")
+    # Tables are per row in every int8 format (its per-tensor/reduce-range options concern the
+    # int8 GEMM kernels); the format check applies to the layers' weights.
+    quantize_int8(fp32, int8, x[:64], what="test", fmt=int8_format(fmt))
     model = onnx.load(str(int8))
     inits = {t.name: t for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
@@ -74,7 +80,7 @@ def test_int8_tables_are_per_row_int8_and_outputs_stay_close(
         assert int(np.prod(inits[dq.input[1]].dims)) == q.dims[0]  # one scale per row
     tags = check_export(
         int8,
-        ExportClaim(bits=8, units=units, dense_units=units, int8_format="u8s8-per-channel"),
+        ExportClaim(bits=8, units=units, dense_units=units, int8_format=fmt),
         what="test",
         example=x[:1],
     )
