@@ -283,6 +283,8 @@ def _check_tables(
         table = _constant(node.input[0], inits, producer)
         if table is None or len(table.dims) < 2 or readers.get(table.name, set()) - _TABLE_READERS:
             continue
+        if table.data_type not in _TABLE_TYPES:
+            continue  # an index table (int64), not weights
         seen = TensorProto.DataType.Name(table.data_type).lower()
         want = {16: "float16", 8: "int8", 4: "int4"}.get(bits, "float")
         dq = producer.get(node.input[0])
@@ -312,6 +314,8 @@ def _check_tables(
 
 
 _TABLE_READERS = {"Gather", "GatherBlockQuantized", "DequantizeLinear"}
+_TABLE_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+_TABLE_TYPES |= {*_INT8_TYPES, *_INT4_TYPES}
 
 
 def _per_row_symmetric(

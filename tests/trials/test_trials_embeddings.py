@@ -164,3 +164,33 @@ def test_the_check_fails_a_table_left_fp32_in_an_int8_claim(
         check_export(forged, claim, what="test")
     # The opt-out still works on the true artifact (the name matches the table).
     assert check_export(int8, claim, what="test")["export_check"] == "ok"
+
+
+class _Lookup(nn.Module):
+    """An int64 index table gathered in forward (not weights) next to a float embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("lut", torch.arange(40).view(20, 2) % 16)
+        self.emb = nn.Embedding(16, 32)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = self.lut.index_select(0, x.long().flatten()).view(x.shape[0], -1)  # a Gather
+        return self.head(self.emb(ids).mean(1))
+
+
+@pytest.mark.parametrize("bits", [32, 8, 4])
+def test_an_index_table_is_not_taken_for_an_embedding(bits: int, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _Lookup().eval()
+    x = torch.randint(0, 20, (32, 5)).float()
+    fp32, out = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    export_onnx(model, x[:1], fp32, what="test")
+    if bits == 8:
+        quantize_int8(fp32, out, x.numpy(), what="test")
+    elif bits == 4:
+        quantize_int4(fp32, out, what="test")
+    path = fp32 if bits == 32 else out
+    claim = ExportClaim(bits=bits, units=3, dense_units=3)
+    assert check_export(path, claim, what="test", example=x[:1].numpy())["export_check"] == "ok"
