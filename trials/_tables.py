@@ -166,28 +166,27 @@ def _as_int8(graph: onnx.GraphProto, name: str) -> None:
 def _as_gather_block_quantized(
     graph: onnx.GraphProto, name: str, nodes: list[onnx.NodeProto]
 ) -> None:
+    """The table as int4 codes ``[rows, dim]`` (no padding: ONNX Runtime takes a last block
+    shorter than ``block_size``) and scales ``[rows, blocks]``, each row's scale in every block;
+    each Gather of it becomes a GatherBlockQuantized with the same indices and output."""
     init = next(t for t in graph.initializer if t.name == name)
     table = numpy_helper.to_array(init).astype(np.float32)
-    rows, dim = table.shape
+    dim = table.shape[1]
     block = _block_size(dim)
     blocks = -(-dim // block)
     q, scale = row_codes(table, INT4_GRID)
-    padded = np.zeros((rows, blocks * block), np.int8)
-    padded[:, :dim] = q
     graph.initializer.remove(init)
     graph.initializer.extend(
         [
-            numpy_helper.from_array(padded.astype(ml_dtypes.int4), f"{name}_int4"),
+            numpy_helper.from_array(q.astype(ml_dtypes.int4), f"{name}_int4"),
             numpy_helper.from_array(np.repeat(scale[:, None], blocks, 1), f"{name}_int4_scales"),
         ]
     )
     for node in nodes:
-        out = node.output[0]
-        wide = out if blocks * block == dim else f"{out}_padded"
         gbq = helper.make_node(
             "GatherBlockQuantized",
             [f"{name}_int4", node.input[1], f"{name}_int4_scales"],
-            [wide],
+            list(node.output),
             name=f"{node.name or name}_int4",
             domain=_MS_DOMAIN,
             gather_axis=0,
@@ -197,23 +196,6 @@ def _as_gather_block_quantized(
         index = list(graph.node).index(node)
         graph.node.remove(node)
         graph.node.insert(index, gbq)
-        if wide != out:  # drop the padding columns
-            graph.initializer.extend(
-                [
-                    numpy_helper.from_array(np.array([0], np.int64), f"{out}_starts"),
-                    numpy_helper.from_array(np.array([dim], np.int64), f"{out}_ends"),
-                    numpy_helper.from_array(np.array([-1], np.int64), f"{out}_axes"),
-                ]
-            )
-            graph.node.insert(
-                index + 1,
-                helper.make_node(
-                    "Slice",
-                    [wide, f"{out}_starts", f"{out}_ends", f"{out}_axes"],
-                    [out],
-                    name=f"{out}_Slice",
-                ),
-            )
 
 
 def _block_size(dim: int) -> int:

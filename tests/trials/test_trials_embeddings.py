@@ -16,7 +16,7 @@ from torch import nn
 
 from trials import ExportClaim, ExportClaimError, check_export
 from trials._export import export_onnx, quantize_int4, quantize_int8
-from trials._quantize import int8_format
+from trials._quantize import INT4_GRID, int8_format
 from trials._structured import output_units
 from trials._tables import TABLE_INT8_GRID, row_codes
 from trials.tasks._transformer import TransformerTask
@@ -25,12 +25,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning")
 
 
 class _Tied(nn.Module):
-    """A table of 37 rows of width 24 (not a multiple of GatherBlockQuantized's block)."""
+    """A table of 37 rows of width 40 (not a multiple of GatherBlockQuantized's block, 16)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.emb = nn.Embedding(37, 24)
-        self.head = nn.Linear(24, 5)
+        self.emb = nn.Embedding(37, 40)
+        self.head = nn.Linear(40, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.emb(x.long()).mean(1))
@@ -128,6 +128,11 @@ def test_a_table_whose_width_is_no_block_multiple_exports_exactly(tmp_path: Path
         if t.name.endswith("_quantized") and t.dims[0] == 37
     )
     assert np.array_equal(codes, q)
+    # int4: the table's codes as they are, no padding columns (they would count as zeros).
+    packed = next(t for t in onnx.load(str(int4)).graph.initializer if t.name == "emb.weight_int4")
+    assert packed.data_type == TensorProto.INT4 and list(packed.dims) == [37, 40]
+    q4, _ = row_codes(table, INT4_GRID)
+    assert np.array_equal(numpy_helper.to_array(packed).astype(np.int8), q4)
     for path in (int4, int8):
         got = _run(path, x.numpy())
         assert got.shape == (16, 5)
