@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -56,6 +57,7 @@ from orchestrator._scheduler import (
     MoAsha,
     is_rung,
 )
+from orchestrator._schemes import check_space_schemes
 from orchestrator._searcher import TRIAL_NUMBER_KEY, OptunaAskTell
 from orchestrator._state import check_resume_state, default_storage, state_dir
 from orchestrator._tracking import (
@@ -163,11 +165,14 @@ def run_search(
         # A damaged state would make Ray hang, a planted one run code: checked first (exit 2).
         space = to_distributions(spec.space)
         check_resume_state(MlflowClient(tracking_uri=uri), spec, workdir, space)
-    # The task's dry run runs in a thread while Ray and the latency meter start (seconds each,
+    # The task's dry run, then the export check of every bits x pruning pair of the space on
+    # the untrained model, run in a thread while Ray and the latency meter start (seconds each,
     # mostly waiting for processes): the search's fixed cost is the longest, not the sum.
-    # A failed dry run still stops the search before anything is written to MLflow.
+    # A failed dry run or a refused pair still stops the search before anything is written to
+    # MLflow or to Ray's storage.
+    cache_dir = workdir / ".slimtune" / "cache"
     with ThreadPoolExecutor(1, thread_name_prefix="slimtune-dry-run") as pool:
-        dry_run = pool.submit(check_task, task)
+        dry_run = pool.submit(_preflight, spec, task, cache_dir)
         try:
             _start_ray(spec, opts)
         except BaseException:
@@ -176,13 +181,7 @@ def run_search(
         try:
             # Before MLflow: a latency meter that cannot start leaves no half-made records.
             with running_meter(spec.latency, trial_cpus=spec.resources.cpu) as meter:
-                check = dry_run.result()
-                seconds = sum(t for _, t in check.steps)
-                print(
-                    f"task {check.task!r} passed its dry run in {seconds:.1f} s",
-                    file=out,
-                    flush=True,
-                )
+                print(dry_run.result(), file=out, end="", flush=True)
                 return _run(
                     spec, opts, task, workdir, uri, t0, out, meter, trial_body, tune_callbacks
                 )
@@ -190,6 +189,17 @@ def run_search(
             import ray
 
             ray.shutdown()
+
+
+def _preflight(spec: SearchSpec, task: Task, cache_dir: Path) -> str:
+    """The task's dry run, then every bits x pruning pair of the space exported and
+    export-checked (``check_space_schemes``; raises ``SchemeRefused``): the lines to print."""
+    check = check_task(task)
+    seconds = sum(t for _, t in check.steps)
+    lines = io.StringIO()
+    print(f"task {check.task!r} passed its dry run in {seconds:.1f} s", file=lines)
+    check_space_schemes(spec, task, out=lines, cache_dir=cache_dir)
+    return lines.getvalue()
 
 
 def _start_ray(spec: SearchSpec, opts: SearchOptions) -> None:

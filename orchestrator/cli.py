@@ -59,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     add_report_parser(sub)
     add_rebuild_parser(sub)
     v = sub.add_parser(
-        "validate", help="check a config and its task (one tiny batch end to end), run nothing"
+        "validate",
+        help="check a config and its task (one tiny batch end to end, then every bits x "
+        "pruning scheme of the space exported and export-checked), train nothing",
     )
     v.add_argument("config", type=Path, help="YAML config")
 
@@ -178,6 +180,9 @@ def _validate(args: argparse.Namespace) -> int:
         f"task {spec.task!r}: valid ({report.parameters:,} parameters, input "
         f"{report.input_shape}, {report.num_classes} classes); {steps}"
     )
+    from orchestrator._schemes import check_space_schemes
+
+    check_space_schemes(spec, task, out=sys.stdout)  # every bits x pruning pair, or exit 2
     return EXIT_OK
 
 

@@ -32,6 +32,7 @@ from trials._plan import CompressionPlan, LayerSetting
 from trials._plan_allocate import Allocation, LayerOption, LayerTable, allocate
 from trials._plan_choose import PLAN_JSON
 from trials._plan_export import check_plan_export
+from trials._probe import SchemeCheck, SchemeRefused, check_schemes
 from trials._quantize_auto import (
     Int8Cache,
     Int8Subject,
@@ -99,6 +100,8 @@ __all__ = [
     "RecordError",
     "RungReport",
     "RungReporter",
+    "SchemeCheck",
+    "SchemeRefused",
     "Split",
     "SplitTask",
     "Task",
@@ -113,6 +116,7 @@ __all__ = [
     "allocate",
     "check_export",
     "check_plan_export",
+    "check_schemes",
     "check_task",
     "cpu_identity",
     "ensure_baseline",

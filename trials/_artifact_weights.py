@@ -3,9 +3,9 @@ that the export check's coverage rule, the precision shares and ``sparsity_achie
 
 A weight is an initializer of at least 2 dimensions that reaches, through DequantizeLinear,
 Cast, Identity, Transpose, Reshape, Squeeze or Unsqueeze, the weight input of a Conv,
-ConvTranspose, Gemm, MatMul (either side), MatMulNBits, Gather (its table: an embedding),
-GRU, LSTM or RNN (W and R, not the bias), or a quantized form of these. Biases, scales, zero
-points, LayerNorm parameters and shape constants are not weights.
+ConvTranspose, Gemm, MatMul (either side), MatMulNBits, Gather or GatherBlockQuantized (its
+table: an embedding), GRU, LSTM or RNN (W and R, not the bias), or a quantized form of these.
+Biases, scales, zero points, LayerNorm parameters and shape constants are not weights.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ _WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {
     "MatMulInteger": (0, 1),
     "ConvInteger": (1,),
     "Gather": (0,),
+    "GatherBlockQuantized": (0,),
     "GRU": (1, 2),
     "LSTM": (1, 2),
     "RNN": (1, 2),

@@ -4,6 +4,7 @@ Gupta's cubic schedule) and per-channel fake quantization of Conv/Linear weights
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +16,8 @@ from trials._quantize import WeightGrid, weight_grid
 
 # Layers whose weights are pruned and quantized (per output channel, axis 0).
 Prunable = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear
+# Layers whose weights are quantized (an embedding table per row, axis 0; never pruned).
+Weighted = Prunable | nn.Embedding
 
 
 def prunable_layers(model: nn.Module) -> list[Prunable]:
@@ -131,7 +134,7 @@ class MaskedFakeQuant(nn.Module):
 
 
 def attach(
-    layers: list[Prunable],
+    layers: Sequence[Weighted],
     masks: list[Tensor],
     bits: int | None = None,
     *,
@@ -145,7 +148,7 @@ def attach(
         parametrize.register_parametrization(layer, "weight", MaskedFakeQuant(mask, grid))
 
 
-def round_to_grid(layers: list[Prunable], grid: WeightGrid) -> None:
+def round_to_grid(layers: Sequence[Weighted], grid: WeightGrid) -> None:
     """Round each (plain, unparametrized) weight to ``grid`` in place: the weight half of
     post-training quantization, done here so the PyTorch model holds exactly the weights the
     exported artifact stores. Zeros stay zero (the grid is symmetric)."""
@@ -227,7 +230,7 @@ def _holder(layer: Prunable) -> MaskedFakeQuant:
     return holder
 
 
-def bake(layers: list[Prunable], masks: list[Tensor]) -> None:
+def bake(layers: Sequence[Weighted], masks: list[Tensor]) -> None:
     """Make pruning and quantization permanent (plain weights again) and check that every
     pruned weight is zero."""
     for layer in layers:
@@ -264,11 +267,12 @@ def param_counts(model: nn.Module) -> tuple[int, int]:
 
 
 def packed_size_bytes(model: nn.Module, bits: int) -> int:
-    """Analytic size of the weights packed at ``bits``: each Conv/Linear weight at ``bits / 8``
-    bytes plus one fp32 scale per output channel (none at 16 and 32 bits); every other
-    parameter fp32.
+    """Analytic size of the weights packed at ``bits``: each Conv/Linear weight and embedding
+    table at ``bits / 8`` bytes plus one fp32 scale per output channel (per table row; none at
+    16 and 32 bits); every other parameter fp32.
     No credit for sparsity (that shows in the compressed file size) and no format overhead."""
-    layers = prunable_layers(model)
+    layers: list[Weighted] = [*prunable_layers(model)]
+    layers += [m for m in model.modules() if isinstance(m, nn.Embedding)]
     quantized = {id(layer.weight) for layer in layers}
     size = 0
     for layer in layers:

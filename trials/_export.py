@@ -27,6 +27,7 @@ from trials._artifact_clean import (
 from trials._errors import ExportError, QuantizationError
 from trials._quantize import DEFAULT_INT8_FORMAT, Int8Format
 from trials._quantize_int4 import Int4Export, rewrite_int4
+from trials._tables import quantize_tables
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -114,6 +115,8 @@ def quantize_int8(
         ) from exc
     finally:
         pre_path.unlink(missing_ok=True)
+    if only_weights is None:  # a mixed plan's tables stay as exported
+        quantize_tables(out_path, 8, what=what)  # int8 rows, per row (trials._tables)
     ops = set(onnx_op_types(out_path))
     missing = {"QuantizeLinear", "DequantizeLinear"} - ops
     if missing:
@@ -126,11 +129,11 @@ def quantize_int8(
 
 
 def float_tables(path: Path) -> list[str]:
-    """Names of the nodes int8 leaves fp32: a Gather that looks up a constant table
-    (``nn.Embedding``) and any other non-layer op with a constant matrix input (a positional
-    embedding added to the activations). ONNX Runtime's static quantizer would give such a
-    table one per-tensor scale even in a per-channel format; kept fp32, the claim
-    (``embeddings`` tag, export check) says exactly what the file holds."""
+    """Names of the nodes ``quantize_static`` must leave alone: a Gather that looks up a
+    constant table (``nn.Embedding``) and any other non-layer op with a constant matrix input (a
+    positional embedding added to the activations). ONNX Runtime's static quantizer would give
+    such a table one per-tensor scale even in a per-channel format; the tables are stored per
+    row by ``trials._tables.quantize_tables`` instead, and the other constants stay fp32."""
     model = onnx.load(str(path), load_external_data=False)
     tables = {t.name for t in model.graph.initializer if len(t.dims) >= 2}
     layers = {"Conv", "Gemm", "MatMul"}
@@ -162,11 +165,14 @@ def quantize_int4(
     only_weights: Collection[str] | None = None,
 ) -> Int4Export:
     """The real int4 artifact of an fp32 ONNX file (``trials._quantize_int4``: MatMulNBits for
-    Linear, int4 DequantizeLinear for Conv, weights on ``INT4_GRID``), one self-contained file;
-    with ``only_weights`` only the layers reading those initializers."""
+    Linear, int4 DequantizeLinear for Conv, weights on ``INT4_GRID``; embedding tables in
+    GatherBlockQuantized, ``trials._tables``), one self-contained file. With ``only_weights``
+    (a mixed plan) only the layers reading those initializers; tables then stay as exported."""
     summary = rewrite_int4(
         fp32_path, out_path, what=what, matmulnbits=matmulnbits, only_weights=only_weights
     )
+    if only_weights is None:
+        quantize_tables(out_path, 4, what=what)  # GatherBlockQuantized (trials._tables)
     _finish_artifact(out_path, what=what)
     return summary
 

@@ -102,7 +102,7 @@ def check_export(
         )
 
     slimtune_bug = "report this as a slimtune bug; the trial's numbers are not trustworthy"
-    _check_tables_float(graph, inits, producer_of(graph), claim.bits, fail)
+    _check_tables(graph, inits, producer_of(graph), claim.bits, fail)
     if claim.bits == 8:
         if not (ops >= _QDQ or any(o.startswith("QLinear") or o in _INT_OPS for o in ops)):
             raise fail(
@@ -243,9 +243,16 @@ def _check_coverage(
             f"a {claim.bits}-bit artifact stores every weight at that width, leaving at most "
             f"{UNCOMPRESSED_LIMIT:.0%} of the weight bytes uncompressed; {share:.1%} are not: "
             f"{shown}{' ...' if len(left) > 5 else ''} (weight bytes {census.share_text()})",
-            "let those layers stay float by name (quantization.keep_float: [<module>], e.g. "
-            "keep_float: [gru]), or search bits: [32] (16 for fp16 weights) for this model",
+            "let those layers stay float by name (quantization.keep_float: "
+            f"[{', '.join(_modules(left))}]), or search bits: [32] (16 for fp16 weights) for "
+            "this model",
         )
+
+
+def _modules(weights: list[ArtifactWeight]) -> list[str]:
+    """The module names of weights named after parameters (``rnn.weight_hh_l0`` -> ``rnn``)."""
+    names = (s.rsplit(".", 1)[0] for w in weights for s in w.name.split("+") if "." in s)
+    return list(dict.fromkeys(names)) or ["<module>"]
 
 
 def producer_of(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
@@ -253,27 +260,73 @@ def producer_of(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {out: node for node in graph.node for out in node.output}
 
 
-def _check_tables_float(
+def _check_tables(
     graph: onnx.GraphProto,
     inits: dict[str, TensorProto],
     producer: dict[str, onnx.NodeProto],
     bits: int,
     fail: Callable[[str, str], ExportClaimError],
 ) -> None:
-    """Lookup tables (a Gather of a constant matrix: ``nn.Embedding``) stay float at every
-    bit-width, as the trial's ``embeddings`` tag says: fp16 in an fp16 artifact, else fp32."""
-    want = TensorProto.FLOAT16 if bits == 16 else TensorProto.FLOAT
+    """Lookup tables (a Gather of a constant matrix: ``nn.Embedding``) are stored as the
+    trial's ``embeddings`` tag says (``trials._tables``): int8 per row behind a
+    DequantizeLinear(axis=0) with zero point 0 at 8 bits, int4 in GatherBlockQuantized at 4,
+    fp16 at 16, fp32 otherwise. A table another op also reads (a tied projection) is left to
+    the coverage rule."""
+    bug = "report this as a slimtune bug; the trial's numbers are not trustworthy"
+    readers: dict[str, set[str]] = {}
     for node in graph.node:
-        if node.op_type != "Gather":
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    for node in graph.node:
+        if node.op_type not in ("Gather", "GatherBlockQuantized"):
             continue
         table = _constant(node.input[0], inits, producer)
-        if table is None or len(table.dims) < 2 or table.data_type == want:
+        if table is None or len(table.dims) < 2 or readers.get(table.name, set()) - _TABLE_READERS:
             continue
-        raise fail(
-            f"embedding tables stay {TensorProto.DataType.Name(want).lower()} (the Gather of "
-            f"{table.name} reads {TensorProto.DataType.Name(table.data_type).lower()})",
-            "report this as a slimtune bug; the trial's numbers are not trustworthy",
-        )
+        if table.data_type not in _TABLE_TYPES:
+            continue  # an index table (int64), not weights
+        seen = TensorProto.DataType.Name(table.data_type).lower()
+        want = {16: "float16", 8: "int8", 4: "int4"}.get(bits, "float")
+        dq = producer.get(node.input[0])
+        if bits == 4:
+            ok = node.op_type == "GatherBlockQuantized" and table.data_type == TensorProto.INT4
+            ok = ok and not _input(node, 3)
+        elif bits == 8:
+            ok = (
+                node.op_type == "Gather"
+                and table.data_type == TensorProto.INT8
+                and dq is not None
+                and dq.op_type == "DequantizeLinear"
+                and _per_row_symmetric(dq, table, inits)
+            )
+        else:
+            ok = node.op_type == "Gather" and table.data_type == (
+                TensorProto.FLOAT16 if bits == 16 else TensorProto.FLOAT
+            )
+        if not ok:
+            raise fail(
+                f"a {bits}-bit artifact stores its embedding tables as {want}"
+                + (" per row (axis 0, zero point 0)" if bits == 8 else "")
+                + (" in GatherBlockQuantized" if bits == 4 else "")
+                + f" (the {node.op_type} of {table.name} reads {seen})",
+                bug,
+            )
+
+
+_TABLE_READERS = {"Gather", "GatherBlockQuantized", "DequantizeLinear"}
+_TABLE_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+_TABLE_TYPES |= {*_INT8_TYPES, *_INT4_TYPES}
+
+
+def _per_row_symmetric(
+    dq: onnx.NodeProto, table: TensorProto, inits: dict[str, TensorProto]
+) -> bool:
+    """A DequantizeLinear of ``table`` with one scale per row (axis 0) and zero point 0."""
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    scale, zero = _input(dq, 1), _input(dq, 2)
+    if axis != 0 or scale not in inits or int(np.prod(inits[scale].dims)) != table.dims[0]:
+        return False
+    return not zero or (zero in inits and not numpy_helper.to_array(inits[zero]).any())
 
 
 def _check_int4(
@@ -321,8 +374,13 @@ def _check_int8_format(
     fmt = int8_format(name)
     bug = "report this as a slimtune bug; the trial's numbers are not trustworthy"
     peaks: list[int] = []
+    tables = {  # embedding tables are per row in every format (checked by _check_tables)
+        n.input[0] for n in graph.node if n.op_type == "Gather"
+    }
     for node in graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            if set(node.output) & tables:
+                continue
             w = inits[node.input[0]]
             if w.data_type not in _INT8_TYPES or len(w.dims) < 2 or _input(node, 1) not in inits:
                 continue

@@ -91,12 +91,14 @@ def prune_structured(
         expected = tuple(model(example).shape)
     heads: list[HeadPruning] = []
     if ratio > 0 and len(layers) < 2:
+        others = _unprunable_layers(model)
         raise PruningError(
             f"{what}: structured pruning at {ratio:g} must remove channels or neurons, but the "
             f"model's only Conv/Linear layer{'s are' if len(layers) != 1 else ' is'} its output "
-            "(kept whole), so it would change nothing; weights of other layers (nn.GRU, "
-            "nn.LSTM, nn.Embedding, attention parameters) are not pruned structurally. Fix: "
-            "search pruning: unstructured, or sparsity 0 with structured, for this model."
+            "(kept whole), so it would change nothing; weights of other layers "
+            f"({others or 'nn.GRU, nn.LSTM, nn.Embedding, attention parameters'}) are not "
+            "pruned structurally. Fix: search pruning: unstructured, or sparsity 0 with "
+            "structured, for this model."
         )
     if ratio > 0:
         # Per-layer ratios that make torch-pruning keep exactly kept_width(...) units: it keeps
@@ -137,6 +139,17 @@ def prune_structured(
     widths = tuple(_width(layer) for layer in prunable_layers(model))
     return StructuredPruning(
         dense_units=dense_units, units=sum(widths), widths=widths, heads=tuple(heads)
+    )
+
+
+def _unprunable_layers(model: nn.Module) -> str:
+    """``rnn (GRU), emb (Embedding)``: the modules holding weights of their own that are not
+    Conv/Linear layers (structured pruning never removes their units)."""
+    prunable = set(map(id, prunable_layers(model)))
+    return ", ".join(
+        f"{name} ({type(m).__name__})"
+        for name, m in model.named_modules()
+        if name and id(m) not in prunable and any(p.dim() >= 2 for p in m.parameters(recurse=False))
     )
 
 

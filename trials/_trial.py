@@ -33,11 +33,11 @@ from trials._plan_export import check_artifact
 from trials._record import weights_sha256
 from trials._settings import Lineage, TrialResult, TrialSettings
 from trials._structured import output_units
+from trials._tables import describe_tables, embedding_layers, table_grid
 from trials._task import Task, checked_data
 from trials._train import Distillation, fit, predict, steps_per_epoch
 from trials._trial_export import (
     calibration,
-    embedding_tables,
     export_artifact,
     int8_choice,
     int8_subject,
@@ -55,7 +55,7 @@ from trials._trial_steps import (
     structured_step,
 )
 
-__all__ = ["embedding_tables", "int8_subject", "run_baseline", "run_trial"]
+__all__ = ["int8_subject", "run_baseline", "run_trial"]
 
 TRIAL_ONNX = "model.onnx"
 BASELINE_ONNX = "baseline.onnx"
@@ -178,6 +178,13 @@ def run_trial(
             )
         elif any(g is not None for g in train_grids):
             attach_grids(layers, masks, train_grids)
+        # Embedding tables are stored per row at <= 8 bits in uniform plans (trials._tables);
+        # a mixed plan leaves them float.
+        tables = embedding_layers(model)
+        table_masks = [torch.ones_like(t.weight, dtype=torch.bool) for t in tables]
+        rows = table_grid(params.bits) if plan.kind == "uniform" and any(grids) else None
+        if rows is not None and qat:
+            attach_grids(tables, table_masks, [rows] * len(tables))
         distill = None
         if params.distill_weight > 0:
             distill = Distillation(
@@ -224,8 +231,10 @@ def run_trial(
             tags["pruning_scope"] = params.pruning_scope
             tags["layer_sparsity"] = layer_sparsity_text(model, layers)
     bake(layers, masks)
+    bake(tables, table_masks)
     if not qat:
         round_to_grids(layers, grids)  # ptq: the weight half of post-training quantization
+        round_to_grids(tables, [rows] * len(tables))
     check_sparsity(layers, masks, params.sparsity if schedule else 0.0, what=what)
     lineage = Lineage(
         baseline_seed=settings.dense_seed,
@@ -245,12 +254,9 @@ def run_trial(
     onnx_path = settings.work_dir / TRIAL_ONNX
     export_start = time.perf_counter()
     tags.update(export_artifact(model, example, onnx_path, params, plan, int8, inputs, what=what))
-    tables = embedding_tables(model)
-    if tables:
-        tags["embeddings"] = (
-            f"{'fp16' if params.bits == 16 and plan.kind == 'uniform' else 'fp32'}: {tables} "
-            "nn.Embedding weights kept float (not quantized) at every bit-width"
-        )
+    described = describe_tables(model, params.bits if plan.kind == "uniform" else 32)
+    if described is not None:
+        tags["embeddings"] = described.tag()
     tags.update(
         check_artifact(
             onnx_path,

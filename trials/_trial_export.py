@@ -173,11 +173,6 @@ def export_artifact(
         fp32_path.unlink(missing_ok=True)
 
 
-def embedding_tables(model: nn.Module) -> int:
-    """How many weights the model's ``nn.Embedding`` tables hold (kept float in every artifact)."""
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
-
-
 def calibration(x_train: torch.Tensor, settings: TrialSettings) -> np.ndarray:
     """The calibration inputs of ``settings.seed``: ``settings.calibration_samples`` training
     inputs drawn without replacement."""

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from searchspace import TrialParams
-from trials._compress import GradualPruning, MaskedFakeQuant, Prunable, zero_weights
+from trials._compress import GradualPruning, MaskedFakeQuant, Prunable, Weighted, zero_weights
 from trials._errors import PruningError
 from trials._measure import LatencyMeter
 from trials._plan import CompressionPlan
@@ -61,7 +61,7 @@ def structured_step(
 
 
 def attach_grids(
-    layers: Sequence[Prunable], masks: Sequence[torch.Tensor], grids: Sequence[WeightGrid | None]
+    layers: Sequence[Weighted], masks: Sequence[torch.Tensor], grids: Sequence[WeightGrid | None]
 ) -> None:
     """Parametrize each layer's weight with its mask and fake quantization on its own grid
     (None: the mask only, training in float)."""
@@ -69,7 +69,7 @@ def attach_grids(
         parametrize.register_parametrization(layer, "weight", MaskedFakeQuant(mask, grid))
 
 
-def round_to_grids(layers: Sequence[Prunable], grids: Sequence[WeightGrid | None]) -> None:
+def round_to_grids(layers: Sequence[Weighted], grids: Sequence[WeightGrid | None]) -> None:
     """Round each plain weight to its grid in place (ptq's weight half); None leaves it."""
     with torch.no_grad():
         for layer, grid in zip(layers, grids, strict=True):
