@@ -183,7 +183,7 @@ def run_trial(
         tables = embedding_layers(model)
         table_masks = [torch.ones_like(t.weight, dtype=torch.bool) for t in tables]
         rows = table_grid(params.bits) if plan.kind == "uniform" and any(grids) else None
-        if rows is not None and qat:
+        if rows is not None and qat and tables:
             attach_grids(tables, table_masks, [rows] * len(tables))
         distill = None
         if params.distill_weight > 0:
