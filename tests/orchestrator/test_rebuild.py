@@ -86,7 +86,12 @@ def test_each_trial_logs_a_small_complete_record(
         record = TrialRecord.from_json(text, source="test")
         number = int(run.data.tags["slimtune.trial_number"])
         assert record.schema_version == RECORD_SCHEMA_VERSION
-        assert record.spec == spec  # the validated config, task, training, latency included
+        # The validated config, task, training and latency included; latency.isolation as
+        # resolved for this machine (auto -> the mode that measured the trial).
+        measured = record.spec.latency.isolation
+        assert measured in ("pause", "cores", "none")
+        latency = spec.latency.model_copy(update={"isolation": measured})
+        assert record.spec == spec.model_copy(update={"latency": latency})
         assert record.number == number
         assert record.settings["seed"] == spec.seed + number == int(run.data.params["seed"])
         assert record.settings["baseline_seed"] == spec.seed  # every trial: the one baseline
