@@ -9,8 +9,11 @@ a pair of trials on an objective is
 - ``auto``, by metric: ``accuracy``: one validation sample, ``1 / val_samples``; a latency
   (``latency_ms``, ``latency_p90_ms``): the sum of the two trials' 95 % half-widths of the median,
   ``Z x latency_median_cv x value / sqrt(latency_blocks)`` each (the block medians' spread and
-  count), so that the two intervals must not overlap; a size, or any other metric: exact.
-  A trial that lacks the figures the rule needs (an older record) gets no tolerance.
+  count), so that the two intervals must not overlap, and at least the spread measured
+  between replicates (``replicate_spread``: trials whose artifacts have the same format and the
+  same bytes count, i.e. the same computation, measured at different times); a size, or any
+  other metric: exact. A trial that lacks the figures the rule needs (an older record) gets no
+  tolerance.
 
 Trial A dominates trial B when A is no worse than B beyond the tolerance on every objective and
 better beyond it on at least one.
@@ -33,6 +36,10 @@ Z = 2.0
 # Blocks assumed when a record lacks latency_blocks: the fewest a measurement takes (five).
 MIN_BLOCKS = 5
 LATENCY_METRICS = ("latency_ms", "latency_p90_ms")
+# Replicates: the quantile of their pairwise relative differences taken as the latency floor,
+# and the fewest replicate pairs that give one.
+REPLICATE_QUANTILE = 0.9
+MIN_REPLICATE_PAIRS = 2
 # Float slack when comparing a difference with a tolerance (1/n accuracy steps are inexact).
 _SLACK = 1e-9
 
@@ -91,7 +98,9 @@ class Tolerance:
         if self.metric in LATENCY_METRICS:
             return (
                 f"auto: the two medians' 95 % intervals do not overlap (half-width {Z:g} x "
-                "latency_median_cv x median / sqrt(latency_blocks))"
+                "latency_median_cv x median / sqrt(latency_blocks)), and they differ by more "
+                f"than the {REPLICATE_QUANTILE:.0%} quantile of the relative differences "
+                "between replicates (same format, same size)"
             )
         return "auto: exact (a measured size or count)"
 
@@ -136,8 +145,54 @@ def pair_tolerance(df: pd.DataFrame, tolerance: Tolerance) -> np.ndarray:
         return np.maximum.outer(step, step)
     if tolerance.metric in LATENCY_METRICS:
         half = latency_half_width(df, tolerance.metric)
-        return np.add.outer(half, half)
+        floor = replicate_spread(df, tolerance.metric).relative
+        mag = np.abs(np.where(np.isfinite(values), values, 0.0))
+        return np.maximum(np.add.outer(half, half), floor * np.maximum.outer(mag, mag))
     return np.zeros((n, n))
+
+
+@dataclass(frozen=True)
+class ReplicateSpread:
+    """How far apart the same computation measured: ``relative`` is the ``REPLICATE_QUANTILE``
+    of ``|a - b| / max(a, b)`` over ``pairs`` pairs of replicates (0 with fewer than
+    ``MIN_REPLICATE_PAIRS``), from ``groups`` groups of replicates."""
+
+    relative: float
+    pairs: int
+    groups: int
+
+
+def replicate_spread(df: pd.DataFrame, metric: str = "latency_ms") -> ReplicateSpread:
+    """The spread of ``metric`` between replicates: FINISHED rows whose artifacts have the same
+    ``format`` and the same ``size_bytes`` run the same computation in ONNX Runtime (sizes are
+    exact and depend on the structure only; unstructured zeros are stored), so any difference
+    between their latencies is measurement noise across time (other load, frequency, caches),
+    which a single measurement's own spread (``latency_half_width``) cannot see."""
+    needed = {metric, "size_bytes", "format"}
+    if not needed <= set(df.columns) or not len(df):
+        return ReplicateSpread(0.0, 0, 0)
+    rows = df
+    if "status" in df.columns:
+        rows = df[df["status"] == "FINISHED"]
+    values = pd.to_numeric(rows[metric], errors="coerce")
+    sizes = pd.to_numeric(rows["size_bytes"], errors="coerce")
+    keep = values.notna() & np.isfinite(values) & (values > 0) & sizes.notna()
+    frame = pd.DataFrame(
+        {"v": values[keep], "size": sizes[keep], "format": rows["format"][keep].astype(str)}
+    )
+    diffs: list[float] = []
+    groups = 0
+    for _, group in frame.groupby(["format", "size"], sort=False):
+        v = group["v"].to_numpy(dtype=float)
+        if len(v) < 2:
+            continue
+        groups += 1
+        rel = np.abs(np.subtract.outer(v, v)) / np.maximum.outer(v, v)
+        diffs.extend(rel[np.triu_indices(len(v), k=1)].tolist())
+    if len(diffs) < MIN_REPLICATE_PAIRS:
+        return ReplicateSpread(0.0, len(diffs), groups)
+    relative = float(np.quantile(diffs, REPLICATE_QUANTILE))
+    return ReplicateSpread(relative, len(diffs), groups)
 
 
 def latency_half_width(df: pd.DataFrame, metric: str = "latency_ms") -> np.ndarray:
@@ -265,5 +320,12 @@ def tolerance_summary(
             finite = half[np.isfinite(half)]
             if len(finite):
                 text += f"; median half-width {float(np.median(finite)):.3g} ms"
+            spread = replicate_spread(finished, metric)
+            if spread.relative > 0:
+                text += (
+                    f"; replicates differ by up to {spread.relative:.0%} "
+                    f"({REPLICATE_QUANTILE:.0%} of {spread.pairs} pairs in {spread.groups} "
+                    "groups of same-format, same-size artifacts): at least that apart"
+                )
         out[metric] = text
     return out

@@ -91,7 +91,7 @@ def test_pareto_tags_match_an_independent_recomputation(
         str(r["run_id"]): {k: float(v) for k, v in r.items() if isinstance(v, float | int)}
         for _, r in df.iterrows()
     }
-    rank = noise_ranks(metrics)
+    rank = noise_ranks(metrics, formats=dict(zip(df["run_id"], df["format"], strict=True)))
     signs = np.array([-1.0, 1.0, 1.0])  # maximize accuracy -> minimize its negative
     pts = df[["accuracy", "size_gzip_bytes", "latency_ms"]].to_numpy() * signs
     for i, p in enumerate(pts):
@@ -259,7 +259,10 @@ def test_pareto_rank_tags_match_an_independent_recomputation(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     # Non-dominated sorting by peeling fronts, under the tolerances, without the reports package.
-    rank = noise_ranks({c.info.run_id: c.data.metrics for c in children})
+    rank = noise_ranks(
+        {c.info.run_id: c.data.metrics for c in children},
+        formats={c.info.run_id: c.data.tags["format"] for c in children},
+    )
     for c in children:
         assert c.data.tags["pareto_rank"] == str(rank[c.info.run_id])
         assert c.data.tags["pareto"] == ("true" if rank[c.info.run_id] == 0 else "false")

@@ -158,7 +158,11 @@ def _ranks_by_peeling(children: list[Any]) -> dict[str, int]:
     """Pareto rank of each run by brute-force noise-aware dominance (docs/noise.md), peeling one
     front at a time (tests/conftest.py)."""
     objectives = tuple((m, -float(s)) for m, s in OBJECTIVE_SIGNS.items())
-    return noise_ranks_by_peeling({c.info.run_id: c.data.metrics for c in children}, objectives)
+    return noise_ranks_by_peeling(
+        {c.info.run_id: c.data.metrics for c in children},
+        objectives,
+        formats={c.info.run_id: c.data.tags["format"] for c in children},
+    )
 
 
 def _open_runs(page: Page, url: str, parent: Any) -> None:

@@ -22,6 +22,7 @@ from reports import (
     publish_front,
     update_front,
 )
+from reports._noise import replicate_spread
 
 OBJ = [("accuracy", "maximize"), ("size_gzip_bytes", "minimize"), ("latency_ms", "minimize")]
 
@@ -102,6 +103,37 @@ def test_hypervolume_is_of_the_measured_values() -> None:
     ref = {"accuracy": 0.0, "size_gzip_bytes": 2000.0, "latency_ms": 0.2}
     # The tied trial adds nothing: the hypervolume is that of the better measured point alone.
     assert hypervolume(df, OBJ, ref) == pytest.approx(hypervolume(df.iloc[[1]], OBJ, ref))
+
+
+def test_replicates_give_the_latency_floor() -> None:
+    """Three trials with the same format and file size run the same computation: the spread
+    of their latencies (0.020 to 0.040 ms) is noise the single measurements' CV cannot see."""
+    same = {"format": "int8", "size_bytes": 5000.0}
+    df = pd.DataFrame(
+        [
+            _trial(0, 0.95, 1000, 0.020, **same),
+            _trial(1, 0.95, 1000, 0.030, **same),
+            _trial(2, 0.95, 1000, 0.040, **same),
+            {**_trial(3, 0.97, 3000, 0.100), "format": "fp32", "size_bytes": 9000.0},
+        ]
+    )
+    spread = replicate_spread(df)
+    # pairwise: 1/3, 1/2, 1/4; the 90 % quantile by linear interpolation: 1/3 + 0.8 x 1/6
+    assert (spread.pairs, spread.groups) == (3, 1)
+    assert spread.relative == pytest.approx(1 / 3 + 0.8 / 6)
+    ranked = pareto_ranks(df, OBJ)
+    # Without the floor trial 0 (0.020 ms) dominates 1 and 2 on noise; with it they tie.
+    assert ranked["pareto"].tolist() == [True, True, True, True]
+    assert ranked["pareto_group"].iloc[0] == ranked["pareto_group"].iloc[2]
+    alone = pareto_ranks(df.drop(columns=["format"]), OBJ)  # no replicates known
+    assert alone["pareto"].tolist() == [True, False, False, True]
+
+
+def test_one_replicate_pair_is_not_enough_for_a_floor() -> None:
+    same = {"format": "int8", "size_bytes": 5000.0}
+    df = pd.DataFrame([_trial(0, 0.95, 1000, 0.020, **same), _trial(1, 0.95, 1000, 0.030, **same)])
+    assert replicate_spread(df).relative == 0.0
+    assert pareto_ranks(df, OBJ)["pareto"].tolist() == [True, False]
 
 
 # --- a real search in MLflow, checked by brute force --------------------------------------------
