@@ -146,8 +146,12 @@ def pair_tolerance(df: pd.DataFrame, tolerance: Tolerance) -> np.ndarray:
     if tolerance.metric in LATENCY_METRICS:
         half = latency_half_width(df, tolerance.metric)
         floor = replicate_spread(df, tolerance.metric).relative
-        mag = np.abs(np.where(np.isfinite(values), values, 0.0))
-        return np.maximum(np.add.outer(half, half), floor * np.maximum.outer(mag, mag))
+        # Like the interval, the floor needs the noise figures: records from before them (no
+        # latency_median_cv) get no tolerance.
+        has = ~np.isnan(_column(df, "latency_median_cv"))
+        mag = np.where(np.isfinite(values), np.abs(values), 0.0)
+        pair = floor * np.maximum.outer(mag, mag) * np.logical_and.outer(has, has)
+        return np.maximum(np.add.outer(half, half), pair)
     return np.zeros((n, n))
 
 
@@ -163,12 +167,13 @@ class ReplicateSpread:
 
 
 def replicate_spread(df: pd.DataFrame, metric: str = "latency_ms") -> ReplicateSpread:
-    """The spread of ``metric`` between replicates: FINISHED rows whose artifacts have the same
-    ``format`` and the same ``size_bytes`` run the same computation in ONNX Runtime (sizes are
-    exact and depend on the structure only; unstructured zeros are stored), so any difference
-    between their latencies is measurement noise across time (other load, frequency, caches),
-    which a single measurement's own spread (``latency_half_width``) cannot see."""
-    needed = {metric, "size_bytes", "format"}
+    """The spread of ``metric`` between replicates: FINISHED rows (with the noise figures,
+    ``latency_median_cv``) whose artifacts have the same ``format`` and ``size_bytes`` run the
+    same computation in ONNX Runtime (sizes are exact and depend on the structure only;
+    unstructured zeros are stored), so any difference between their latencies is measurement
+    noise across time (other load, frequency, caches), which a single measurement's own
+    spread (``latency_half_width``) cannot see."""
+    needed = {metric, "size_bytes", "format", "latency_median_cv"}
     if not needed <= set(df.columns) or not len(df):
         return ReplicateSpread(0.0, 0, 0)
     rows = df
@@ -176,7 +181,8 @@ def replicate_spread(df: pd.DataFrame, metric: str = "latency_ms") -> ReplicateS
         rows = df[df["status"] == "FINISHED"]
     values = pd.to_numeric(rows[metric], errors="coerce")
     sizes = pd.to_numeric(rows["size_bytes"], errors="coerce")
-    keep = values.notna() & np.isfinite(values) & (values > 0) & sizes.notna()
+    cv = pd.to_numeric(rows["latency_median_cv"], errors="coerce")
+    keep = values.notna() & np.isfinite(values) & (values > 0) & sizes.notna() & cv.notna()
     frame = pd.DataFrame(
         {"v": values[keep], "size": sizes[keep], "format": rows["format"][keep].astype(str)}
     )

@@ -23,7 +23,8 @@ def replicate_floor(
     groups: dict[tuple[str, float], list[float]] = {}
     for i, m in trials.items():
         value, size = m.get(metric), m.get("size_bytes")
-        if i in formats and value is not None and size is not None and value > 0:
+        noisy = m.get("latency_median_cv") is not None
+        if i in formats and value is not None and size is not None and value > 0 and noisy:
             groups.setdefault((formats[i], size), []).append(value)
     diffs = sorted(
         abs(v[x] - v[y]) / max(v[x], v[y])
@@ -53,7 +54,9 @@ def _tolerance(
             if cv is None:
                 continue
             total += 2 * cv * t[metric] / math.sqrt(t.get("latency_blocks") or 5)
-        return max(total, floor * max(abs(a[metric]), abs(b[metric])))
+        if all(t.get("latency_median_cv") is not None for t in (a, b)):
+            total = max(total, floor * max(abs(a[metric]), abs(b[metric])))
+        return total
     return 0.0
 
 
