@@ -256,7 +256,12 @@ def noise_ranks(
     those only rank-0 rows dominate, and so on (every row of ``df`` is ranked; pass eligible
     rows only). Should the tolerances make a cycle of dominance, its rows share the next rank."""
     dominates, _ = dominance(df, pairs, tolerances)
-    n = len(df)
+    return peel(dominates)
+
+
+def peel(dominates: np.ndarray) -> np.ndarray:
+    """Non-dominated sorting of an n x n ``dominates`` matrix (see :func:`noise_ranks`)."""
+    n = len(dominates)
     ranks = np.full(n, -1, dtype=np.int64)
     left = np.ones(n, dtype=bool)
     beaten_by = dominates.sum(axis=0)  # how many rows left dominate each row

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from reports._errors import ReportError
-from reports._noise import Tolerance, dominance, noise_ranks, tie_groups
+from reports._noise import Tolerance, dominance, peel, tie_groups
 
 DIRECTIONS = ("maximize", "minimize")
 
@@ -151,11 +151,15 @@ def pareto_ranks(
     if len(rows):
         strict[rows] = pareto_mask(values[eligible], [d for _, d in pairs])
         sub = out.iloc[rows]
-        got = noise_ranks(sub, pairs, tols)
+        # One dominance over every ranked row: the tolerances (a latency's replicate floor)
+        # come from all of them, and the front's ties are read from the same matrix.
+        dominates, tied_all = dominance(sub, pairs, tols)
+        got = peel(dominates)
         ranks[rows] = got
         on_front = rows[got == 0]
         front_df = out.iloc[on_front]
-        _, tied = dominance(front_df, pairs, tols)
+        front_pos = np.flatnonzero(got == 0)
+        tied = tied_all[np.ix_(front_pos, front_pos)]
         _, members = tie_groups(front_df, tied)
         labels = _labels(front_df)
         for group in members:

@@ -134,6 +134,25 @@ def test_replicates_give_the_latency_floor() -> None:
     assert old["pareto"].tolist() == [True, False, False, False, True]
 
 
+def test_front_ties_use_the_floor_of_every_ranked_trial() -> None:
+    """The replicates that set the floor may be off the front: the front's groups still use it
+    (a bug grouped the front with a floor from the front trials alone)."""
+    same = {"format": "int8", "size_bytes": 5000.0}
+    df = pd.DataFrame(
+        [
+            _trial(0, 0.95, 1000, 0.020, **same),
+            _trial(1, 0.95, 1000, 0.025, **same),
+            _trial(2, 0.80, 1000, 0.021, **same),
+            _trial(3, 0.80, 1000, 0.027, **same),
+            _trial(4, 0.80, 1000, 0.022, **same),
+        ]
+    )
+    ranked = pareto_ranks(df, OBJ)
+    assert ranked["pareto"].tolist() == [True, True, False, False, False]
+    assert ranked["pareto_group"].iloc[0] == ranked["pareto_group"].iloc[1]
+    assert ranked["pareto_tied"].iloc[0] == "1"
+
+
 def test_one_replicate_pair_is_not_enough_for_a_floor() -> None:
     same = {"format": "int8", "size_bytes": 5000.0}
     df = pd.DataFrame([_trial(0, 0.95, 1000, 0.020, **same), _trial(1, 0.95, 1000, 0.030, **same)])
