@@ -3,7 +3,9 @@
 from searchspace._distributions import to_distributions
 from searchspace._early_stopping import EARLY_STOPPING_NAMES, EarlyStopping
 from searchspace._errors import ConfigError, SlimtuneError, shorten
+from searchspace._latency import Latency
 from searchspace._load import load_spec, parse_spec
+from searchspace._params import TrialParams
 from searchspace._pruning import PRUNING_SCOPES, Pruning, layer_sparsity_cap
 from searchspace._secrets import CREDENTIALS_FIX, credentials_in, mask_secrets, redact_uri
 from searchspace._spec import (
@@ -20,7 +22,6 @@ from searchspace._spec import (
     Choice,
     Faults,
     FloatRange,
-    Latency,
     Objective,
     Quantization,
     Resources,
@@ -29,7 +30,6 @@ from searchspace._spec import (
     Space,
     Tracking,
     Training,
-    TrialParams,
 )
 
 __all__ = [

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -18,8 +15,10 @@ from pydantic import (
 )
 
 from searchspace._early_stopping import EarlyStopping
+from searchspace._latency import Latency
 from searchspace._pruning import PRUNING_SCOPES, Pruning
 from searchspace._secrets import CREDENTIALS_FIX, credentials_in
+from searchspace._strict import Strict
 
 # What one trial measures on its exported artifact, with each metric's natural direction.
 METRICS: dict[str, Literal["maximize", "minimize"]] = {
@@ -116,14 +115,7 @@ KNOBS = (
 NAME_KNOBS = ("pruning", "quant_scheme", "pruning_scope", "plan")
 
 
-class _Strict(BaseModel):
-    # strict: a count is a whole number (not true, not "3", not 3.0), a float a number (an int
-    # is fine) and a name a string; allow_inf_nan=False: every float knob and setting is finite.
-    # Together they hold for every field of every model (tests/searchspace/test_strict_types.py).
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-
-class FloatRange(_Strict):
+class FloatRange(Strict):
     """A continuous knob: uniform on [low, high], or log-uniform when ``log`` is true."""
 
     low: float
@@ -146,7 +138,7 @@ class FloatRange(_Strict):
         return self
 
 
-class Choice(_Strict):
+class Choice(Strict):
     """A categorical knob: one of a list of values (numbers; names for the name knobs such as
     ``pruning``, which each knob's validator checks)."""
 
@@ -188,7 +180,7 @@ NameKnob = Annotated[
 ]
 
 
-class Space(_Strict):
+class Space(Strict):
     """The knobs every trial sets. A plain number (or name) fixes a knob."""
 
     lr: Knob = FloatRange(low=1e-4, high=1e-2, log=True)
@@ -360,7 +352,7 @@ def _check_knob(knob: Any, ok: Any, rule: str, *, allow_range: bool = True) -> A
 EXACT_METRICS: tuple[str, ...] = ("size_bytes", "size_gzip_bytes")
 
 
-class Objective(_Strict):
+class Objective(Strict):
     """One metric to optimize, its direction, and the tolerance within which two trials tie.
 
     ``tolerance`` (docs/noise.md): ``auto`` (the default) derives it from the measurement: for
@@ -413,7 +405,7 @@ def _default_objectives() -> list[Objective]:
     ]
 
 
-class SamplerSpec(_Strict):
+class SamplerSpec(Strict):
     """Which Optuna sampler proposes trials."""
 
     name: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
@@ -424,147 +416,21 @@ class SamplerSpec(_Strict):
     population_size: Annotated[int, Field(ge=2)] = 8
 
 
-class Resources(_Strict):
+class Resources(Strict):
     """What one trial reserves on a Ray node."""
 
     cpu: Annotated[float, Field(gt=0)] = 1.0
     gpu: Annotated[float, Field(ge=0)] = 0.0
 
 
-class Training(_Strict):
+class Training(Strict):
     """Fixed settings of every trial's fine-tuning."""
 
     epochs: Annotated[int, Field(ge=1, le=1000)] = 3
 
 
 # Ray's own resource names: the latency meter reserves CPUs with `cpus`, and nothing else.
-_RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
-
-
-class Latency(_Strict):
-    """How an artifact's batch-1 latency is measured in ONNX Runtime, and where.
-
-    Timing: ``warmup`` untimed runs, then at least ``repeats`` timed runs in blocks; more blocks
-    while the block medians' coefficient of variation is above ``target_cv``, up to
-    ``max_repeats`` (``None``: 5 x ``repeats``); ``threads`` intra-op threads.
-
-    Place: ``where: actor`` (default) measures every artifact of a search, the baseline's
-    included, in one Ray actor that takes one measurement at a time; it reserves ``cpus`` CPUs
-    (0: none) and the custom Ray ``resources`` given, which pin it to the nodes that have them
-    (e.g. ``{deploy_cpu: 1}``). ``where: inline`` measures in each trial's own process.
-    ``isolation``: how the trials on the meter's machine are kept from disturbing it.
-    ``pause``: while a measurement runs they wait at their next training step (a lock on the
-    node). ``cores``: the meter pins itself to ``meter_cores`` cores of its node
-    (``max(cpus, threads)``) and the trials there to the other cores; nobody pauses. ``none``:
-    no isolation. ``auto`` (default): ``cores`` on a node with at least ``meter_cores`` + one
-    trial's CPUs + 1 spare core (and ``where: actor`` and a whole ``cpus``), else ``pause``
-    (orchestrator._isolation). ``pause_trials`` is the older spelling: true is ``pause``,
-    false ``none``.
-    """
-
-    warmup: Annotated[int, Field(ge=0)] = 20
-    repeats: Annotated[int, Field(ge=5)] = 200
-    max_repeats: Annotated[int, Field(ge=5)] | None = None
-    target_cv: Annotated[float, Field(gt=0, le=1)] = 0.05
-    threads: Annotated[int, Field(ge=1)] = 1
-    where: Literal["actor", "inline"] = "actor"
-    cpus: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
-    resources: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
-        default_factory=dict
-    )
-    isolation: Literal["auto", "pause", "cores", "none"] = "auto"
-    pause_trials: bool | None = None
-    # A measurement whose block medians' CV stays above target_cv is taken again, up to this
-    # many times, before its trial can enter the front (0: never).
-    remeasure: Annotated[int, Field(ge=0, le=20)] = 2
-
-    @model_validator(mode="before")
-    @classmethod
-    def _pause_trials(cls, data: Any) -> Any:
-        """``pause_trials`` (the older setting) says ``isolation`` unless that is given too."""
-        if not isinstance(data, dict) or not isinstance(data.get("pause_trials"), bool):
-            return data
-        implied = "pause" if data["pause_trials"] else "none"
-        given = data.get("isolation")
-        if given is None:
-            return {**data, "isolation": implied}
-        if given != implied:
-            raise ValueError(
-                f"pause_trials: {str(data['pause_trials']).lower()} means isolation: {implied}, "
-                f"but isolation is {given!r}; remove pause_trials (isolation replaces it)"
-            )
-        return data
-
-    @model_validator(mode="after")
-    def _isolation(self) -> Latency:
-        if self.isolation != "cores":
-            return self
-        if self.where == "inline":
-            raise ValueError(
-                "isolation 'cores' pins the latency actor to its own cores, but where is "
-                "'inline' (each trial measures in its own process); set where: actor, or "
-                "isolation: pause"
-            )
-        if self.cpus != int(self.cpus):
-            raise ValueError(
-                f"isolation 'cores' pins the latency actor to whole cores, but cpus is "
-                f"{self.cpus:g}; set cpus to a whole number (e.g. 1)"
-            )
-        if 0 < self.cpus < self.threads:
-            raise ValueError(
-                f"isolation 'cores' gives the latency actor cpus={self.cpus:g} cores, fewer "
-                f"than its threads={self.threads}; raise cpus to {self.threads}, or lower threads"
-            )
-        return self
-
-    @property
-    def meter_cores(self) -> int:
-        """How many cores the meter pins itself to under ``isolation: cores``: ``cpus`` (which
-        Ray also reserves for it), at least ``threads``."""
-        return max(int(self.cpus), self.threads)
-
-    @field_validator("max_repeats")
-    @classmethod
-    def _max_repeats(cls, v: int | None, info: ValidationInfo) -> int | None:
-        repeats = info.data.get("repeats")  # absent when repeats itself is invalid
-        if v is not None and repeats is not None and v < repeats:
-            raise ValueError(
-                f"max_repeats must be >= repeats ({repeats}) (got {v}); raise it, or leave it "
-                "out for 5 x repeats"
-            )
-        return v
-
-    @field_validator("cpus")
-    @classmethod
-    def _cpus(cls, v: float, info: ValidationInfo) -> float:
-        if v > 0 and info.data.get("where") == "inline":
-            raise ValueError(
-                f"cpus reserves CPUs for the latency actor, but where is 'inline' (got "
-                f"cpus={v:g}); set cpus: 0, or where: actor"
-            )
-        return v
-
-    @field_validator("resources")
-    @classmethod
-    def _resources(cls, v: dict[str, float], info: ValidationInfo) -> dict[str, float]:
-        for name in v:
-            if not name.strip():
-                raise ValueError("a resource name must not be empty; e.g. {deploy_cpu: 1}")
-            if name in _RAY_BUILTIN_RESOURCES:
-                raise ValueError(
-                    f"resources takes custom Ray resources (the ones a node is started with, "
-                    f"`ray start --resources '{{\"deploy_cpu\": 1}}'`), not {name!r}; "
-                    "reserve CPUs with latency.cpus"
-                )
-        if v and info.data.get("where") == "inline":
-            raise ValueError(
-                f"resources pin the latency actor to a node, but where is 'inline' (got {v}); "
-                "set where: actor, or remove resources"
-            )
-        return v
-
-
-class Quantization(_Strict):
+class Quantization(Strict):
     """How quantized artifacts are made (the bit-width and scheme are knobs of ``space``).
 
     ``int8_format``: the ONNX Runtime int8 format of 8-bit trials; ``auto`` measures each of
@@ -591,7 +457,7 @@ class Quantization(_Strict):
         return v
 
 
-class Faults(_Strict):
+class Faults(Strict):
     """How a search treats failures.
 
     ``max_retries``: times Ray re-runs a trial lost to the infrastructure (a dead node or worker);
@@ -603,7 +469,7 @@ class Faults(_Strict):
     stop_after_failures: Annotated[int, Field(ge=0)] = 4
 
 
-class Tracking(_Strict):
+class Tracking(Strict):
     """Where MLflow records the search. ``None`` means ./mlflow.db (SQLite, absolute path)."""
 
     uri: str | None = None
@@ -624,7 +490,7 @@ def _no_credentials(uri: str | None) -> str | None:
     return uri
 
 
-class SearchSpec(_Strict):
+class SearchSpec(Strict):
     """Everything one search needs, validated."""
 
     experiment: Annotated[str, Field(min_length=1, max_length=200)]
@@ -690,84 +556,3 @@ class SearchSpec(_Strict):
     @property
     def directions(self) -> list[Literal["maximize", "minimize"]]:
         return [o.direction for o in self.objectives]
-
-
-@dataclass(frozen=True)
-class TrialParams:
-    """One point of the space: the knob values a trial runs with."""
-
-    lr: float
-    batch_size: int
-    sparsity: float
-    bits: int
-    pruning: str = "unstructured"
-    distill_weight: float = 0.0
-    distill_temperature: float = 2.0
-    quant_scheme: str = "qat"
-    pruning_scope: str = "global"
-    plan: str = "uniform"
-    budget: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"`lr > 0` must hold, but got lr={self.lr}")
-        if self.batch_size < 1:
-            raise ValueError(f"`batch_size >= 1` must hold, but got batch_size={self.batch_size}")
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"`0 <= sparsity < 1` must hold, but got sparsity={self.sparsity}")
-        if self.bits not in SUPPORTED_BITS:
-            raise ValueError(
-                f"bits must be one of {list(SUPPORTED_BITS)}, but got bits={self.bits}"
-            )
-        if self.pruning not in PRUNING_SCHEMES:
-            raise ValueError(
-                f"pruning must be one of {list(PRUNING_SCHEMES)}, but got pruning={self.pruning!r}"
-            )
-        if not 0.0 <= self.distill_weight <= 1.0:
-            raise ValueError(
-                f"`0 <= distill_weight <= 1` must hold, but got "
-                f"distill_weight={self.distill_weight}"
-            )
-        if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
-            raise ValueError(
-                f"`distill_temperature > 0` must hold, but got "
-                f"distill_temperature={self.distill_temperature}"
-            )
-        if self.quant_scheme not in QUANT_SCHEMES:
-            raise ValueError(
-                f"quant_scheme must be one of {list(QUANT_SCHEMES)}, but got "
-                f"quant_scheme={self.quant_scheme!r}"
-            )
-        if self.pruning_scope not in PRUNING_SCOPES:
-            raise ValueError(
-                f"pruning_scope must be one of {list(PRUNING_SCOPES)}, but got "
-                f"pruning_scope={self.pruning_scope!r}"
-            )
-        if self.plan not in PLAN_KINDS:
-            raise ValueError(f"plan must be one of {list(PLAN_KINDS)}, but got plan={self.plan!r}")
-        if not 0.0 < self.budget <= 1.0:
-            raise ValueError(f"`0 < budget <= 1` must hold, but got budget={self.budget}")
-        if self.quant_scheme == "ptq" and self.bits in SIMULATED_BITS:
-            raise ValueError(
-                f"quant_scheme 'ptq' cannot produce bits={self.bits} (simulated widths "
-                f"{list(SIMULATED_BITS)} exist only as fake-quant fine-tuning): use qat"
-            )
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrialParams:
-        return cls(
-            lr=float(d["lr"]),
-            batch_size=int(d["batch_size"]),
-            sparsity=float(d["sparsity"]),
-            bits=int(d["bits"]),
-            pruning=str(d.get("pruning", "unstructured")),
-            distill_weight=float(d.get("distill_weight", 0.0)),
-            distill_temperature=float(d.get("distill_temperature", 2.0)),
-            quant_scheme=str(d.get("quant_scheme", "qat")),
-            pruning_scope=str(d.get("pruning_scope", "global")),
-            plan=str(d.get("plan", "uniform")),
-            budget=float(d.get("budget", 0.5)),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
