@@ -330,8 +330,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a trial's compute: the CPU seconds of its process (default; robust to other load "
         "on the machine, trials run one thread) or its wall seconds",
     )
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        help="summarize the studies of earlier runs' --raw files (e.g. one per seed) instead of "
+        "running studies",
+    )
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
+    if args.combine:
+        return combine(args.combine, n=args.n, out=args.out)
     if args.smoke:
         args.config, args.seeds, args.n, args.epochs = str(ROOT / "examples/digits.yaml"), [0], 2, 2
     command = "python benchmarks/early_stopping.py " + shlex.join(
@@ -381,7 +390,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         args.out.write_text(text + "\n")
     if args.raw:
-        args.raw.write_text(json.dumps({"studies": studies, "summary": summary}, default=str))
+        raw = {
+            "studies": studies,
+            "summary": summary,
+            "objectives": objectives,
+            "reference": ref,
+            "seconds": seconds,
+        }
+        args.raw.write_text(json.dumps(raw, default=str))
+    return 0
+
+
+def combine(paths: Sequence[Path], *, n: int, out: Path | None) -> int:
+    """One summary over the studies of several --raw files (runs of the same config, task and
+    --n, e.g. one seed each); their objectives and reference point must agree."""
+    raws = [json.loads(p.read_text()) for p in paths]
+    keys = {json.dumps([r.get("objectives"), r.get("reference")]) for r in raws}
+    if len(keys) != 1 or raws[0].get("reference") is None:
+        raise SystemExit(
+            "--combine: the --raw files must come from runs of the same config and task (same "
+            f"objectives and reference point); got {sorted(keys)}. Fix: combine runs made with "
+            "the same --config/--task by this version of the script."
+        )
+    studies = [s for r in raws for s in r["studies"]]
+    objectives = [tuple(o) for o in raws[0]["objectives"]]
+    summary = summarize(studies, objectives, raws[0]["reference"])
+    total = sum(r.get("seconds", 0.0) for r in raws)
+    command = "python benchmarks/early_stopping.py --combine " + shlex.join(map(str, paths))
+    text = render(summary, command=command, n=n, seconds=total)
+    print(text)
+    if out:
+        out.write_text(text + "\n")
     return 0
 
 
