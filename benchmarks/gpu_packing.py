@@ -552,6 +552,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"warm-up search (data, baseline, int8 format; not counted): {warm_s:.0f} s")
     packings, rows = [], []
     report = ""
+
+    def publish() -> str:
+        """The report of the rows so far, written to ``--out`` too."""
+        text = render(
+            rows,
+            packings,
+            start,
+            command=command,
+            config=a.config.resolve(),
+            cpus=a.cpus,
+            smoke=a.smoke,
+            warm_s=warm_s,
+        )
+        if a.out:
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(text)
+        return text
+
     for per_gpu, isolation in plan_runs(a.per_gpu, a.isolation):
         cfg = search_config(
             base,
@@ -572,19 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"GPU busy {rows[-1]['gpu_busy']:.0%}",
             flush=True,
         )
-        report = render(
-            rows,
-            packings,
-            start,
-            command=command,
-            config=a.config.resolve(),
-            cpus=a.cpus,
-            smoke=a.smoke,
-            warm_s=warm_s,
-        )
-        if a.out:  # after each packing: a run cut short keeps what it measured
-            a.out.parent.mkdir(parents=True, exist_ok=True)
-            a.out.write_text(report)
+        report = publish()  # after each packing: a run cut short keeps what it measured
     if a.quiet_check > 0:  # every search has ended: the machine is quiet
         lat = search_config(base, per_gpu=1, trials=1, cpus=a.cpus, smoke=a.smoke)["latency"]
         for packing in packings:
@@ -596,18 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 repeats=int(lat.get("repeats", 200)),
                 limit=a.quiet_check,
             )
-        report = render(
-            rows,
-            packings,
-            start,
-            command=command,
-            config=a.config.resolve(),
-            cpus=a.cpus,
-            smoke=a.smoke,
-            warm_s=warm_s,
-        )
-        if a.out:
-            a.out.write_text(report)
+        report = publish()
     print(report)
     return 0
 

@@ -3,8 +3,9 @@
     python benchmarks/latency_isolation.py [--task digits] [--rounds 3] [--repeats 200]
         [--background 1] [--busy-s 4] [--workdir DIR] [--out FILE] [--smoke]
 
-The successor of ``latency_contention.py`` for issue 14. It times one artifact (the task's
-dense fp32 baseline, batch 1, one thread) through the search's own meter actors, one per mode
+The successor of ``latency_contention.py`` (retired; see benchmarks/BENCHMARKS.md) for issue
+14. It times one artifact (the task's dense fp32 baseline, batch 1, one thread) through the
+search's own meter actors, one per mode
 (``orchestrator._latency.running_meter``), while ``--background`` real trials
 (``trials.run_trial``, fine-tuning for many epochs, started as Ray tasks and doing at start
 what a search's trainable does: ``MeterRef.pin_trial``) train on the same machine:

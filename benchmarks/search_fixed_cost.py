@@ -46,9 +46,9 @@ STAGES = {
     "check_task": "dry run (thread)",
     "_start_ray": "Ray start",
     "running_meter": "meter start",
-    "_baseline": "baseline",
+    "measure_baseline": "baseline",
     "resolve_int8_format": "int8 choice",
-    "_tune": "Ray Tune (trials)",
+    "run_tune": "Ray Tune (trials)",
     "publish_front": "report",
 }
 
@@ -142,7 +142,7 @@ def render(index: int, line: Timeline, wall: float, window: float) -> list[str]:
     out = [f"search {index}: wall {wall:.1f} s, trial window {window:.1f} s, fixed {fixed:.1f} s"]
     for name, start, end in sorted(line.spans, key=lambda s: s[1]):
         dur = end - start
-        share = f"{dur / fixed:>6.0%} of fixed" if name != "_tune" else " " * 15
+        share = f"{dur / fixed:>6.0%} of fixed" if name != "run_tune" else " " * 15
         out.append(f"  {STAGES[name]:<18} {start:>7.1f} -> {end:>7.1f} s  {dur:>6.1f} s {share}")
     out.append("  (dry run overlaps Ray's and the meter's start; spans may overlap)")
     return out

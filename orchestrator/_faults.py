@@ -8,7 +8,7 @@ from typing import Any
 
 from ray.tune import Stopper
 
-from orchestrator._trainable import ERROR_KEY, FAILED_KEY
+from orchestrator._counts import ERROR_KEY, FAILED_KEY
 
 
 class FirstTrialsAllFail(Stopper):

@@ -10,7 +10,7 @@ when the meter starts (:func:`choose_isolation`):
 - ``cores``: the meter pins itself to ``latency.meter_cores`` cores of its node (the last ones
   it may use) and every trial worker on that node pins itself to the other cores
   (:func:`pin_trial`); nobody pauses. What remains shared is the L3 cache and the memory
-  bandwidth (``benchmarks/latency_contention.py`` measures what that costs).
+  bandwidth (``benchmarks/latency_isolation.py`` measures what that costs).
 - ``none``: nothing: the trials train beside the measurement.
 
 The rule of ``auto``: ``cores`` when the node has at least ``meter_cores + trial_cpus + 1``

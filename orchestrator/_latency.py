@@ -24,14 +24,13 @@ The meter also resolves ``quantization.int8_format: auto`` for its search, once,
 trials start (``time_candidates``; see ``orchestrator._int8``): the int8 format is chosen on the
 machine, and under the gate, where every artifact's latency is measured.
 
-``benchmarks/latency_contention.py`` measures how well each keeps a median undisturbed.
+``benchmarks/latency_isolation.py`` measures how well each keeps a median undisturbed.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -43,22 +42,26 @@ import numpy as np
 
 from orchestrator._gate import GATE_DIR_ENV, GATE_TIMEOUT_S, GateClaim, MeasureGate
 from orchestrator._isolation import (
-    IsolationChoice,
     Mode,
     choose_isolation,
-    meter_cores,
-    pin_threads,
     pin_trial,
     usable_cores,
+)
+from orchestrator._meter_actor import (
+    CandidateTiming,
+    LatencyMeterActor,
+    MeterCpu,
+    MeterPlacement,
+    meter_cpu,
+    node_tags,
+    timed,
+    timed_candidates,
 )
 from searchspace import Latency, SlimtuneError
 from trials import (
     Int8Timing,
     LatencyPlan,
     LatencyReading,
-    LatencySession,
-    cpu_identity,
-    time_int8_candidates,
 )
 
 __all__ = [
@@ -91,133 +94,6 @@ class LatencyMeterUnavailable(LatencyMeterError):
 # A meter lost with its node restarts elsewhere (max_restarts=-1); a trial keeps asking it for
 # this long before it gives up and lets Ray retry the whole trial.
 METER_RETRY_S = 120.0
-
-
-def node_tags() -> dict[str, str]:
-    """Where this process runs: ``latency_node`` (the Ray node id, or the host name outside
-    Ray), ``latency_node_ip`` and ``latency_host``."""
-    host = socket.gethostname()
-    tags = {"latency_node": host, "latency_node_ip": "", "latency_host": host}
-    try:
-        import ray
-
-        if ray.is_initialized():
-            tags["latency_node"] = ray.get_runtime_context().get_node_id()
-            tags["latency_node_ip"] = ray.util.get_node_ip_address()
-    except ImportError:  # pragma: no cover - ray is a dependency of the orchestrator
-        pass
-    return tags
-
-
-def timed(
-    model: Path | bytes,
-    example: np.ndarray,
-    plan: LatencyPlan,
-    *,
-    gate: MeasureGate | None,
-    tags: dict[str, str],
-) -> LatencyReading:
-    """Time ``model`` as ``plan`` says, holding ``gate`` exclusive while it runs (the session
-    is built before, so the machine is held only for the warm-up and the timed runs)."""
-    session = LatencySession(model, threads=plan.threads)
-    if gate is None:
-        return LatencyReading(session.time(example, plan), {**tags, "latency_gate": "off"})
-    with gate.exclusive() as claim:
-        stats = session.time(example, plan)
-    return LatencyReading(
-        stats,
-        {**tags, "latency_gate": "exclusive" if claim.quiet else "timeout"},
-        {"latency_gate_wait_ms": claim.wait_s * 1e3},
-    )
-
-
-@dataclass(frozen=True)
-class MeterCpu:
-    """The machine a meter times on: its node (``latency_node`` of ``node_tags``) and its CPU
-    as int8 timings depend on it (``trials.cpu_identity``)."""
-
-    node: str
-    identity: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class CandidateTiming:
-    """The meter's timing of the int8 candidates: median batch-1 ms per format, the machine
-    they ran on, and the gate (``exclusive``, ``timeout`` or ``off``) and its wait."""
-
-    latencies_ms: dict[str, float]
-    cpu: MeterCpu
-    gate: str
-    gate_wait_ms: float = 0.0
-
-
-def meter_cpu(tags: dict[str, str]) -> MeterCpu:
-    return MeterCpu(node=tags["latency_node"], identity=cpu_identity())
-
-
-def timed_candidates(
-    models: dict[str, bytes],
-    example: np.ndarray,
-    timing: Int8Timing,
-    *,
-    gate: MeasureGate | None,
-    tags: dict[str, str],
-) -> CandidateTiming:
-    """Time every candidate in interleaved rounds, holding ``gate`` exclusive once for the
-    whole comparison (the formats are compared under the same conditions)."""
-    if gate is None:
-        latencies = time_int8_candidates(models, example, timing)
-        return CandidateTiming(latencies, meter_cpu(tags), "off")
-    with gate.exclusive() as claim:
-        latencies = time_int8_candidates(models, example, timing)
-    return CandidateTiming(
-        latencies,
-        meter_cpu(tags),
-        "exclusive" if claim.quiet else "timeout",
-        claim.wait_s * 1e3,
-    )
-
-
-class LatencyMeterActor:
-    """The search's latency meter, run as a Ray actor with ``max_concurrency=1``: measures one
-    artifact at a time, on the node its resources pin it to."""
-
-    def __init__(self, latency: Latency, trial_cpus: float) -> None:
-        self._choice = choose_isolation(
-            latency, node_cores=len(usable_cores()), trial_cpus=trial_cpus
-        )
-        self._cores: tuple[int, ...] = ()
-        if self._choice.mode == "cores":
-            pin_threads(meter_cores(latency.meter_cores))
-            self._cores = tuple(usable_cores())  # as the kernel now has it
-        self._gate = MeasureGate() if self._choice.mode == "pause" else None
-        self._tags = {
-            "latency_where": "actor",
-            "latency_isolation": self._choice.mode,
-            **node_tags(),
-        }
-
-    def node(self) -> dict[str, str]:
-        """Where the meter runs (its tags)."""
-        return dict(self._tags)
-
-    def placement(self) -> MeterPlacement:
-        """Where the meter runs, the isolation it chose there and the cores it pinned."""
-        return MeterPlacement(self._tags["latency_node"], self._choice, self._cores)
-
-    def measure(self, model: bytes, example: np.ndarray, plan: LatencyPlan) -> LatencyReading:
-        return timed(model, example, plan, gate=self._gate, tags=self._tags)
-
-    def cpu(self) -> MeterCpu:
-        """The machine this meter times on."""
-        return meter_cpu(self._tags)
-
-    def time_candidates(
-        self, models: dict[str, bytes], example: np.ndarray, timing: Int8Timing
-    ) -> CandidateTiming:
-        """Time the int8 candidates of ``int8_format: auto`` against each other (see
-        ``timed_candidates``)."""
-        return timed_candidates(models, example, timing, gate=self._gate, tags=self._tags)
 
 
 class SearchMeter(abc.ABC):
@@ -341,16 +217,6 @@ class ActorSearchMeter(SearchMeter):
                     ) from exc
                 time.sleep(delay)
                 delay = min(2 * delay, 5.0)
-
-
-@dataclass(frozen=True)
-class MeterPlacement:
-    """Where a meter actor runs (its Ray node id), the isolation it measures under there, and
-    the cores it pinned itself to (``cores`` mode; else ())."""
-
-    node: str
-    choice: IsolationChoice
-    cores: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

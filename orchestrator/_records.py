@@ -25,9 +25,9 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from ray.tune import Stopper
 
+from orchestrator._counts import ERROR_KEY, FAILED_KEY, TrialCounts, is_finished, is_stopped
 from orchestrator._scheduler import STOPPED_TAG
 from orchestrator._tracking import MAX_TAG_CHARS, ROLE_TAG, fail_run, log_metrics, redact_uri
-from orchestrator._trainable import ERROR_KEY, FAILED_KEY, TrialCounts, is_finished, is_stopped
 from searchspace import SlimtuneError
 
 log = logging.getLogger(__name__)

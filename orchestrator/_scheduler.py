@@ -170,11 +170,12 @@ class EarlyStopRecords(Callback):
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         decision = self.scheduler.stopped(trial.trial_id)
-        run_id = (trial.last_result or {}).get("mlflow_run_id")
-        if decision is None or not run_id:
-            return
+        last = trial.last_result or {}
+        run_id = last.get("mlflow_run_id")
+        if decision is None or not run_id or last.get("replayed"):
+            return  # (replayed: stopped before --resume, its run already ended and tagged)
         client = MlflowClient(tracking_uri=self.tracking_uri)
-        seconds = (trial.last_result or {}).get("rung_seconds")
+        seconds = last.get("rung_seconds")
         metrics = (
             [Metric("trial_seconds", float(seconds), int(time.time() * 1000), 0)]
             if isinstance(seconds, int | float)

@@ -14,56 +14,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import optuna
 import pandas as pd
 import torch
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
-from ray.tune.logger import JsonLoggerCallback
 
-from orchestrator._faults import FirstTrialsAllFail
+from orchestrator._baseline import BaselineFailed, measure_baseline
 from orchestrator._int8 import resolution_tags, resolve_int8_format
 from orchestrator._latency import MeterRef, running_meter
-from orchestrator._live import LiveFrontCallback
-from orchestrator._mo_asha import MoAshaState
 from orchestrator._progress import (
-    TrialLines,
     cost_summary,
-    format_metrics,
     pareto_table,
     table_knobs,
 )
 from orchestrator._records import (
     RecordsLost,
     RecordsWatch,
-    SearchAccount,
     SearchInterrupted,
     StoreIdentity,
     check_account,
     end_failed,
     end_interrupted,
     records_unwritable,
-    trial_runs,
 )
 from orchestrator._resources import check_resources
 from orchestrator._resume import check_resume_config
-from orchestrator._samplers import build_sampler
-from orchestrator._scheduler import (
-    STATE_FILE,
-    EarlyStopRecords,
-    FinalReportsOnly,
-    MoAsha,
-    is_rung,
-)
 from orchestrator._schemes import check_space_schemes
-from orchestrator._searcher import TRIAL_NUMBER_KEY, OptunaAskTell
-from orchestrator._state import check_resume_state, default_storage, state_dir
+from orchestrator._state import check_resume_state
 from orchestrator._tracking import (
     TrackingTarget,
     log_metrics,
-    log_onnx,
     open_experiment,
     probe_tracking,
     redact_uri,
@@ -74,20 +56,16 @@ from orchestrator._tracking import (
     use_wal,
 )
 from orchestrator._trainable import (
-    EndAtReport,
     TrialBody,
     TrialContext,
-    make_trainable,
 )
+from orchestrator._tune import SearchStopped, run_tune
 from reports import publish_front
 from searchspace import SearchSpec, SlimtuneError, to_distributions
 from trials import (
     Task,
-    TrialSettings,
     check_task,
-    ensure_baseline,
     load_task,
-    run_baseline,
     run_trial,
 )
 
@@ -124,7 +102,7 @@ def _local_env() -> None:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     # Ray Tune's default per-trial loggers (CSV, JSON, TensorBoard) run in its loop at every
     # trial's start, result and end (~5 ms per trial, a TensorBoard writer thread each) and
-    # duplicate what MLflow records; the search adds back only the JSON one (see _tune).
+    # duplicate what MLflow records; the search adds back only the JSON one (see _tune.run_tune).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # A trial stopped early ends its thread inside tune.report; Ray waits this long (default
     # 2 s) for it before reusing the actor, and fails the next trial if it has not ended (on a
@@ -258,7 +236,7 @@ def _run(
     try:
         if not (opts.resume and "baseline_accuracy" in client.get_run(parent).data.metrics):
             try:
-                _baseline(
+                measure_baseline(
                     spec,
                     client,
                     parent,
@@ -296,7 +274,7 @@ def _run(
             latency_meter=meter,
             int8_auto=int8_auto,
         )
-        account, stopper = _tune(
+        account, stopper = run_tune(
             spec,
             ctx,
             runs_dir,
@@ -359,198 +337,8 @@ def _run(
     return SearchOutcome(uri, exp_id, parent, finished, failed, front, wall)
 
 
-def _baseline(
-    spec: SearchSpec,
-    client: MlflowClient,
-    parent: str,
-    *,
-    task: Task,
-    cache_dir: Path,
-    runs_dir: Path,
-    out: TextIO,
-    meter: MeterRef,
-) -> None:
-    """Train (or load) the dense model and measure its export: the reference for every trial.
-    Its latency is measured by the search's meter, as every trial's is."""
-    device = _baseline_device(spec, out)
-    base = ensure_baseline(task, seed=spec.seed, cache_dir=cache_dir, device=device)
-    how = (
-        "loaded from cache"
-        if base.cached
-        else f"trained on {base.device} in {base.train_seconds:.0f} s"
-    )
-    work = runs_dir / "baseline"
-    work.mkdir(parents=True, exist_ok=True)
-    settings = TrialSettings.for_search(spec, seed=spec.seed, cache_dir=cache_dir, work_dir=work)
-    search_meter = meter.connect()
-    with search_meter.working():
-        result = run_baseline(task, settings, meter=search_meter)
-    log_metrics(client, parent, {f"baseline_{k}": v for k, v in result.metrics.items()})
-    where = {f"baseline_{k}": v for k, v in result.tags.items() if k.startswith("latency_")}
-    client.log_batch(parent, tags=[RunTag(k, v) for k, v in where.items()])
-    log_onnx(client, parent, result.onnx_path, "baseline")
-    print(f"dense baseline ({how}): {format_metrics(result.metrics)}", file=out, flush=True)
-    print(_latency_place(result.tags, meter), file=out, flush=True)
-
-
-def _baseline_device(spec: SearchSpec, out: TextIO) -> str:
-    """Where the driver trains the dense baseline: on the GPU when the trials train on GPUs
-    and this process sees one (one machine), else on its CPUs (e.g. a driver on a head node
-    without GPUs; the trials still fine-tune on theirs)."""
-    if spec.resources.gpu <= 0:
-        return "cpu"
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    print(
-        "note: trials train on GPUs, but this process sees none: the dense baseline (if not "
-        "cached) trains on the CPU",
-        file=out,
-        flush=True,
-    )
-    return "cpu"
-
-
-def _latency_place(tags: dict[str, str], meter: MeterRef) -> str:
-    where = tags.get("latency_where", "inline")
-    node = tags.get("latency_node", "?")
-    ip = tags.get("latency_node_ip") or tags.get("latency_host", "")
-    gate = {"exclusive": "trials on that machine pause while it measures", "off": "no pause"}
-    how = gate.get(tags.get("latency_gate", ""), "gate timed out")
-    if meter.pinning is not None:
-        cores = ",".join(str(c) for c in meter.pinning.cores)
-        how = f"it has core(s) {cores} to itself, the trials there keep to the others"
-    return (
-        f"latency: measured {'by the search meter' if where == 'actor' else 'in each trial'} "
-        f"on node {node[:12]} ({ip}); isolation {meter.isolation} ({meter.rule}): {how}"
-    )
-
-
 def measured_with(spec: SearchSpec, meter: MeterRef) -> SearchSpec:
     """``spec`` with ``latency.isolation`` the mode ``meter`` measures under (``auto``
     resolved): what each trial's record keeps."""
     latency = spec.latency.model_copy(update={"isolation": meter.isolation})
     return spec.model_copy(update={"latency": latency})
-
-
-class BaselineFailed(SlimtuneError):
-    """Training or measuring the dense baseline failed."""
-
-
-class SearchStopped(SlimtuneError):
-    """The search stopped on its own, e.g. because its first trials all failed."""
-
-
-def _tune(
-    spec: SearchSpec,
-    ctx: TrialContext,
-    runs_dir: Path,
-    out: TextIO,
-    *,
-    resume: bool,
-    body: TrialBody,
-    extra_callbacks: Sequence[Callback] = (),
-    watch: RecordsWatch,
-) -> tuple[SearchAccount, FirstTrialsAllFail]:
-    from ray import tune
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        directions=spec.directions,
-        sampler=build_sampler(spec.sampler),
-        study_name=ctx.tracking.parent_run_id,
-    )
-    searcher = OptunaAskTell(
-        study, to_distributions(spec.space), spec.metric_names, max_trials=spec.trials
-    )
-    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    trainable = tune.with_resources(make_trainable(ctx, body=body), resources)
-    stopper = FirstTrialsAllFail(spec.faults.stop_after_failures)
-    scheduler = (
-        MoAsha(MoAshaState.for_spec(spec), runs_dir / STATE_FILE)
-        if spec.early_stopping.enabled
-        else None
-    )
-    storage = spec.storage or default_storage(runs_dir.parent.parent.parent)
-    name = f"search-{ctx.tracking.parent_run_id}"
-    path = state_dir(storage, ctx.tracking.parent_run_id)
-    if resume and not tune.Tuner.can_restore(path) and not _has_trials(ctx):
-        # Interrupted before its first trial started (e.g. during the baseline): start them.
-        print("slimtune: no trial had started; starting the search's trials", file=out)
-        resume = False
-    if resume:
-        if not tune.Tuner.can_restore(path):
-            raise SearchStopped(
-                f"cannot resume: no saved search state at {path}. Fix: run without --resume "
-                "(the state lives under .slimtune/ray/ of the directory the search ran in)."
-            )
-        # Finished trials stay finished; trials cut off by the crash run again, and find their
-        # MLflow run by trial id (idempotent); the sampler's study comes back from its save().
-        tuner = tune.Tuner.restore(
-            str(path), trainable=trainable, resume_unfinished=True, resume_errored=True
-        )
-    else:
-        live = LiveFrontCallback(
-            ctx.tracking.uri, ctx.tracking.parent_run_id, out=out, background=True
-        )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                num_samples=spec.trials,
-                max_concurrent_trials=spec.concurrency,
-                reuse_actors=True,
-                scheduler=scheduler,
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=storage,
-                verbose=0,
-                # FirstTrialsAllFail must see every result: CombinedStopper asks in order.
-                # (it counts trials: rung reports of early stopping are not trials).
-                stop=tune.stopper.CombinedStopper(FinalReportsOnly(stopper), watch, EndAtReport()),
-                callbacks=[
-                    # result.json per trial: what Ray Tune's own ResultGrid reads back.
-                    JsonLoggerCallback(),
-                    TrialLines(
-                        spec.trials, out=out, knobs=spec.space.varying_knobs(), front=live.live
-                    ),
-                    live,
-                    *([EarlyStopRecords(scheduler, ctx.tracking.uri)] if scheduler else []),
-                    *extra_callbacks,
-                ],
-                failure_config=tune.FailureConfig(max_failures=spec.faults.max_retries),
-            ),
-        )
-    grid = tuner.fit()
-    results = [grid[i] for i in range(len(grid))]
-    if resume and len(results) < spec.trials:
-        # The search ended short of its trials. Ray Tune consulted the stopper it restored, not
-        # this one: apply the rule to the results, in trial order, to say why.
-        # (FinalReportsOnly: the rule counts trials, a last report at a rung is none.)
-        stopper.replay(
-            r.metrics
-            for r in sorted(results, key=_trial_number)
-            if r.metrics is not None and not is_rung(r.metrics)
-        )
-    return SearchAccount.of(results, spec.metric_names, _stopped_ids(scheduler, results)), stopper
-
-
-def _stopped_ids(scheduler: MoAsha | None, results: Sequence[Any]) -> frozenset[str]:
-    """The trials among ``results`` that the early-stopping scheduler stopped. After --resume
-    ``scheduler`` is not the one Ray Tune ran (it restored its own): it reads the decisions
-    back from the state file, which the running one writes at every decision."""
-    if scheduler is None:
-        return frozenset()
-    ids = (str((r.metrics or {}).get("trial_id", "")) for r in results)
-    return frozenset(i for i in ids if i and scheduler.stopped(i) is not None)
-
-
-def _has_trials(ctx: TrialContext) -> bool:
-    return bool(trial_runs(MlflowClient(tracking_uri=ctx.tracking.uri), ctx.tracking.parent_run_id))
-
-
-def _trial_number(result: Any) -> int:
-    config = (result.metrics or {}).get("config") or {}
-    return int(config.get(TRIAL_NUMBER_KEY, 1 << 30))

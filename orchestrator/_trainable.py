@@ -20,17 +20,19 @@ import itertools
 import math
 import os
 import traceback
-from collections.abc import Callable, Container, Iterable, Sequence
-from dataclasses import MISSING, dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
-from ray.tune import Result, Stopper
+from ray.tune import Stopper
 
+from orchestrator._counts import ERROR_KEY, FAILED_KEY
 from orchestrator._isolation import cores_text
 from orchestrator._latency import LatencyMeterUnavailable, MeterRef
-from orchestrator._scheduler import RUNG_KEY, STOPPED_KEY, STOPPED_TAG, is_rung, rung_result
+from orchestrator._replay import RecordDisagrees, finished_replay, stopped_replay
+from orchestrator._scheduler import RUNG_KEY, STOPPED_TAG, is_rung, rung_result
 from orchestrator._searcher import TRIAL_NUMBER_KEY
 from orchestrator._tracking import (
     TrackingTarget,
@@ -54,9 +56,6 @@ from trials import (
     load_task,
     run_trial,
 )
-
-FAILED_KEY = "trial_failed"
-ERROR_KEY = "trial_error"
 
 
 class NonFiniteMetric(SlimtuneError):
@@ -132,6 +131,9 @@ class EndAtReport(Stopper):
     one more driver round trip later that it returned: ~2 round trips per trial instead of 1
     (benchmarks/BENCHMARKS.md). Stopping at a report ends the function inside ``tune.report``
     (a clean ``SystemExit(0)`` that Ray expects), which is harmless: nothing follows it.
+
+    A saved search's tuner state pickles it by its module path: keep it in this module, or
+    ``--resume`` of the searches saved before a move cannot load their state.
     """
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
@@ -139,72 +141,6 @@ class EndAtReport(Stopper):
 
     def stop_all(self) -> bool:
         return False
-
-
-@dataclass(frozen=True)
-class TrialCounts:
-    """How many of a search's trials finished and how many failed, from Ray Tune's results.
-
-    A trial finished when Ray ended it without an error and its last report carries every
-    objective and no failure. A trial stopped early by the search's scheduler (:func:`is_stopped`)
-    is neither. Anything else failed: a trial whose own work failed (it reports ``FAILED_KEY``),
-    one Ray ended with an error (a trial restored by ``--resume`` that fails again keeps the
-    result it reported before, objectives included), one that never reported.
-    """
-
-    finished: int
-    failed: int
-    stopped: int = 0  # stopped early by the search's scheduler (last report at a rung)
-    seconds: float = 0.0  # the search's cost: trial-seconds of finished and stopped trials
-
-    @classmethod
-    def of(
-        cls,
-        results: Iterable[Result],
-        metric_names: Sequence[str],
-        stopped_ids: Container[str] | None = None,
-    ) -> TrialCounts:
-        """``stopped_ids``: the trials the search's scheduler stopped (see :func:`is_stopped`)."""
-        results = list(results)
-        done = [is_finished(r, metric_names) for r in results]
-        stopped = [is_stopped(r, stopped_ids) for r in results]
-        seconds = sum(_seconds(r.metrics or {}) for r in results)
-        return cls(
-            finished=sum(done),
-            failed=len(done) - sum(done) - sum(stopped),
-            stopped=sum(stopped),
-            seconds=seconds,
-        )
-
-
-def _seconds(metrics: dict[str, Any]) -> float:
-    value = metrics.get("trial_seconds", metrics.get("rung_seconds", 0.0))
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else 0.0
-
-
-def is_stopped(result: Result, stopped_ids: Container[str] | None = None) -> bool:
-    """Whether Ray's ``result`` is a trial stopped early by the search's scheduler: no error,
-    its last report a rung, and, given ``stopped_ids`` (the trial ids the scheduler stopped),
-    one of those or replayed as stopped by ``--resume``. With ``stopped_ids`` a trial cut off
-    after a rung report (Ctrl-C) is not stopped early: it did not end, and runs again."""
-    metrics = result.metrics or {}
-    if result.error is not None or not is_rung(metrics):
-        return False
-    return (
-        stopped_ids is None
-        or bool(metrics.get(STOPPED_KEY))
-        or str(metrics.get("trial_id", "")) in stopped_ids
-    )
-
-
-def is_finished(result: Result, metric_names: Sequence[str]) -> bool:
-    """Whether Ray's ``result`` is a finished trial (see :class:`TrialCounts`)."""
-    metrics = result.metrics or {}
-    return (
-        result.error is None
-        and not metrics.get(FAILED_KEY)
-        and all(name in metrics for name in metric_names)
-    )
 
 
 TrialBody = Callable[[Task, TrialParams, TrialSettings], TrialResult]
@@ -242,10 +178,6 @@ def make_trainable(
 Report = Callable[[dict[str, Any]], None]
 
 
-class RecordDisagrees(SlimtuneError):
-    """A trial's MLflow record and the search's saved state disagree (after ``--resume``)."""
-
-
 def run_trial_in_mlflow(
     ctx: TrialContext,
     config: dict[str, Any],
@@ -274,10 +206,10 @@ def run_trial_in_mlflow(
         run_id = existing.info.run_id if existing is not None else None
         if existing is not None and existing.data.tags.get(STOPPED_TAG) == "true":
             # Stopped early before the driver went down (resume): it stays stopped.
-            report(_stopped_replay(existing))
+            report(stopped_replay(existing))
             return
         if existing is not None and existing.info.status == "FINISHED":
-            _replay(existing, params, number, report)
+            report(finished_replay(existing, params, number))
             return
         settings = ctx.settings(number)
         if existing is not None:
@@ -351,25 +283,6 @@ def run_trial_in_mlflow(
             "artifact": result.tags.get("artifact", ""),
             "format": result.tags.get("format", ""),
             "latency_converged": result.tags.get("latency_converged", ""),
-        }
-    )
-
-
-def _replay(existing: Any, params: TrialParams, number: int, report: Report) -> None:
-    """Report a trial that finished before the driver went down (resume); do not re-run it."""
-    differ = _differing_params(existing, params)
-    if differ:  # a restored study never re-proposes a finished number otherwise
-        raise RecordDisagrees(
-            f"trial number {number} is already recorded with other parameters (run "
-            f"{existing.info.run_id}: {_describe(differ)}); the search state and MLflow "
-            "disagree. Fix: start a new search without --resume."
-        )
-    report(
-        {
-            **existing.data.metrics,
-            "mlflow_run_id": existing.info.run_id,
-            "artifact": existing.data.tags.get("artifact", ""),
-            "replayed": 1,
         }
     )
 
@@ -451,49 +364,6 @@ class _RungReports:
             self.report(payload)
         except SystemExit:
             raise StoppedAtRung(rung) from None
-
-
-def _stopped_replay(run: Any) -> dict[str, Any]:
-    """The report of a trial recorded as stopped early (a re-run after --resume)."""
-    return {
-        RUNG_KEY: int(run.data.tags.get("stopped_at_epoch", "0") or 0),
-        STOPPED_KEY: 1,
-        "rung_seconds": float(run.data.metrics.get("trial_seconds", 0.0)),
-        "mlflow_run_id": run.info.run_id,
-        "replayed": 1,
-    }
-
-
-# A knob's default is what slimtune did before the knob existed (quant_scheme: qat, the only
-# scheme there was): a run recorded by an older slimtune lacks the knob and ran with it.
-_KNOB_DEFAULTS = {f.name: str(f.default) for f in fields(TrialParams) if f.default is not MISSING}
-
-
-def _differing_params(run: Any, params: TrialParams) -> dict[str, tuple[str | None, Any]]:
-    """The knobs whose value ``run`` logged differs from ``params``: name -> (logged, now).
-
-    A knob the run did not log compares as its default, so that ``--resume`` of a search
-    recorded before that knob was searchable matches its finished trials (they ran with it).
-    """
-    logged = {**_KNOB_DEFAULTS, **run.data.params}
-    return {
-        k: (logged.get(k), v)
-        for k, v in params.to_dict().items()
-        if k not in logged or not _close(logged[k], v)
-    }
-
-
-def _describe(differ: dict[str, tuple[str | None, Any]]) -> str:
-    return ", ".join(f"{k} logged {old!r}, proposed {new!r}" for k, (old, new) in differ.items())
-
-
-def _close(logged: str, value: Any) -> bool:
-    if isinstance(value, float):
-        try:
-            return math.isclose(float(logged), value, rel_tol=1e-9)
-        except ValueError:
-            return False
-    return logged == str(value)
 
 
 def _attempts(run: Any) -> int:

@@ -21,6 +21,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NO_FEASIBLE = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as shells report `cat big | head` under pipefail
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,6 +89,23 @@ def _quiet_torch() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+def _stdout_closed() -> int:
+    """The reader of our output went away (``slimtune schema | head``): exit quietly, as a Unix
+    tool killed by SIGPIPE does. Standard output is pointed at /dev/null first, or Python's
+    own flush at exit raises the same error again and prints it."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries()
     try:

@@ -25,6 +25,7 @@ from trials._artifact_clean import (
     strip_debug_metadata,
 )
 from trials._errors import ExportError, QuantizationError
+from trials._ort_log import rank1_axis_warnings_dropped
 from trials._quantize import DEFAULT_INT8_FORMAT, Int8Format
 from trials._quantize_int4 import Int4Export, rewrite_int4
 from trials._tables import quantize_tables
@@ -91,22 +92,23 @@ def quantize_int8(
     pre_path = out_path.with_name(out_path.stem + ".pre.onnx")
     try:
         quant_pre_process(str(fp32_path), str(pre_path))
-        quantize_static(
-            str(pre_path),
-            str(out_path),
-            _Calibration(calibration),
-            quant_format=QuantFormat.QDQ,
-            per_channel=fmt.per_channel,
-            reduce_range=fmt.reduce_range,
-            activation_type=fmt.activation_type,
-            weight_type=QuantType.QInt8,
-            extra_options={"WeightSymmetric": True},
-            calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=float_tables(pre_path),
-            nodes_to_quantize=(
-                None if only_weights is None else nodes_reading(pre_path, only_weights)
-            ),
-        )
+        with rank1_axis_warnings_dropped():  # LayerNorm weights: per-tensor, as they must be
+            quantize_static(
+                str(pre_path),
+                str(out_path),
+                _Calibration(calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=fmt.per_channel,
+                reduce_range=fmt.reduce_range,
+                activation_type=fmt.activation_type,
+                weight_type=QuantType.QInt8,
+                extra_options={"WeightSymmetric": True},
+                calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=float_tables(pre_path),
+                nodes_to_quantize=(
+                    None if only_weights is None else nodes_reading(pre_path, only_weights)
+                ),
+            )
     except Exception as exc:
         raise QuantizationError(
             f"{what}: static int8 quantization in ONNX Runtime ({fmt.name}) must succeed for "

@@ -8,6 +8,7 @@ import collections
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -70,14 +71,21 @@ def _wait_for(
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _assert_each_trial_once(uri: str, experiment: str, trials: int) -> list[Any]:
+def _assert_each_trial_once(
+    uri: str, experiment: str, trials: int, *, stopped_ok: bool = False
+) -> list[Any]:
+    """Each trial has exactly one run, FINISHED with its objectives (or, with ``stopped_ok``,
+    KILLED by early stopping, tagged so)."""
     children = _children(uri, experiment)
     numbers = sorted(int(c.data.tags["slimtune.trial_number"]) for c in children)
     assert numbers == list(range(trials)), numbers
     ids = collections.Counter(c.data.tags["slimtune.trial_id"] for c in children)
     assert all(n == 1 for n in ids.values()), ids
-    assert all(c.info.status == "FINISHED" for c in children), [c.info.status for c in children]
     for c in children:
+        if stopped_ok and c.data.tags.get("early_stopped") == "true":
+            assert c.info.status == "KILLED" and "accuracy" not in c.data.metrics
+            continue
+        assert c.info.status == "FINISHED", [c.info.status for c in children]
         assert 0 < c.data.metrics["accuracy"] <= 1 and c.data.metrics["latency_ms"] > 0
     return children
 
@@ -91,6 +99,31 @@ def _kill_group(proc: subprocess.Popen[str], sig: int = signal.SIGKILL) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
     proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def old_search(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A finished two-trial search of ``small_config("old")`` (its work directory), taken over by
+    the test that resumes a search recorded by an older slimtune, and a copy of the cache it
+    made (the digits baseline, the int8 format choice, the scheme checks): the other tests'
+    first searches start from it, as every search after the first on a machine does, rather
+    than each training and timing the same baseline again."""
+    work = tmp_path_factory.mktemp("old")
+    (work / "c.yaml").write_text(small_config("old", trials=2))
+    first = _search(work)
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-2000:] + err[-4000:]
+    cache = tmp_path_factory.mktemp("digits-cache") / "cache"
+    shutil.copytree(work / ".slimtune" / "cache", cache)
+    return work, cache
+
+
+@pytest.fixture
+def warm_cache(tmp_path: Path, old_search: tuple[Path, Path]) -> Path:
+    """``tmp_path`` with the digits cache of :func:`old_search` in place (the faults these tests
+    inject do not involve the baseline)."""
+    shutil.copytree(old_search[1], tmp_path / ".slimtune" / "cache")
+    return tmp_path
 
 
 def test_unreachable_tracking_server_fails_at_once(tmp_path: Path) -> None:
@@ -109,35 +142,74 @@ def test_unreachable_tracking_server_fails_at_once(tmp_path: Path) -> None:
     assert not (tmp_path / ".slimtune" / "ray").exists()  # Ray never started a search
 
 
+MO_ASHA = "early_stopping: {name: mo-asha, min_epochs: 1, reduction_factor: 3}"
+
+
+def _mo_asha_records(work: Path) -> dict[str, Any]:
+    [path] = (work / ".slimtune" / "runs").glob("*/mo_asha_state.json")
+    return dict(json.loads(path.read_text()))
+
+
+@pytest.mark.usefixtures("warm_cache")
 def test_driver_killed_then_resumed_continues_the_same_search(tmp_path: Path) -> None:
+    """SIGKILL to the driver's process group once MO-ASHA has stopped a trial at its rung (epoch
+    1 of 2) and let another finish; --resume then continues the same search (issue 13 item 6):
+    each trial is recorded once, trials ended before the crash are not re-run, the stopped ones
+    stay KILLED with early_stopped=true, and the scheduler's decisions before the crash are kept
+    (it read its state file back: a fresh one would have forgotten them)."""
     trials = 6
-    (tmp_path / "c.yaml").write_text(small_config("resume", trials=trials))
+    (tmp_path / "c.yaml").write_text(small_config("resume", trials=trials, epochs=2, extra=MO_ASHA))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def stopped(c: Any) -> bool:
+        return c.info.status == "KILLED" and c.data.tags.get("early_stopped") == "true"
+
     proc = _search(tmp_path)
     try:
 
-        def finished() -> bool:
-            return sum(c.info.status == "FINISHED" for c in _children(uri, "resume")) >= 2
+        def one_stopped_one_finished() -> bool:
+            children = _children(uri, "resume")
+            return any(map(stopped, children)) and any(
+                c.info.status == "FINISHED" for c in children
+            )
 
-        _wait_for(finished, 600, "two finished trials", proc)
+        _wait_for(one_stopped_one_finished, 600, "a stopped and a finished trial", proc)
     finally:
         _kill_group(proc)  # SIGKILL the driver and everything it started
     before = {c.data.tags["slimtune.trial_id"]: c for c in _children(uri, "resume")}
-    done_before = {k for k, c in before.items() if c.info.status == "FINISHED"}
-    assert len(done_before) >= 2
+    ended_before = {k for k, c in before.items() if c.info.status == "FINISHED" or stopped(c)}
+    stopped_before = {k for k, c in before.items() if stopped(c)}
+    state_before = _mo_asha_records(tmp_path)
+    assert stopped_before and stopped_before <= set(state_before["decisions"])
 
     resumed = _search(tmp_path, "--resume")
     out, err = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, out[-2000:] + err[-4000:]
-    children = _assert_each_trial_once(uri, "resume", trials)
+    children = _assert_each_trial_once(uri, "resume", trials, stopped_ok=True)
     searches = _searches(uri, "resume")
     assert len(searches) == 1 and searches[0].info.status == "FINISHED"
-    assert f"{trials} trials finished, 0 failed" in out, out[-2000:]
-    assert _counts(searches[0]) == (trials, 0)
+    n_stopped = sum(map(stopped, children))
+    assert f"{trials - n_stopped} trials finished, 0 failed, {n_stopped} stopped early" in out
+    assert _counts(searches[0]) == (trials - n_stopped, 0)
+    assert searches[0].data.metrics["trials_stopped"] == n_stopped
     after = {c.data.tags["slimtune.trial_id"]: c for c in children}
-    for tid in done_before:  # finished trials were not re-run: same run, same end time
+    for tid in ended_before:  # ended trials were not re-run: same run, same end, same status
         assert after[tid].info.run_id == before[tid].info.run_id
         assert after[tid].info.end_time == before[tid].info.end_time
+        assert after[tid].info.status == before[tid].info.status
+    for tid in stopped_before:
+        assert after[tid].data.tags["stopped_at_epoch"] == "1"
+        assert after[tid].data.tags["early_stop_reason"].startswith("mo-asha: at rung epoch 1")
+    # The resumed scheduler started from the saved state: the decisions and rung records of
+    # the trials that ended before the crash are still there, unchanged. (A trial cut off by
+    # the crash runs again, reaches its rung again and is decided anew.)
+    state_after = _mo_asha_records(tmp_path)
+    for tid in ended_before:
+        assert state_after["decisions"][tid] == state_before["decisions"][tid], tid
+        assert state_after["records"]["1"][tid] == state_before["records"]["1"][tid], tid
+    # And every trial the scheduler stopped is a KILLED early-stopped run, and only those.
+    stopped_ids = {t for t, d in state_after["decisions"].items() if d["stop"]}
+    assert stopped_ids == {t for t, c in after.items() if stopped(c)}
 
 
 def _as_if_recorded_before_quant_scheme(work: Path, uri: str, experiment: str) -> None:
@@ -169,16 +241,14 @@ def _recorded(run: Any) -> tuple[Any, ...]:
 
 
 def test_resume_of_a_search_recorded_before_quant_scheme_replays_its_trials(
-    tmp_path: Path,
+    old_search: tuple[Path, Path],
 ) -> None:
-    """One search, resumed three times: with an edited config (refused), with its own config
-    (its trials replayed), and with a trial whose record disagrees (counted as failed)."""
+    """One search (:func:`old_search`), resumed three times: with an edited config (refused),
+    with its own config (its trials replayed), and with a trial whose record disagrees (counted
+    as failed)."""
     trials = 2
-    (tmp_path / "c.yaml").write_text(small_config("old", trials=trials))
+    tmp_path = old_search[0]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = _search(tmp_path)
-    out, err = first.communicate(timeout=600)
-    assert first.returncode == 0, out[-2000:] + err[-4000:]
     _as_if_recorded_before_quant_scheme(tmp_path, uri, "old")
     before = {c.info.run_id: c for c in _children(uri, "old")}
     assert all("quant_scheme" not in c.data.params for c in before.values())
@@ -314,6 +384,7 @@ def two_node_cluster() -> Iterator[Any]:
         cluster.shutdown()
 
 
+@pytest.mark.usefixtures("warm_cache")
 def test_a_lost_node_mid_trial_is_retried_and_recorded_once(
     tmp_path: Path, two_node_cluster: Any
 ) -> None:
@@ -382,13 +453,14 @@ def _start_server(store: Path, port: int) -> subprocess.Popen[str]:
     return proc
 
 
+@pytest.mark.usefixtures("warm_cache")
 def test_tracking_server_stopped_and_restarted_mid_search_loses_nothing(tmp_path: Path) -> None:
     store = tmp_path / "server"
     store.mkdir()
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
     server = _start_server(store, port)
-    trials = 6
+    trials = 4  # two finish before the server goes, two run and finish while it is away
     (tmp_path / "c.yaml").write_text(
         small_config("server", trials=trials, extra=f"tracking: {{uri: '{uri}'}}")
     )
@@ -400,7 +472,7 @@ def test_tracking_server_stopped_and_restarted_mid_search_loses_nothing(tmp_path
 
         _wait_for(finished, 600, "two finished trials", proc)
         _kill_group(server, signal.SIGTERM)
-        time.sleep(8)  # the server is away while trials keep finishing
+        time.sleep(2)  # the server is away while trials keep finishing (and for its restart)
         server = _start_server(store, port)
         out, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, out[-2000:] + err[-4000:]
@@ -452,6 +524,7 @@ def _assert_interrupted(proc: subprocess.Popen[str], uri: str, experiment: str) 
     return finished
 
 
+@pytest.mark.usefixtures("warm_cache")
 def test_ctrl_c_ends_the_search_killed_and_resume_continues_it(tmp_path: Path) -> None:
     """SIGINT to the driver before its trials start (the dense baseline) and while they run,
     then to the whole process group of a resumed search; between them, a damaged and an
@@ -532,6 +605,7 @@ def test_ctrl_c_ends_the_search_killed_and_resume_continues_it(tmp_path: Path) -
         assert "slimtune.error" not in run.data.tags, run.data.tags
 
 
+@pytest.mark.usefixtures("warm_cache")
 def test_a_store_deleted_mid_search_fails_it_loudly(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text(small_config("lost", trials=6))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from ray.tune import Result
 from ray.tune.schedulers import TrialScheduler
 
+from orchestrator._counts import TrialCounts
 from orchestrator._mo_asha import MoAshaState, crowding, dominates, fronts, rank_order
 from orchestrator._scheduler import (
     RUNG_KEY,
@@ -26,7 +27,7 @@ from orchestrator._scheduler import (
     rung_result,
 )
 from orchestrator._searcher import OptunaAskTell
-from orchestrator._trainable import EndAtReport, TrialCounts
+from orchestrator._trainable import EndAtReport
 from searchspace import SearchSpec
 from trials import RungReport
 

@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune import Result
 
+from orchestrator._counts import FAILED_KEY
 from orchestrator._records import (
     RecordsLost,
     RecordsWatch,
@@ -23,7 +24,6 @@ from orchestrator._records import (
     mlflow_counts,
     verify_records,
 )
-from orchestrator._trainable import FAILED_KEY
 
 OBJECTIVES = ["accuracy", "size_gzip_bytes", "latency_ms"]
 DONE = {"accuracy": 0.9, "size_gzip_bytes": 1e4, "latency_ms": 0.1}

@@ -13,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune import Result
 
+from orchestrator._counts import FAILED_KEY, TrialCounts
 from orchestrator._resume import (
     ResumeConfigChanged,
     StartConfigMissing,
@@ -21,7 +22,6 @@ from orchestrator._resume import (
     started_spec,
 )
 from orchestrator._tracking import CONFIG_ARTIFACT_TAG, open_experiment, start_search_run
-from orchestrator._trainable import FAILED_KEY, TrialCounts
 from searchspace import SearchSpec, load_spec, parse_spec
 
 CONFIG = """

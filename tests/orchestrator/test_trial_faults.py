@@ -19,8 +19,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator import _tracking
+from orchestrator._counts import ERROR_KEY, FAILED_KEY
 from orchestrator._tracking import TrackingTarget
-from orchestrator._trainable import ERROR_KEY, FAILED_KEY, TrialContext, run_trial_in_mlflow
+from orchestrator._trainable import TrialContext, run_trial_in_mlflow
 from searchspace import TrialParams, parse_spec
 from trials import Task, TrialResult, TrialSettings
 
