@@ -1,18 +1,21 @@
 """Per-layer plans (issue 17): the front of a mixed-plan search against a uniform one.
 
     python benchmarks/plan_front.py [--configs examples/mnist1d.yaml examples/transformer.yaml]
-        [--n 30] [--seed 0] [--out FILE] [--smoke]
+        [--n 30] [--seed 0] [--out FILE] [--cache DIR] [--smoke]
 
 For each config, two studies of the config's sampler with the same seed and the same number of
 trials, trials one after another (``trials.run_trial``; no Ray, no MLflow), one torch thread:
 
 - ``uniform``: the config's space with ``plan: uniform``;
-- ``mixed``: ``plan: mixed`` with ``budget`` searched in [0.15, 0.7] (``bits`` unused).
+- ``mixed``: ``plan: mixed`` with ``budget`` searched in [0.15, 0.7] (``bits`` unused; with
+  ``pruning: structured`` the allocator also picks each layer's kept width, ``sparsity`` unused).
 
 Reported per config and kind: the hypervolume (accuracy, size_bytes, latency_ms; reference from
 the dense baseline), and, among trials whose accuracy is within 0.5 point of the best uniform
 trial's, the smallest file and the lowest latency; the ratio uniform / mixed of each; and for
-the mixed trials the median and worst |predicted - measured| / measured size.
+the mixed trials the median and worst |predicted - measured| / measured size; then the
+per-layer data the allocator worked from (each layer's sensitivity and bytes per format, each
+group's sensitivity and bytes saved per kept width), which explains a missed target.
 
 Latency is timed inline: run it on a quiet machine. ``--smoke``: digits, 2 trials of 1 epoch per
 kind, a short latency plan: checks that the script runs, not a result.
@@ -79,6 +82,7 @@ def run_study(spec: SearchSpec, n: int, cache: Path, work: Path) -> pd.DataFrame
                 "state": "FINISHED",
                 "predicted": float(result.tags.get("plan_predicted_bytes", "nan")),
                 "formats": result.tags.get("plan_formats", ""),
+                "keeps": result.tags.get("plan_keeps", ""),
             }
         )
     return pd.DataFrame(rows)
@@ -119,7 +123,47 @@ def summarize(config: str, frames: dict[str, pd.DataFrame], baseline: dict[str, 
             f"{errors.max():.1%} (target <= 10 %)"
         )
     lines.append("")
-    lines.append(mixed[["budget", "formats", "accuracy", "size_bytes", "predicted"]].to_string())
+    columns = ["pruning", "budget", "formats", "keeps", "accuracy", "size_bytes", "predicted"]
+    lines.append(mixed[columns].to_string())
+    return "\n".join(lines)
+
+
+def per_layer(cache: Path, task: str, model: Any) -> str:
+    """The sensitivity tables the mixed study used (``cache/sensitivity``): per layer, the loss
+    at int8 / int4 and the fp32 -> int8 / int4 bytes; per group, the loss and the fp32 bytes it
+    saves at each kept width (pruned alone; ``model``: the dense network, for its shapes)."""
+    import json
+
+    from trials._attention import rewrite_multihead_attention
+    from trials._compress import prunable_layers
+    from trials._plan_widths import LayerShape
+    from trials._trial_steps import layer_names
+
+    rewrite_multihead_attention(model)
+    layers = prunable_layers(model)
+    dense = {
+        n: LayerShape.of(n, x) for n, x in zip(layer_names(model, layers), layers, strict=True)
+    }
+    lines = []
+    for path in sorted((cache / "sensitivity").glob(f"{task}-*.json")):
+        data = json.loads(path.read_text())
+        lines += ["", f"sensitivity table {path.name} (dense file {data['dense_file_bytes']} B):"]
+        lines.append("layer: loss int8 / int4 (relative output error, that layer alone); bytes")
+        for name, losses in data["losses"].items():
+            size = "/".join(str(dense[name].nbytes(f)) for f in ("fp32", "int8", "int4"))
+            lines.append(
+                f"  {name}: {losses.get('int8', 0):.2e} / {losses.get('int4', 0):.2e}; "
+                f"fp32/int8/int4 {size} B"
+            )
+        for group in data.get("widths", []):
+            cells = []
+            for option in group["options"][1:]:
+                saved = sum(
+                    dense[n].nbytes("fp32") - dense[n].nbytes("fp32", o, i)
+                    for n, (o, i) in option["shapes"].items()
+                )
+                cells.append(f"keep {option['keep']:g}: loss {option['loss']:.2e}, {saved} B")
+            lines.append(f"  group {group['name']} ({group['kind']}): " + "; ".join(cells))
     return "\n".join(lines)
 
 
@@ -130,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument(
+        "--cache", type=Path, help="cache directory to reuse (dense baselines, sensitivities)"
+    )
     args = parser.parse_args(argv)
     import torch
 
@@ -152,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                     "sampler": spec.sampler.model_copy(update={"seed": args.seed}),
                 }
             )
-            cache = root / "cache"
+            cache = args.cache or root / "cache"
             dense = run_baseline(
                 load_task(spec.task),
                 TrialSettings.for_search(
@@ -166,9 +213,11 @@ def main(argv: list[str] | None = None) -> int:
                 kind: run_study(kind_spec(spec, kind, smoke=args.smoke), n, cache, root / kind)
                 for kind in ("uniform", "mixed")
             }
-            out.append(summarize(config.name, frames, dense.metrics))
+            task = load_task(spec.task)
+            tables = per_layer(cache, task.name, task.build_model())
+            out.append(summarize(config.name, frames, dense.metrics) + tables)
+            print(out[-1], flush=True)
     text = "\n\n".join(out)
-    print(text)
     if args.out is not None:
         args.out.write_text(text + "\n")
     return 0
