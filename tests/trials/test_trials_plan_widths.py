@@ -179,10 +179,10 @@ WIDTHS = TrialParams(
 
 @pytest.fixture(scope="module")
 def widths(
-    tiny_task: Task, tmp_path_factory: pytest.TempPathFactory
+    tiny_task: Task, shared_cache: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[TrialSettings, TrialResult]:
     root = tmp_path_factory.mktemp("widths")
-    settings = _settings(root / "cache", root / "work")
+    settings = _settings(shared_cache, root / "work")  # the session's tiny baseline
     return settings, run_trial(tiny_task, WIDTHS, settings)
 
 
