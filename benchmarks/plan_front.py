@@ -1,18 +1,23 @@
 """Per-layer plans (issue 17): the front of a mixed-plan search against a uniform one.
 
     python benchmarks/plan_front.py [--configs examples/mnist1d.yaml examples/transformer.yaml]
-        [--n 30] [--seed 0] [--out FILE] [--smoke]
+        [--n 30] [--seed 0] [--out FILE] [--cache DIR] [--epochs E] [--budget LOW HIGH]
+        [--smoke]
 
 For each config, two studies of the config's sampler with the same seed and the same number of
 trials, trials one after another (``trials.run_trial``; no Ray, no MLflow), one torch thread:
 
 - ``uniform``: the config's space with ``plan: uniform``;
-- ``mixed``: ``plan: mixed`` with ``budget`` searched in [0.15, 0.7] (``bits`` unused).
+- ``mixed``: ``plan: mixed`` with ``budget`` searched in ``--budget LOW HIGH`` (default
+  [0.03, 0.4]: a uniform int8 trial with structured pruning reaches ~0.07) (``bits`` unused; with
+  ``pruning: structured`` the allocator also picks each layer's kept width, ``sparsity`` unused).
 
 Reported per config and kind: the hypervolume (accuracy, size_bytes, latency_ms; reference from
 the dense baseline), and, among trials whose accuracy is within 0.5 point of the best uniform
 trial's, the smallest file and the lowest latency; the ratio uniform / mixed of each; and for
-the mixed trials the median and worst |predicted - measured| / measured size.
+the mixed trials the median and worst |predicted - measured| / measured size; then the
+per-layer data the allocator worked from (each layer's sensitivity and bytes per format, each
+group's sensitivity and bytes saved per kept width), which explains a missed target.
 
 Latency is timed inline: run it on a quiet machine. ``--smoke``: digits, 2 trials of 1 epoch per
 kind, a short latency plan: checks that the script runs, not a result.
@@ -42,13 +47,21 @@ OBJECTIVES = [("accuracy", "maximize"), ("size_bytes", "minimize"), ("latency_ms
 WITHIN = 0.005  # accuracy within 0.5 point of the best uniform trial
 
 
-def kind_spec(spec: SearchSpec, kind: str, *, smoke: bool) -> SearchSpec:
+def kind_spec(
+    spec: SearchSpec,
+    kind: str,
+    *,
+    smoke: bool,
+    epochs: int | None = None,
+    budget: tuple[float, float] = (0.03, 0.4),
+) -> SearchSpec:
     space: dict[str, Any] = {"plan": Choice(choices=[kind])}
     if kind == "mixed":
-        space["budget"] = FloatRange(low=0.15, high=0.7)
+        space["budget"] = FloatRange(low=budget[0], high=budget[1])
     update: dict[str, Any] = {"space": spec.space.model_copy(update=space)}
+    if smoke or epochs is not None:
+        update["training"] = spec.training.model_copy(update={"epochs": epochs or 1})
     if smoke:
-        update["training"] = spec.training.model_copy(update={"epochs": 1})
         update["latency"] = spec.latency.model_copy(update={"warmup": 2, "repeats": 10})
     return spec.model_copy(update=update)
 
@@ -71,6 +84,13 @@ def run_study(spec: SearchSpec, n: int, cache: Path, work: Path) -> pd.DataFrame
             work_dir=work / f"{trial.number}",
         )
         result = run_trial(task, params, settings)
+        print(
+            f"{params.plan} trial {trial.number}: acc {result.metrics['accuracy']:.4f} "
+            f"size {result.metrics['size_bytes']:.0f} {result.tags.get('plan_formats', '')} "
+            f"keeps {result.tags.get('plan_keeps', '')}",
+            file=sys.stderr,
+            flush=True,
+        )
         study.tell(trial, [result.metrics[m] for m in spec.metric_names])
         rows.append(
             {
@@ -79,6 +99,7 @@ def run_study(spec: SearchSpec, n: int, cache: Path, work: Path) -> pd.DataFrame
                 "state": "FINISHED",
                 "predicted": float(result.tags.get("plan_predicted_bytes", "nan")),
                 "formats": result.tags.get("plan_formats", ""),
+                "keeps": result.tags.get("plan_keeps", ""),
             }
         )
     return pd.DataFrame(rows)
@@ -119,7 +140,47 @@ def summarize(config: str, frames: dict[str, pd.DataFrame], baseline: dict[str, 
             f"{errors.max():.1%} (target <= 10 %)"
         )
     lines.append("")
-    lines.append(mixed[["budget", "formats", "accuracy", "size_bytes", "predicted"]].to_string())
+    columns = ["pruning", "budget", "formats", "keeps", "accuracy", "size_bytes", "predicted"]
+    lines.append(mixed[columns].to_string())
+    return "\n".join(lines)
+
+
+def per_layer(cache: Path, task: str, model: Any) -> str:
+    """The sensitivity tables the mixed study used (``cache/sensitivity``): per layer, the loss
+    at int8 / int4 and the fp32 -> int8 / int4 bytes; per group, the loss and the fp32 bytes it
+    saves at each kept width (pruned alone; ``model``: the dense network, for its shapes)."""
+    import json
+
+    from trials._attention import rewrite_multihead_attention
+    from trials._compress import prunable_layers
+    from trials._plan_widths import LayerShape
+    from trials._trial_steps import layer_names
+
+    rewrite_multihead_attention(model)
+    layers = prunable_layers(model)
+    dense = {
+        n: LayerShape.of(n, x) for n, x in zip(layer_names(model, layers), layers, strict=True)
+    }
+    lines = []
+    for path in sorted((cache / "sensitivity").glob(f"{task}-*.json")):
+        data = json.loads(path.read_text())
+        lines += ["", f"sensitivity table {path.name} (dense file {data['dense_file_bytes']} B):"]
+        lines.append("layer: loss int8 / int4 (relative output error, that layer alone); bytes")
+        for name, losses in data["losses"].items():
+            size = "/".join(str(dense[name].nbytes(f)) for f in ("fp32", "int8", "int4"))
+            lines.append(
+                f"  {name}: {losses.get('int8', 0):.2e} / {losses.get('int4', 0):.2e}; "
+                f"fp32/int8/int4 {size} B"
+            )
+        for group in data.get("widths", []):
+            cells = []
+            for option in group["options"][1:]:
+                saved = sum(
+                    dense[n].nbytes("fp32") - dense[n].nbytes("fp32", o, i)
+                    for n, (o, i) in option["shapes"].items()
+                )
+                cells.append(f"keep {option['keep']:g}: loss {option['loss']:.2e}, {saved} B")
+            lines.append(f"  group {group['name']} ({group['kind']}): " + "; ".join(cells))
     return "\n".join(lines)
 
 
@@ -130,6 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--epochs", type=int, help="override the configs' training epochs")
+    parser.add_argument(
+        "--budget", type=float, nargs=2, default=(0.03, 0.4), metavar=("LOW", "HIGH")
+    )
+    parser.add_argument(
+        "--cache", type=Path, help="cache directory to reuse (dense baselines, sensitivities)"
+    )
     args = parser.parse_args(argv)
     import torch
 
@@ -152,23 +220,32 @@ def main(argv: list[str] | None = None) -> int:
                     "sampler": spec.sampler.model_copy(update={"seed": args.seed}),
                 }
             )
-            cache = root / "cache"
+            cache = args.cache or root / "cache"
             dense = run_baseline(
                 load_task(spec.task),
                 TrialSettings.for_search(
-                    kind_spec(spec, "uniform", smoke=args.smoke),
+                    kind_spec(spec, "uniform", smoke=args.smoke, epochs=args.epochs),
                     seed=spec.seed,
                     cache_dir=cache,
                     work_dir=root / "baseline",
                 ),
             )
             frames = {
-                kind: run_study(kind_spec(spec, kind, smoke=args.smoke), n, cache, root / kind)
+                kind: run_study(
+                    kind_spec(
+                        spec, kind, smoke=args.smoke, epochs=args.epochs, budget=tuple(args.budget)
+                    ),
+                    n,
+                    cache,
+                    root / kind,
+                )
                 for kind in ("uniform", "mixed")
             }
-            out.append(summarize(config.name, frames, dense.metrics))
+            task = load_task(spec.task)
+            tables = per_layer(cache, task.name, task.build_model())
+            out.append(summarize(config.name, frames, dense.metrics) + tables)
+            print(out[-1], flush=True)
     text = "\n\n".join(out)
-    print(text)
     if args.out is not None:
         args.out.write_text(text + "\n")
     return 0

@@ -61,6 +61,7 @@ class _Weight:
     op: str
     array: np.ndarray  # output units on axis 0; the stored integers for int4/int8 weights
     stored: int  # TensorProto data type of the stored weight (INT4 for MatMulNBits)
+    name: str = ""  # the stored initializer's name
 
 
 def check_export(
@@ -442,7 +443,7 @@ def _layer_weights(
             if array.ndim != 2:
                 continue
             array = array.T
-        weights.append(_Weight(node.op_type, array, tensor.data_type))
+        weights.append(_Weight(node.op_type, array, tensor.data_type, tensor.name))
     return weights, unresolved
 
 
@@ -452,7 +453,7 @@ def _nbits_weight(node: onnx.NodeProto, inits: dict[str, TensorProto]) -> _Weigh
     if bits != 4 or node.input[1] not in inits:
         return _Weight(_NBITS, np.zeros((n, 0), dtype=np.int8), TensorProto.UINT8)
     codes = unpack_matmulnbits(numpy_helper.to_array(inits[node.input[1]]), k)
-    return _Weight(_NBITS, codes, TensorProto.INT4)
+    return _Weight(_NBITS, codes, TensorProto.INT4, node.input[1])
 
 
 def _asymmetric_int4(node: onnx.NodeProto, inits: dict[str, TensorProto]) -> bool:

@@ -6,6 +6,7 @@ back and reported as left out."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -97,9 +98,13 @@ def attention_sites(model: nn.Module) -> tuple[list[AttentionSite], list[HeadPru
     return sites, skipped
 
 
-def prune_heads(model: nn.Module, example: Tensor, ratio: float) -> list[HeadPruning]:
+def prune_heads(
+    model: nn.Module, example: Tensor, ratio: float | Mapping[str, float]
+) -> list[HeadPruning]:
     """Remove ``floor(ratio * heads)`` heads (lowest L2 norm of their q/k/v rows and out columns)
     from every recognised attention module of ``model``, in place; at least one head stays.
+    ``ratio`` is one share for every module, or one per module name (a per-layer plan; modules
+    not named keep every head and get no record).
 
     Checked per module: with the chosen heads' columns of ``out`` zeroed the model computes a
     reference output on ``example``; after the heads are cut (q/k/v rows and out columns
@@ -108,6 +113,10 @@ def prune_heads(model: nn.Module, example: Tensor, ratio: float) -> list[HeadPru
     sites, records = attention_sites(model)
     model.eval()
     for site in sites:
+        if isinstance(ratio, Mapping):
+            if ratio.get(site.name, 0.0) > 0:
+                records.append(_prune_site(model, example, site, ratio[site.name]))
+            continue
         records.append(_prune_site(model, example, site, ratio))
     return records
 

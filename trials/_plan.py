@@ -141,6 +141,12 @@ class CompressionPlan:
         counts = Counter(self.formats())
         return ",".join(f"{f}:{counts[f]}" for f in FORMAT_BITS if counts[f])
 
+    def keep_histogram(self) -> str:
+        """``1:3,0.5:2``: how many layers keep each share of their output units (two decimals;
+        the ``plan_keeps`` tag), widest first."""
+        counts = Counter(f"{s.keep:.2f}".rstrip("0").rstrip(".") for _, s in self.layers)
+        return ",".join(f"{k}:{counts[k]}" for k in sorted(counts, key=float, reverse=True))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": PLAN_VERSION,

@@ -17,7 +17,7 @@ otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from searchspace import ConfigError
@@ -102,6 +102,82 @@ def allocate(tables: Sequence[LayerTable], *, fixed_bytes: int, target_bytes: fl
         formats={name: option.format for name, option in current.items()},
         predicted_bytes=int(total),
         predicted_loss=float(sum(o.loss for o in current.values())),
+        reached=total <= target_bytes,
+        moves=tuple(moves),
+    )
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One decision of a joint allocation: a layer's format or a group's kept width, ``name``d,
+    with its ``options`` as (value, predicted loss) pairs."""
+
+    name: str
+    options: tuple[tuple[object, float], ...]
+
+
+@dataclass(frozen=True)
+class JointAllocation:
+    """The joint allocator's answer: each choice's value, the predicted bytes and summed loss,
+    whether the target is reached, and the moves made in order."""
+
+    picks: Mapping[str, object]
+    predicted_bytes: int
+    predicted_loss: float
+    reached: bool
+    moves: tuple[str, ...] = field(default=())
+
+
+def allocate_joint(
+    choices: Sequence[Choice],
+    cost: Callable[[Mapping[str, object]], int],
+    *,
+    target_bytes: float,
+) -> JointAllocation:
+    """The greedy of ``allocate`` over choices whose bytes do not add up layer by layer (a
+    group's kept width shrinks the next layer's inputs too, whatever that layer's format):
+    ``cost`` predicts the bytes of a whole assignment, each move is priced by the loss it adds
+    per byte it saves in that prediction."""
+    if target_bytes <= 0:
+        raise ConfigError(
+            field="target_bytes",
+            value=target_bytes,
+            rule="the size target must be positive",
+            fix="pass budget x the dense artifact's bytes",
+            source="allocate_joint",
+        )
+    index = {c.name: min(range(len(c.options)), key=lambda i: c.options[i][1]) for c in choices}
+
+    def values(state: Mapping[str, int]) -> dict[str, object]:
+        return {c.name: c.options[state[c.name]][0] for c in choices}
+
+    total = cost(values(index))
+    moves: list[str] = []
+    while total > target_bytes:
+        best: tuple[float, int, str, int, int] | None = None
+        for choice in choices:
+            now = index[choice.name]
+            for i, (_value, loss) in enumerate(choice.options):
+                if i == now:
+                    continue
+                bytes_then = cost(values({**index, choice.name: i}))
+                saved = total - bytes_then
+                if saved <= 0:
+                    continue
+                key = ((loss - choice.options[now][1]) / saved, -saved, choice.name, i, bytes_then)
+                if best is None or key[:3] < best[:3]:
+                    best = key
+        if best is None:
+            break
+        _, _, name, i, total = best
+        index[name] = i
+        moves.append(f"{name}->{values(index)[name]}")
+    picked = values(index)
+    loss = sum(c.options[index[c.name]][1] for c in choices)
+    return JointAllocation(
+        picks=picked,
+        predicted_bytes=int(total),
+        predicted_loss=float(loss),
         reached=total <= target_bytes,
         moves=tuple(moves),
     )

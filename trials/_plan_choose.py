@@ -12,8 +12,7 @@ int8 activation rounding is not in it). The dense fp32 artifact's bytes are meas
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,19 +24,29 @@ from searchspace import TrialParams
 from trials._compress import Prunable, prunable_layers
 from trials._export import export_onnx
 from trials._plan import MIXED_FORMATS, CompressionPlan, LayerSetting
-from trials._plan_allocate import LayerOption, LayerTable, allocate
+from trials._plan_allocate import (
+    Choice,
+    JointAllocation,
+    LayerOption,
+    LayerTable,
+    allocate,
+    allocate_joint,
+)
+from trials._plan_widths import (
+    LayerShape,
+    WidthGroup,
+    WidthOption,
+    measure_widths,
+    predict_bytes,
+)
 from trials._quantize import DEFAULT_INT8_FORMAT, INT4_GRID, WeightGrid
 from trials._quantize_auto import Int8Choice
-from trials._quantize_int4 import _block_size
 from trials._settings import TrialSettings
 from trials._task import Task, checked_data
 from trials._trial_steps import layer_names, layer_width
 
 PLAN_JSON = "plan.json"
-SENSITIVITY_VERSION = 1
-# Bytes an int8 / int4 layer adds to the file beyond its weight, scales and zero points: the
-# QDQ nodes, the activation scale and zero point, the int32 bias' scale (int8); the node (int4).
-_NODE_BYTES = {"fp32": 0, "int8": 1000, "int4": 120}
+SENSITIVITY_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class Sensitivity:
     losses: dict[str, dict[str, float]]
     dense_file_bytes: int
     dense_param_count: int
+    widths: tuple[WidthGroup, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(
@@ -56,6 +66,7 @@ class Sensitivity:
                 "losses": self.losses,
                 "dense_file_bytes": self.dense_file_bytes,
                 "dense_param_count": self.dense_param_count,
+                "widths": [g.to_dict() for g in self.widths],
             },
             indent=1,
             sort_keys=True,
@@ -71,6 +82,7 @@ class Sensitivity:
                 losses={k: dict(v) for k, v in data["losses"].items()},
                 dense_file_bytes=int(data["dense_file_bytes"]),
                 dense_param_count=int(data["dense_param_count"]),
+                widths=tuple(WidthGroup.from_dict(g) for g in data["widths"]),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
@@ -78,21 +90,7 @@ class Sensitivity:
 
 def layer_bytes(layer: Prunable, fmt: str) -> int:
     """Predicted bytes of ``layer``'s weight (and bias) in an artifact storing it as ``fmt``."""
-    weight = layer.weight
-    n, out = weight.numel(), int(weight.shape[0])
-    bias = 0 if layer.bias is None else 4 * layer.bias.numel()
-    if fmt == "fp32":
-        return 4 * n + bias
-    if fmt == "int8":  # int8 weight, fp32 scale + int8 zero point per channel, int32 bias
-        return n + 5 * out + (2 * bias if bias else 0) + _NODE_BYTES["int8"]
-    if fmt == "int4":
-        if isinstance(layer, nn.Linear):  # MatMulNBits: blocks along K, one scale per block
-            k = layer.in_features
-            block = _block_size(k)
-            blocks = -(-k // block)
-            return out * blocks * (block // 2 + 4) + bias + _NODE_BYTES["int4"]
-        return math.ceil(n / 2) + 4 * out + bias + _NODE_BYTES["int4"]
-    raise ValueError(f"a mixed plan's formats are {list(MIXED_FORMATS)}, not {fmt!r}")
+    return LayerShape.of("", layer).nbytes(fmt)
 
 
 def measure_sensitivity(
@@ -148,11 +146,20 @@ class PlanChooser:
         self.example = example
         self.what = what
         self.sensitivity: Sensitivity | None = None
+        self.joint: JointAllocation | None = None
+
+    @property
+    def per_layer_widths(self) -> bool:
+        """A mixed plan with structured pruning: the allocator picks each group's kept width
+        (``trials._plan_widths``) together with each layer's format."""
+        return self.params.plan == "mixed" and self.params.pruning == "structured"
 
     def _cache_path(self, count: int) -> Path:
         fmt = (self.int8.fmt if self.int8 is not None else DEFAULT_INT8_FORMAT).name
         seed = self.settings.dense_seed
         key = f"{self.task.name}-{self.baseline_sha256[:16]}-{fmt}-{count}-seed{seed}"
+        if self.per_layer_widths:
+            key += f"-widths-round{self.settings.pruning_round_to}"
         return self.settings.cache_dir / "sensitivity" / f"{key}.json"
 
     def measure_dense(self, model: nn.Module) -> None:
@@ -173,6 +180,15 @@ class PlanChooser:
         losses = measure_sensitivity(
             model, layers, layer_names(model, layers), {"int8": fmt.grid, "int4": INT4_GRID}, batch
         )
+        widths: tuple[WidthGroup, ...] = ()
+        if self.per_layer_widths:
+            widths = measure_widths(
+                model,
+                self.example,
+                batch,
+                round_to=self.settings.pruning_round_to,
+                what=self.what,
+            )
         dense_path = self.settings.work_dir / "dense-for-plan.onnx"
         try:
             export_onnx(model, self.example, dense_path, what=self.what)
@@ -183,11 +199,54 @@ class PlanChooser:
             losses=losses,
             dense_file_bytes=dense_bytes,
             dense_param_count=sum(p.numel() for p in model.parameters()),
+            widths=widths,
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{id(self)}.tmp")
         tmp.write_text(self.sensitivity.to_json())
         tmp.replace(path)
+
+    def allocate_widths(self, model: nn.Module) -> tuple[dict[str, float], dict[str, float]] | None:
+        """For a plan with per-layer widths, on the dense model: each layer's format and each
+        group's kept width, allocated jointly under the budget; returns the shares structured
+        pruning removes (per layer, per attention module). None for any other plan."""
+        if not self.per_layer_widths:
+            return None
+        assert self.sensitivity is not None, "measure_dense runs before allocate_widths"
+        sens = self.sensitivity
+        layers = prunable_layers(model)
+        names = layer_names(model, layers)
+        shapes = [LayerShape.of(n, layer) for n, layer in zip(names, layers, strict=True)]
+        groups = {g.name: g for g in sens.widths}
+        choices = [
+            Choice(
+                f"format:{n}",
+                tuple((f, sens.losses.get(n, {}).get(f, 0.0)) for f in MIXED_FORMATS),
+            )
+            for n in names
+        ]
+        choices += [
+            Choice(f"keep:{g.name}", tuple((o.keep, o.loss) for o in g.options))
+            for g in sens.widths
+        ]
+        fixed = sens.dense_file_bytes - 4 * sens.dense_param_count + _outside_bytes(model)
+
+        def option(group: str, keep: object) -> WidthOption:
+            return next(o for o in groups[group].options if o.keep == keep)
+
+        def cost(picks: Mapping[str, object]) -> int:
+            formats = {n: str(picks[f"format:{n}"]) for n in names}
+            chosen = [option(g, picks[f"keep:{g}"]) for g in groups]
+            return predict_bytes(shapes, formats, chosen, fixed_bytes=fixed)
+
+        target = int(self.params.budget * sens.dense_file_bytes)
+        self.joint = allocate_joint(choices, cost, target_bytes=target)
+        shares: tuple[dict[str, float], dict[str, float]] = ({}, {})
+        for g in sens.widths:
+            keep = float(self.joint.picks[f"keep:{g.name}"])  # type: ignore[arg-type]
+            if keep < 1.0:
+                shares[g.kind == "heads"][g.name] = 1.0 - keep
+        return shares
 
     def choose(
         self, model: nn.Module, layers: Sequence[Prunable], dense_widths: Sequence[int]
@@ -201,6 +260,20 @@ class PlanChooser:
             return CompressionPlan.uniform(names, self.params.bits, keep=keeps)
         assert self.sensitivity is not None, "measure_dense runs before choose"
         sens = self.sensitivity
+        target = int(self.params.budget * sens.dense_file_bytes)
+        if self.joint is not None:
+            picks = self.joint.picks
+            return CompressionPlan(
+                tuple(
+                    (name, LayerSetting(str(picks[f"format:{name}"]), keep))
+                    for name, keep in zip(names, keeps, strict=True)
+                ),
+                kind="mixed",
+                budget=self.params.budget,
+                predicted_bytes=self.joint.predicted_bytes,
+                predicted_loss=round(self.joint.predicted_loss, 9),
+                target_bytes=target,
+            )
         overhead = sens.dense_file_bytes - 4 * sens.dense_param_count
         in_layers = {id(p) for layer in layers for p in layer.parameters(recurse=False)}
         others = 4 * sum(p.numel() for p in model.parameters() if id(p) not in in_layers)
@@ -216,7 +289,6 @@ class PlanChooser:
             )
             for layer, name in zip(layers, names, strict=True)
         ]
-        target = int(self.params.budget * sens.dense_file_bytes)
         result = allocate(tables, fixed_bytes=overhead + others, target_bytes=target)
         return CompressionPlan(
             tuple(
@@ -229,6 +301,12 @@ class PlanChooser:
             predicted_loss=round(result.predicted_loss, 9),
             target_bytes=target,
         )
+
+
+def _outside_bytes(model: nn.Module) -> int:
+    """fp32 bytes of the parameters outside the Conv/Linear layers (norms, embeddings)."""
+    inside = {id(p) for layer in prunable_layers(model) for p in layer.parameters(recurse=False)}
+    return 4 * sum(p.numel() for p in model.parameters() if id(p) not in inside)
 
 
 def plan_tags(plan: CompressionPlan) -> dict[str, str]:
@@ -247,7 +325,10 @@ def plan_tags(plan: CompressionPlan) -> dict[str, str]:
                 if met
                 else "false: even the cheapest format of every layer is predicted over budget"
             )
-        tags["plan_layers"] = ",".join(f"{n}={s.format}" for n, s in plan.layers)[:5000]
+        tags["plan_layers"] = ",".join(
+            f"{n}={s.format}" + (f"@{s.keep:.3g}" if s.keep < 1 else "") for n, s in plan.layers
+        )[:5000]
+        tags["plan_keeps"] = plan.keep_histogram()
     return tags
 
 

@@ -11,7 +11,7 @@ float, and the file must load and run in ONNX Runtime.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -106,12 +106,15 @@ def check_plan_export(
     what: str,
     example: np.ndarray | None = None,
     units: int | None = None,
+    dense_widths: Mapping[str, int] | None = None,
 ) -> dict[str, str]:
     """Check that the artifact at ``path`` stores each layer of ``plan`` in its format: an int8
     weight behind a DequantizeLinear (in ``int8_format``, checked as a uniform int8 artifact
     is), an int4 one in a MatMulNBits or INT4 initializer on ``[-7, 7]``, an fp32 one as a float
     initializer; every weight outside the plan float; with ``units`` (structured pruning
-    claimed), the Conv/Linear layers have that many output units in all. Returns the tags
+    claimed), the Conv/Linear layers have that many output units in all; with ``dense_widths``
+    (layer -> dense output units), each plan layer has ``round(keep x dense)`` output units in
+    the file (per-layer kept widths). Returns the tags
     ``export_check=ok``, ``export_check_summary`` (each layer's stored precision) and
     ``weight_bytes_share``.
     Raises ``ExportClaimError`` on a mismatch."""
@@ -153,6 +156,10 @@ def check_plan_export(
     inits = {t.name: t for t in model.graph.initializer}
     if plan.layers_in("int8") and int8_format is not None:
         _check_int8_format(model.graph, inits, int8_format, fail)
+    if dense_widths is not None:
+        wrong = kept_units_error(model, plan, dense_widths)
+        if wrong:
+            raise fail(wrong, bug)
     if units is not None:
         weights, unresolved = _layer_weights(model.graph, inits)
         seen_units = sum(w.array.shape[0] for w in weights)
@@ -168,6 +175,24 @@ def check_plan_export(
         "export_check_summary": "plan " + ",".join(f"{n}={p}" for n, p in seen.items())[:4000],
         "weight_bytes_share": census.share_text(),
     }
+
+
+def kept_units_error(
+    model: onnx.ModelProto, plan: CompressionPlan, dense_widths: Mapping[str, int]
+) -> str:
+    """Empty when each plan layer's weight in ``model`` has ``round(keep x dense)`` output units
+    (``dense_widths``: layer -> dense output units); else the rule broken, with the values."""
+    inits = {t.name: t for t in model.graph.initializer}
+    weights, _ = _layer_weights(model.graph, inits)
+    for layer, setting in plan.layers:
+        claim = round(setting.keep * dense_widths[layer])
+        held = [w.array.shape[0] for w in weights if w.name and _belongs(w.name, layer)]
+        if held != [claim]:
+            return (
+                f"layer {layer!r} keeps {setting.keep:g} of its {dense_widths[layer]} output "
+                f"units: {claim} (the file has {held or 'no such weight'})"
+            )
+    return ""
 
 
 def _check_grid(
@@ -196,6 +221,7 @@ def check_artifact(
     keep_float: tuple[str, ...],
     what: str,
     example: np.ndarray | None,
+    dense_widths: Mapping[str, int] | None = None,
 ) -> dict[str, str]:
     """The export check of a trial's artifact: a uniform plan's claim is the bit-width's
     (``check_export``); a mixed plan's is checked layer by layer (``check_plan_export``)."""
@@ -209,7 +235,17 @@ def check_artifact(
             int8_format=int8_format,
             keep_float=keep_float,
         )
-        return check_export(path, claim, what=what, example=example)
+        tags = check_export(path, claim, what=what, example=example)
+        if plan.kind == "mixed" and structured and dense_widths is not None:
+            # A mixed plan that gave every layer one format still claims each layer's width.
+            wrong = kept_units_error(onnx.load(str(path)), plan, dense_widths)
+            if wrong:
+                raise ExportClaimError(
+                    f"{what}: the artifact must show the per-layer plan it claims: {wrong}. "
+                    "Fix: report this as a slimtune bug; the trial's numbers are not trustworthy."
+                )
+            tags["export_check_summary"] += " kept_units=per-layer ok"
+        return tags
     return check_plan_export(
         path,
         plan,
@@ -217,4 +253,5 @@ def check_artifact(
         what=what,
         example=example,
         units=units if structured else None,
+        dense_widths=dense_widths if structured else None,
     )

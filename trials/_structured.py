@@ -4,6 +4,7 @@ torch-pruning's dependency graph, so the exported model is smaller and faster.""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -64,7 +65,14 @@ def kept_width(dense: int, ratio: float, round_to: int) -> int:
 
 
 def prune_structured(
-    model: nn.Module, example: Tensor, ratio: float, *, what: str, round_to: int = 8
+    model: nn.Module,
+    example: Tensor,
+    ratio: float,
+    *,
+    what: str,
+    round_to: int = 8,
+    layer_ratios: Mapping[str, float] | None = None,
+    head_ratios: Mapping[str, float] | None = None,
 ) -> StructuredPruning:
     """Remove ``ratio`` of the output channels/neurons of every Conv/Linear layer but the last
     (uniform per layer, L2-magnitude importance), in place, through torch-pruning's
@@ -81,8 +89,18 @@ def prune_structured(
     multiple of ``round_to`` (``kept_width``): a width of 52 runs slower than 56 or 48 in
     vectorised kernels. The last layer (the model's output) is left whole; the output shape is
     checked to be unchanged.
+
+    Per layer (a mixed plan, ``trials._plan_widths``): with ``layer_ratios`` (module name ->
+    share of its output units removed) and ``head_ratios`` (attention module name -> share of
+    its heads removed), ``ratio`` is ignored and each named layer or module loses its own share
+    (the same rounding, the same dependency graph); layers not named keep their width.
     """
     import torch_pruning as tp
+
+    if layer_ratios is not None or head_ratios is not None:
+        return _prune_per_layer(
+            model, example, layer_ratios or {}, head_ratios or {}, what=what, round_to=round_to
+        )
 
     layers = prunable_layers(model)
     dense_units = sum(_width(layer) for layer in layers)
@@ -131,6 +149,63 @@ def prune_structured(
             ) from exc
     with torch.no_grad():
         got = tuple(model(example).shape)
+    if got != expected:
+        raise PruningError(
+            f"{what}: structured pruning must keep the model's output shape {expected}, but it "
+            f"is {got} now. Fix: search pruning: unstructured for this model."
+        )
+    widths = tuple(_width(layer) for layer in prunable_layers(model))
+    return StructuredPruning(
+        dense_units=dense_units, units=sum(widths), widths=widths, heads=tuple(heads)
+    )
+
+
+def _prune_per_layer(
+    model: nn.Module,
+    example: Tensor,
+    layer_ratios: Mapping[str, float],
+    head_ratios: Mapping[str, float],
+    *,
+    what: str,
+    round_to: int,
+) -> StructuredPruning:
+    import torch_pruning as tp
+
+    layers = prunable_layers(model)
+    dense_units = sum(_width(layer) for layer in layers)
+    named = {id(m): n for n, m in model.named_modules()}
+    model.eval()
+    with torch.no_grad():
+        expected = tuple(model(example).shape)
+    ratios: dict[nn.Module, float] = {}
+    for layer in layers[:-1]:
+        share = layer_ratios.get(named[id(layer)], 0.0)
+        if share > 0:
+            dense = _width(layer)
+            keep = kept_width(dense, share, round_to)
+            ratios[layer] = max(0.0, (dense - keep - 0.5) / dense)
+    try:
+        heads = prune_heads(model, example, head_ratios) if head_ratios else []
+        if ratios:
+            attention = [m for a in attention_modules(model) for m in a.modules()]
+            pruner = tp.pruner.MetaPruner(
+                model,
+                example,
+                importance=tp.importance.MagnitudeImportance(p=2),
+                pruning_ratio=0.0,
+                pruning_ratio_dict=ratios,  # type: ignore[arg-type]
+                global_pruning=False,
+                ignored_layers=[layers[-1], *attention],
+            )
+            pruner.step()
+        with torch.no_grad():
+            got = tuple(model(example).shape)
+    except Exception as exc:
+        raise PruningError(
+            f"{what}: per-layer structured pruning must trace the model with torch-pruning's "
+            f"dependency graph, but it failed with {type(exc).__name__}: {exc}. Fix: search "
+            "pruning: unstructured (or plan: uniform) for this model."
+        ) from exc
     if got != expected:
         raise PruningError(
             f"{what}: structured pruning must keep the model's output shape {expected}, but it "

@@ -46,6 +46,7 @@ from trials._trial_export import (
 from trials._trial_steps import (
     attach_grids,
     check_sparsity,
+    layer_names,
     layer_width,
     plan_packed_bytes,
     pruning_effect,
@@ -157,11 +158,15 @@ def run_trial(
             )
         dense_units = output_units(model)
         dense_widths = [layer_width(layer) for layer in prunable_layers(model)]
+        dense_names = layer_names(model, prunable_layers(model))
         chooser = PlanChooser(
             task, params, settings, baseline_sha256, int8, inputs, example, what=what
         )
         chooser.measure_dense(model)  # sensitivity of the dense model (mixed plans; cached)
-        structured = structured_step(model, example, params, settings, tags, what=what)
+        shares = chooser.allocate_widths(model)  # mixed + structured: per-layer kept widths
+        structured = structured_step(
+            model, example, params, settings, tags, what=what, shares=shares
+        )
         layers = prunable_layers(model)
         plan = chooser.choose(model, layers, dense_widths)
         tags.update(plan_tags(plan))
@@ -268,6 +273,7 @@ def run_trial(
             keep_float=settings.keep_float,
             what=what,
             example=example.numpy(),
+            dense_widths=dict(zip(dense_names, dense_widths, strict=True)),
         )
     )
     export_seconds = time.perf_counter() - export_start

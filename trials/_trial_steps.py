@@ -40,17 +40,25 @@ def structured_step(
     tags: dict[str, str],
     *,
     what: str,
+    shares: tuple[dict[str, float], dict[str, float]] | None = None,
 ) -> StructuredPruning | None:
     """Structured pruning at ``params.sparsity`` (uniform per layer) when ``params.pruning`` is
-    structured; its tags go into ``tags``."""
+    structured, or at the per-layer ``shares`` (removed per layer, per attention module) a
+    mixed plan's allocator chose; its tags go into ``tags``."""
     if params.pruning != "structured":
         return None
     structured = prune_structured(
-        model, example, params.sparsity, what=what, round_to=settings.pruning_round_to
+        model,
+        example,
+        params.sparsity,
+        what=what,
+        round_to=settings.pruning_round_to,
+        layer_ratios=None if shares is None else shares[0],
+        head_ratios=None if shares is None else shares[1],
     )
     tags["pruning_widths"] = ",".join(str(w) for w in structured.widths)
     tags["pruning_round_to"] = str(settings.pruning_round_to)
-    if params.sparsity > 0 and structured.removed == 0:
+    if shares is None and params.sparsity > 0 and structured.removed == 0:
         tags["pruning_effect"] = (
             f"none: ratio {params.sparsity:g} removes no unit at round_to "
             f"{settings.pruning_round_to}"

@@ -1,6 +1,7 @@
 """Per-layer plans in a real search (real Ray, real MLflow SQLite): a uniform and a mixed
-trial, each logging ``trial/plan.json`` and the plan tags; `slimtune rebuild` reproduces the
-mixed trial from its record bit for bit."""
+trial with structured pruning (the mixed one with per-layer kept widths), each logging
+``trial/plan.json`` and the plan tags; `slimtune rebuild` reproduces the mixed trial from its
+record bit for bit."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ space:
   lr: 2.0e-3
   batch_size: {choices: [64]}
   sparsity: 0.3
+  pruning: {choices: [structured]}
   bits: {choices: [8]}
   plan: {choices: [uniform, mixed]}
   budget: 0.2
@@ -62,6 +64,8 @@ def test_both_plan_kinds_run_log_their_plan_and_the_mixed_one_rebuilds(
         assert tags["plan_formats"] == plan.histogram()
         assert tags["export_check"] == "ok"
     mixed = trials["mixed"].data.tags
+    assert "@" in mixed["plan_layers"], mixed["plan_layers"]  # a layer keeps less than its width
+    assert mixed["plan_keeps"] != f"1:{len(mixed['plan_layers'].split(','))}"
     size = trials["mixed"].data.metrics["size_bytes"]
     assert int(mixed["plan_measured_bytes"]) == int(size)
     assert abs(int(mixed["plan_predicted_bytes"]) - size) / size <= 0.10
