@@ -80,7 +80,7 @@ from orchestrator._trainable import (
     make_trainable,
 )
 from reports import publish_front
-from searchspace import SearchSpec, SlimtuneError, to_distributions
+from searchspace import SearchSpec, SlimtuneError, cover_points, to_distributions
 from trials import (
     Task,
     TrialSettings,
@@ -462,7 +462,11 @@ def _tune(
         study_name=ctx.tracking.parent_run_id,
     )
     searcher = OptunaAskTell(
-        study, to_distributions(spec.space), spec.metric_names, max_trials=spec.trials
+        study,
+        to_distributions(spec.space),
+        spec.metric_names,
+        max_trials=spec.trials,
+        cover=cover_points(spec.space, spec.sampler.cover),
     )
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     trainable = tune.with_resources(make_trainable(ctx, body=body), resources)
