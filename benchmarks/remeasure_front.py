@@ -1,7 +1,7 @@
 """Re-measure the dense baseline and a search's best candidates side by side, on a quiet machine.
 
     python benchmarks/remeasure_front.py EXPERIMENT [--tracking-uri URI] [--top 6]
-        [--max-accuracy-drop 1.0] [--repeats 400] [--warmup 50] [--json OUT]
+        [--max-accuracy-drop 1.0] [--repeats 400] [--warmup 50] [--profile] [--json OUT]
     python benchmarks/remeasure_front.py --smoke
 
 A trial's latency was measured while other trials trained; the speed-ups of
@@ -12,6 +12,9 @@ their logged latency first) and times all of them in ONNX Runtime in interleaved
 1, one thread: ``orchestrator._select_cmd.time_interleaved``), so drift hits every file alike.
 It prints, per candidate, the knobs, accuracy, file size and ratio, and the re-measured median
 and p90 latency and speed-up over the dense file measured in the same rounds.
+
+``--profile`` also prints, per file, the time per ONNX operator type from ORT's own profiler
+(where the time goes: MatMul, the QDQ pairs, LayerNorm, Softmax, ...).
 
 ``--smoke`` checks the script's path in seconds without a search: two small ONNX files (a
 dense MLP and the same MLP with half its hidden units) timed for a few rounds.
@@ -41,6 +44,11 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, help="also write the table here")
     p.add_argument("--smoke", action="store_true", help="two tiny files, a few rounds")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print each file's time per ONNX operator type (ORT's profiler, one thread)",
+    )
     a = p.parse_args()
     if a.smoke:
         return _smoke()
@@ -56,6 +64,7 @@ def main() -> int:
             warmup=a.warmup,
             threads=a.threads,
         )
+        profiles = [_profile(r) for r in [dense, *rows]] if a.profile else []
     table = _table(dense, rows, times)
     print(
         f"{a.experiment}: dense fp32 and {len(rows)} candidates within {a.max_accuracy_drop} "
@@ -63,9 +72,19 @@ def main() -> int:
         f"{a.warmup} warm-up runs each"
     )
     _print(table)
+    for row, prof in zip(table, profiles, strict=False):
+        row["op_us_per_run"] = prof
+        ops = ", ".join(f"{op} {us:.0f}" for op, us in list(prof.items())[:8])
+        print(f"profile {row['label']} (us per run by op type): {ops}")
     if a.json:
         a.json.write_text(json.dumps(table, indent=1, default=str))
     return 0
+
+
+def _profile(row: dict[str, Any]) -> dict[str, float]:
+    from benchmarks._ort_profile import op_profile
+
+    return op_profile(row["path"])
 
 
 def _download(a: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -161,8 +180,10 @@ def _smoke() -> int:
         ]
         times = time_interleaved(paths, repeats=20, warmup=5)
         table = _table(rows[0], rows[1:], times)
+        prof = _profile(rows[0])
     _print(table)
-    ok = all(len(ts) == 20 for ts in times) and table[1]["size_ratio"] > 1.5
+    print(f"profile {rows[0]['label']} (us per run by op type): {prof}")
+    ok = all(len(ts) == 20 for ts in times) and table[1]["size_ratio"] > 1.5 and "Gemm" in prof
     print("smoke:", "ok" if ok else "FAILED")
     return 0 if ok else 1
 
