@@ -57,6 +57,7 @@ class OptunaAskTell(Searcher):
         metrics: Sequence[str],
         *,
         max_trials: int,
+        cover: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         super().__init__(metric=None, mode=None)
         if len(study.directions) != len(metrics):
@@ -70,6 +71,9 @@ class OptunaAskTell(Searcher):
         self._max_trials = max_trials
         self._asked = 0
         self._live: dict[str, optuna.Trial] = {}
+        # The combinations of ``sampler.cover`` not yet asked: each is enqueued just before an
+        # ask, so the study never holds a WAITING trial (nothing of it to save or restore).
+        self._cover = [dict(point) for point in cover]
 
     @property
     def study(self) -> optuna.Study:
@@ -79,6 +83,8 @@ class OptunaAskTell(Searcher):
         if self._asked >= self._max_trials:
             # Ray's sentinel for "no more trials" is a str, though the base class types a dict.
             return Searcher.FINISHED  # type: ignore[return-value]
+        if self._cover:
+            self._study.enqueue_trial(self._cover.pop(0))
         trial = self._study.ask(self._distributions)
         self._asked += 1
         self._live[trial_id] = trial
@@ -141,6 +147,8 @@ class OptunaAskTell(Searcher):
                 )
             )
         frozen = study.get_trials(deepcopy=False)
+        # A combination a trial already asked (finished, failed or running) is covered.
+        self._cover = [p for p in self._cover if not any(_holds(t.params, p) for t in frozen)]
         self._study = study
         self._asked = state["asked"]
         self._live = {
@@ -231,3 +239,7 @@ def _objective_values(result: dict[str, Any] | None, metrics: Sequence[str]) -> 
     except (KeyError, TypeError, ValueError):
         return None
     return values if all(math.isfinite(v) for v in values) else None
+
+
+def _holds(params: Mapping[str, Any], point: Mapping[str, Any]) -> bool:
+    return all(name in params and params[name] == value for name, value in point.items())

@@ -138,45 +138,20 @@ def remeasure_latency(
     values (latency does not depend on the values). Returns the method and, per run id, the
     median and p90 in ms.
     """
-    import numpy as np
-    import onnxruntime as ort
-
     from reports import download_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        sessions = []
-        for i, run_id in enumerate(run_ids):
-            path = download_model(tracking_uri, run_id, Path(tmp) / f"{i}" / "model.onnx")
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            inp = session.get_inputs()[0]
-            shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
-            shape[0] = 1
-            dtype = np.float16 if "float16" in inp.type else np.float32
-            x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
-            sessions.append((session, {inp.name: x}))
-        for session, feed in sessions:
-            for _ in range(warmup):
-                session.run(None, feed)
-        times: list[list[float]] = [[] for _ in sessions]
-        n = len(sessions)
+        paths = [
+            download_model(tracking_uri, run_id, Path(tmp) / f"{i}" / "model.onnx")
+            for i, run_id in enumerate(run_ids)
+        ]
         t0 = time.perf_counter()
-        for r in range(repeats):
-            for j in range(n):
-                k = (j + r) % n
-                session, feed = sessions[k]
-                start = time.perf_counter_ns()
-                session.run(None, feed)
-                times[k].append((time.perf_counter_ns() - start) / 1e6)
+        times = time_interleaved(paths, repeats=repeats, warmup=warmup, threads=threads)
         seconds = time.perf_counter() - t0
     results = {
         run_id: {
             "latency_ms": statistics.median(ts),
-            "latency_p90_ms": float(np.percentile(ts, 90)),
+            "latency_p90_ms": p90(ts),
         }
         for run_id, ts in zip(run_ids, times, strict=True)
     }
@@ -246,3 +221,49 @@ def _front_line(row: Any) -> str:
         f"Pareto front: yes, in the group of trial {int(group)}; tied within the tolerances "
         f"with trials {tied}"
     )
+
+
+def time_interleaved(
+    paths: Sequence[Path], *, repeats: int, warmup: int, threads: int = 1
+) -> list[list[float]]:
+    """Batch-1 times in ms of the ONNX files ``paths``, timed side by side in ONNX Runtime:
+    each gets a session like the trials' (``threads`` intra-op threads, one inter-op thread,
+    sequential), ``warmup`` untimed runs, then ``repeats`` rounds in which every file runs once,
+    in an order rotated each round, so that drift in the machine's speed hits all files alike.
+    The input is the model's own batch-1 input shape filled with fixed random values."""
+    import numpy as np
+    import onnxruntime as ort
+
+    sessions = []
+    for path in paths:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        inp = session.get_inputs()[0]
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+        shape[0] = 1
+        dtype = np.float16 if "float16" in inp.type else np.float32
+        x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+        sessions.append((session, {inp.name: x}))
+    for session, feed in sessions:
+        for _ in range(warmup):
+            session.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
+    n = len(sessions)
+    for r in range(repeats):
+        for j in range(n):
+            k = (j + r) % n
+            session, feed = sessions[k]
+            start = time.perf_counter_ns()
+            session.run(None, feed)
+            times[k].append((time.perf_counter_ns() - start) / 1e6)
+    return times
+
+
+def p90(times: Sequence[float]) -> float:
+    import numpy as np
+
+    return float(np.percentile(times, 90))

@@ -29,7 +29,7 @@ from orchestrator._scheduler import (
 from orchestrator._searcher import TRIAL_NUMBER_KEY, OptunaAskTell
 from orchestrator._state import default_storage, state_dir
 from orchestrator._trainable import EndAtReport, TrialBody, TrialContext, make_trainable
-from searchspace import SearchSpec, SlimtuneError, to_distributions
+from searchspace import SearchSpec, SlimtuneError, cover_points, to_distributions
 
 
 class SearchStopped(SlimtuneError):
@@ -56,7 +56,11 @@ def run_tune(
         study_name=ctx.tracking.parent_run_id,
     )
     searcher = OptunaAskTell(
-        study, to_distributions(spec.space), spec.metric_names, max_trials=spec.trials
+        study,
+        to_distributions(spec.space),
+        spec.metric_names,
+        max_trials=spec.trials,
+        cover=cover_points(spec.space, spec.sampler.cover),
     )
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     trainable = tune.with_resources(make_trainable(ctx, body=body), resources)

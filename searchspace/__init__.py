@@ -1,5 +1,6 @@
 """What is searched: knobs and their ranges, objectives with directions, the validated config."""
 
+from searchspace._cover import cover_points
 from searchspace._distributions import to_distributions
 from searchspace._early_stopping import EARLY_STOPPING_NAMES, EarlyStopping
 from searchspace._errors import ConfigError, SlimtuneError, shorten
@@ -63,6 +64,7 @@ __all__ = [
     "Tracking",
     "Training",
     "TrialParams",
+    "cover_points",
     "credentials_in",
     "layer_sparsity_cap",
     "load_spec",

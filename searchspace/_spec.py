@@ -414,6 +414,23 @@ class SamplerSpec(Strict):
     startup_trials: Annotated[int, Field(ge=1)] = 8
     # NSGA-II only.
     population_size: Annotated[int, Field(ge=2)] = 8
+    # Categorical knobs whose every combination of choices the first trials take (the other
+    # knobs drawn by the sampler): e.g. [bits, pruning] guarantees each (bits, pruning) pair
+    # is tried. Checked against the space and the trial budget in SearchSpec (searchspace._cover).
+    cover: list[str] = Field(default_factory=list)
+
+    @field_validator("cover")
+    @classmethod
+    def _cover(cls, v: list[str]) -> list[str]:
+        unknown = [name for name in v if name not in KNOBS]
+        if unknown:
+            raise ValueError(
+                f"cover lists knobs of space, and {unknown[0]!r} is none of them; "
+                f"use names from {list(KNOBS)}"
+            )
+        if len(set(v)) != len(v):
+            raise ValueError(f"cover must not repeat a knob (got {v}); list each once")
+        return v
 
 
 class Resources(Strict):
@@ -529,6 +546,16 @@ class SearchSpec(Strict):
         names = [o.metric for o in v]
         if len(set(names)) != len(names):
             raise ValueError(f"each metric may appear once (got {names})")
+        return v
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, v: SamplerSpec, info: ValidationInfo) -> SamplerSpec:
+        from searchspace._cover import check_cover  # _cover reads Space: imported late
+
+        space, trials = info.data.get("space"), info.data.get("trials")
+        if isinstance(space, Space) and isinstance(trials, int):
+            check_cover(space, v.cover, trials)
         return v
 
     @field_validator("early_stopping")
