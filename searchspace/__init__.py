@@ -9,26 +9,28 @@ from searchspace._load import load_spec, parse_spec
 from searchspace._params import TrialParams
 from searchspace._pruning import PRUNING_SCOPES, Pruning, layer_sparsity_cap
 from searchspace._secrets import CREDENTIALS_FIX, credentials_in, mask_secrets, redact_uri
-from searchspace._spec import (
-    INT8_FORMATS,
+from searchspace._space import (
     KNOBS,
-    METRICS,
     NAME_KNOBS,
     PLAN_KINDS,
     PRUNING_SCHEMES,
     QUANT_SCHEMES,
-    SAMPLERS,
     SIMULATED_BITS,
     SUPPORTED_BITS,
     Choice,
-    Faults,
     FloatRange,
+    Space,
+)
+from searchspace._spec import (
+    INT8_FORMATS,
+    METRICS,
+    SAMPLERS,
+    Faults,
     Objective,
     Quantization,
     Resources,
     SamplerSpec,
     SearchSpec,
-    Space,
     Tracking,
     Training,
 )

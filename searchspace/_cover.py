@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from searchspace._distributions import to_distributions
-from searchspace._spec import FloatRange, Space
+from searchspace._space import FloatRange, Space
 
 
 def check_cover(space: Space, names: Sequence[str], trials: int) -> None:

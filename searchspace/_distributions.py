@@ -8,7 +8,7 @@ from optuna.distributions import (
     FloatDistribution,
 )
 
-from searchspace._spec import NAME_KNOBS, Choice, FloatRange, Space
+from searchspace._space import NAME_KNOBS, Choice, FloatRange, Space
 
 
 def to_distributions(space: Space) -> dict[str, BaseDistribution]:

@@ -12,7 +12,7 @@ from searchspace._errors import ConfigError
 from searchspace._spec import FIELD_FIXES, SearchSpec
 from searchspace._yaml import MAX_CONFIG_BYTES, check_size, read_yaml
 
-# Names pydantic puts in an error's path for the branch of a knob's tagged union (see _spec.Knob).
+# Names pydantic puts in an error's path for the branch of a knob's tagged union (see _space.Knob).
 _UNION_TAGS = frozenset({"Range", "Choices", "Fixed"})
 # ... and for the branches of a plain union such as a choice's ``int | float | str``.
 _TYPE_BRANCHES = frozenset({"int", "float", "str", "bool", "none"})

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from searchspace._pruning import PRUNING_SCOPES
-from searchspace._spec import (
+from searchspace._space import (
     PLAN_KINDS,
     PRUNING_SCHEMES,
     QUANT_SCHEMES,

@@ -6,9 +6,7 @@ import math
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
-    Discriminator,
     Field,
-    Tag,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -16,8 +14,12 @@ from pydantic import (
 
 from searchspace._early_stopping import EarlyStopping
 from searchspace._latency import Latency
-from searchspace._pruning import PRUNING_SCOPES, Pruning
+from searchspace._pruning import Pruning
 from searchspace._secrets import CREDENTIALS_FIX, credentials_in
+from searchspace._space import (
+    KNOBS,
+    Space,
+)
 from searchspace._strict import Strict
 
 # What one trial measures on its exported artifact, with each metric's natural direction.
@@ -29,28 +31,6 @@ METRICS: dict[str, Literal["maximize", "minimize"]] = {
     "latency_p90_ms": "minimize",
 }
 
-# Bit-widths a trial can produce (docs/quantization.md). 32: fp32 ONNX; 16: fp16 ONNX (ORT's CPU
-# provider computes it in fp32); 8: real int8 QDQ in ONNX Runtime; 4: real int4 weights
-# (MatMulNBits for Linear, int4 DequantizeLinear for Conv); 2, 3, 5-7: fake-quant fine-tuning,
-# exported with baked weights and tagged artifact=simulated.
-SUPPORTED_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 16, 32)
-
-# Pruning schemes. unstructured: global magnitude with Zhu & Gupta's gradual cubic schedule;
-# structured: channels/neurons physically removed (torch-pruning), sparsity = channel ratio.
-PRUNING_SCHEMES: tuple[str, ...] = ("unstructured", "structured")
-
-# Quantization schemes (docs/quantization.md). qat: fake-quantized fine-tuning on the exported
-# weight grid; ptq: fine-tuning in float, then the weights rounded to that grid and the artifact
-# quantized (int8 activations calibrated) after training. 16 and 32 bits ignore the scheme.
-QUANT_SCHEMES: tuple[str, ...] = ("qat", "ptq")
-
-# Compression plans (docs/quantization.md, "Per-layer plans"). uniform: one bit-width and one
-# sparsity for every layer; mixed: each layer's format chosen by the allocator under
-# space.budget (a fraction of the dense artifact's size), from measured sensitivities.
-PLAN_KINDS: tuple[str, ...] = ("uniform", "mixed")
-
-# Bit-widths with no ONNX Runtime format: they exist only as fake-quant fine-tuning (qat).
-SIMULATED_BITS: tuple[int, ...] = (2, 3, 5, 6, 7)
 
 # int8 formats of ONNX Runtime's static QDQ quantization: activations (u8 or s8), int8 weights
 # per output channel or per tensor; reduce-range: 7-bit weights. "auto" measures them.
@@ -96,257 +76,6 @@ FIELD_FIXES: dict[str, str] = {
 }
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
-
-KNOBS = (
-    "lr",
-    "batch_size",
-    "sparsity",
-    "bits",
-    "pruning",
-    "distill_weight",
-    "distill_temperature",
-    "quant_scheme",
-    "pruning_scope",
-    "plan",
-    "budget",
-)
-
-# Knobs whose values are names (strings), not numbers.
-NAME_KNOBS = ("pruning", "quant_scheme", "pruning_scope", "plan")
-
-
-class FloatRange(Strict):
-    """A continuous knob: uniform on [low, high], or log-uniform when ``log`` is true."""
-
-    low: float
-    high: float
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _check(self) -> FloatRange:
-        if not (math.isfinite(self.low) and math.isfinite(self.high)):
-            raise ValueError(
-                f"low and high must be finite numbers (got low={self.low}, high={self.high})"
-            )
-        if not self.low < self.high:
-            raise ValueError(
-                f"low < high must hold (got low={self.low}, high={self.high}); "
-                "for a fixed value write the number alone"
-            )
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log range needs low > 0 (got low={self.low})")
-        return self
-
-
-class Choice(Strict):
-    """A categorical knob: one of a list of values (numbers; names for the name knobs such as
-    ``pruning``, which each knob's validator checks)."""
-
-    choices: list[int | float | str]
-
-    @field_validator("choices")
-    @classmethod
-    def _non_empty_unique(cls, v: list[int | float | str]) -> list[int | float | str]:
-        if not v:
-            raise ValueError("choices must list at least one value")
-        if len(set(v)) != len(v):
-            raise ValueError(f"choices must not repeat a value (got {v})")
-        return v
-
-
-def _knob_kind(v: Any) -> str:
-    if isinstance(v, dict):
-        return "Choices" if "choices" in v else "Range"
-    if isinstance(v, FloatRange):
-        return "Range"
-    if isinstance(v, Choice):
-        return "Choices"
-    return "Fixed"
-
-
-# A knob is a range {low, high, log}, a list {choices: [...]}, or a plain number (fixed).
-# The explicit discriminator keeps error paths clean (space.lr.low, not every union branch).
-Knob = Annotated[
-    Annotated[FloatRange, Tag("Range")]
-    | Annotated[Choice, Tag("Choices")]
-    | Annotated[float, Tag("Fixed")],
-    Discriminator(_knob_kind),
-]
-
-# A knob whose values are names: a list {choices: [...]} or one name (fixed).
-NameKnob = Annotated[
-    Annotated[Choice, Tag("Choices")] | Annotated[str, Tag("Fixed")],
-    Discriminator(_knob_kind),
-]
-
-
-class Space(Strict):
-    """The knobs every trial sets. A plain number (or name) fixes a knob."""
-
-    lr: Knob = FloatRange(low=1e-4, high=1e-2, log=True)
-    batch_size: Knob = Choice(choices=[32, 64, 128])
-    sparsity: Knob = FloatRange(low=0.0, high=0.9)
-    bits: Knob = Choice(choices=[8, 32])
-    pruning: NameKnob = Choice(choices=["unstructured"])
-    # Distillation from the dense model during fine-tuning; weight 0 turns it off.
-    distill_weight: Knob = 0.0
-    distill_temperature: Knob = 2.0
-    # Declared after bits: its validator checks the bit-widths the scheme can produce.
-    quant_scheme: NameKnob = Choice(choices=["qat"])
-    # Unstructured pruning's scope: global (one threshold, each layer capped) or layer.
-    pruning_scope: NameKnob = Choice(choices=["global"])
-    # Per-layer plans: uniform (every layer at `bits`) or mixed (the allocator picks each
-    # layer's format so that the predicted artifact is at most `budget` x the dense one's).
-    plan: NameKnob = Choice(choices=["uniform"])
-    budget: Knob = 0.5
-
-    @field_validator("plan")
-    @classmethod
-    def _plan(cls, v: Any) -> Any:
-        values = list(v.choices) if isinstance(v, Choice) else [v]
-        bad = [x for x in values if x not in PLAN_KINDS]
-        if bad:
-            raise ValueError(
-                f"plan must be one of {list(PLAN_KINDS)} (got {bad[0]!r}); "
-                "e.g. {choices: [uniform, mixed]}"
-            )
-        return v
-
-    @field_validator("budget")
-    @classmethod
-    def _budget(cls, v: Any) -> Any:
-        return _check_knob(
-            v,
-            lambda x: 0.0 < x <= 1.0,
-            "budget must be in (0, 1] (a fraction of the dense artifact's size)",
-        )
-
-    @field_validator("quant_scheme")
-    @classmethod
-    def _quant_scheme(cls, v: Any, info: ValidationInfo) -> Any:
-        values = list(v.choices) if isinstance(v, Choice) else [v]
-        bad = [x for x in values if x not in QUANT_SCHEMES]
-        if bad:
-            raise ValueError(
-                f"quant_scheme must be one of {list(QUANT_SCHEMES)} (got {bad[0]!r}); "
-                "e.g. {choices: [qat, ptq]}"
-            )
-        bits = info.data.get("bits")  # absent when bits itself is invalid
-        if "ptq" in values and bits is not None:
-            widths = list(bits.choices) if isinstance(bits, Choice) else [bits]
-            simulated = sorted({int(b) for b in widths if int(b) in SIMULATED_BITS})
-            if simulated:
-                raise ValueError(
-                    f"quant_scheme 'ptq' cannot produce bits {simulated}: post-training "
-                    "quantization exports the real ONNX Runtime formats only (8 and 4 bits; 16 "
-                    f"and 32 ignore the scheme), and bits {list(SIMULATED_BITS)} exist only as "
-                    "fake-quant fine-tuning (qat)"
-                )
-        return v
-
-    @field_validator("pruning")
-    @classmethod
-    def _pruning(cls, v: Any) -> Any:
-        values = list(v.choices) if isinstance(v, Choice) else [v]
-        bad = [x for x in values if x not in PRUNING_SCHEMES]
-        if bad:
-            raise ValueError(
-                f"pruning must be one of {list(PRUNING_SCHEMES)} (got {bad[0]!r}); "
-                "e.g. {choices: [unstructured, structured]}"
-            )
-        return v
-
-    @field_validator("pruning_scope")
-    @classmethod
-    def _pruning_scope(cls, v: Any) -> Any:
-        values = list(v.choices) if isinstance(v, Choice) else [v]
-        bad = [x for x in values if x not in PRUNING_SCOPES]
-        if bad:
-            raise ValueError(
-                f"pruning_scope must be one of {list(PRUNING_SCOPES)} (got {bad[0]!r}); "
-                "e.g. {choices: [global, layer]}"
-            )
-        return v
-
-    @field_validator("distill_weight")
-    @classmethod
-    def _distill_weight(cls, v: Any) -> Any:
-        return _check_knob(v, lambda x: 0.0 <= x <= 1.0, "distill_weight must be in [0, 1]")
-
-    @field_validator("distill_temperature")
-    @classmethod
-    def _distill_temperature(cls, v: Any) -> Any:
-        return _check_knob(
-            v, lambda x: x > 0 and math.isfinite(x), "distill_temperature must be > 0"
-        )
-
-    @field_validator("lr")
-    @classmethod
-    def _lr(cls, v: Any) -> Any:
-        return _check_knob(v, lambda x: x > 0, "the learning rate must be > 0")
-
-    @field_validator("batch_size")
-    @classmethod
-    def _batch_size(cls, v: Any) -> Any:
-        return _check_knob(
-            v,
-            lambda x: x >= 1 and float(x).is_integer(),
-            "the batch size must be a whole number >= 1",
-            allow_range=False,
-        )
-
-    @field_validator("sparsity")
-    @classmethod
-    def _sparsity(cls, v: Any) -> Any:
-        return _check_knob(v, lambda x: 0.0 <= x < 1.0, "sparsity must be in [0, 1)")
-
-    @field_validator("bits")
-    @classmethod
-    def _bits(cls, v: Any) -> Any:
-        return _check_knob(
-            v,
-            lambda x: float(x).is_integer() and int(x) in SUPPORTED_BITS,
-            f"bits must be one of {list(SUPPORTED_BITS)}",
-            allow_range=False,
-        )
-
-    def knobs(self) -> dict[str, Knob | NameKnob]:
-        return {name: getattr(self, name) for name in KNOBS}
-
-    def varying_knobs(self) -> list[str]:
-        """The knobs trials draw (a range, or two or more choices), in ``KNOBS`` order: what
-        every view of a search shows next to each trial."""
-        return [
-            name
-            for name, knob in self.knobs().items()
-            if isinstance(knob, FloatRange) or (isinstance(knob, Choice) and len(knob.choices) > 1)
-        ]
-
-    def bit_widths(self) -> tuple[int, ...]:
-        """The bit-widths trials can draw (``bits``' choices, or the one fixed width)."""
-        values = self.bits.choices if isinstance(self.bits, Choice) else [self.bits]
-        return tuple(int(v) for v in values if isinstance(v, int | float))  # never a range
-
-
-def _check_knob(knob: Any, ok: Any, rule: str, *, allow_range: bool = True) -> Any:
-    if isinstance(knob, FloatRange):
-        if not allow_range:
-            raise ValueError(
-                f"a range is not allowed here: {rule}; list values as {{choices: [...]}}"
-            )
-        values: list[Any] = [knob.low, knob.high]
-    elif isinstance(knob, Choice):
-        values = list(knob.choices)
-    else:
-        values = [knob]
-    names = [v for v in values if isinstance(v, str)]
-    if names:
-        raise ValueError(f"{rule}; this knob takes numbers, not names (got {names[0]!r})")
-    bad = [v for v in values if not ok(v)]
-    if bad:
-        raise ValueError(f"{rule} (got {bad[0]!r})")
-    return knob
-
 
 # Metrics whose "auto" tolerance is zero: a file's bytes are exact.
 EXACT_METRICS: tuple[str, ...] = ("size_bytes", "size_gzip_bytes")
