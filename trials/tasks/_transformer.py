@@ -109,7 +109,7 @@ class TransformerTask(SplitTask):
     attention on ``nn.Linear``."""
 
     name = "transformer"
-    baseline_epochs = 10
+    baseline_epochs = 16
     baseline_lr = 1e-3
     baseline_batch_size = 64
     dim, heads, hidden, depth = 256, 8, 1024, 2
