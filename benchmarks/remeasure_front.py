@@ -30,7 +30,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from orchestrator._select_cmd import p90, time_interleaved
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python benchmarks/remeasure_front.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+from orchestrator._select_cmd import p90, time_interleaved  # noqa: E402
 
 
 def main() -> int:
