@@ -403,18 +403,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def combine(paths: Sequence[Path], *, n: int, out: Path | None) -> int:
     """One summary over the studies of several --raw files (runs of the same config, task and
-    --n, e.g. one seed each); their objectives and reference point must agree."""
+    --n, e.g. one seed each). Each run's hypervolumes use its own reference point (its dense
+    baseline, measured in that run); the objectives must agree."""
     raws = [json.loads(p.read_text()) for p in paths]
-    keys = {json.dumps([r.get("objectives"), r.get("reference")]) for r in raws}
-    if len(keys) != 1 or raws[0].get("reference") is None:
+    kinds = {json.dumps(r.get("objectives")) for r in raws}
+    if len(kinds) != 1 or any(r.get("reference") is None for r in raws):
         raise SystemExit(
             "--combine: the --raw files must come from runs of the same config and task (same "
-            f"objectives and reference point); got {sorted(keys)}. Fix: combine runs made with "
-            "the same --config/--task by this version of the script."
+            f"objectives, each with its reference point); got {sorted(kinds)}. Fix: combine "
+            "runs made with the same --config/--task by this version of the script."
         )
-    studies = [s for r in raws for s in r["studies"]]
     objectives = [tuple(o) for o in raws[0]["objectives"]]
-    summary = summarize(studies, objectives, raws[0]["reference"])
+    summary: dict[str, Any] = {"table": {k: {} for k in STRATEGIES}, "kendall": []}
+    for raw in raws:
+        part = summarize(raw["studies"], objectives, raw["reference"])
+        for strategy, cells in part["table"].items():
+            for key, values in cells.items():
+                summary["table"][strategy].setdefault(key, []).extend(values)
+        summary["kendall"].extend(part["kendall"])
     total = sum(r.get("seconds", 0.0) for r in raws)
     command = "python benchmarks/early_stopping.py --combine " + shlex.join(map(str, paths))
     text = render(summary, command=command, n=n, seconds=total)

@@ -68,7 +68,7 @@ def main() -> int:
             threads=a.threads,
         )
         profiles = [_profile(r) for r in [dense, *rows]] if a.profile else []
-    table = _table(dense, rows, times)
+        table = _table(dense, rows, times)  # reads the files' sizes: before they are deleted
     print(
         f"{a.experiment}: dense fp32 and {len(rows)} candidates within {a.max_accuracy_drop} "
         f"pts, {a.repeats} interleaved rounds, batch 1, {a.threads} thread(s), "

@@ -62,9 +62,10 @@ def _seed_raw(seed: int, reference: dict) -> dict:
 
 def test_combine_summarizes_runs_of_one_seed_each(tmp_path: Path, capsys) -> None:
     paths = []
-    for seed in (0, 1):
+    for seed in (0, 1):  # each run measured its own baseline: its own reference point
         paths.append(tmp_path / f"seed{seed}.json")
-        paths[-1].write_text(json.dumps(_seed_raw(seed, REF)))
+        reference = {"accuracy": 0.0, "size_bytes": 100.0 + seed}
+        paths[-1].write_text(json.dumps(_seed_raw(seed, reference)))
     out = tmp_path / "combined.txt"
     assert main(["--combine", *map(str, paths), "--n", "2", "--out", str(out)]) == 0
     text = out.read_text()
@@ -76,6 +77,8 @@ def test_combine_summarizes_runs_of_one_seed_each(tmp_path: Path, capsys) -> Non
 def test_combine_refuses_runs_of_different_configs(tmp_path: Path) -> None:
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(_seed_raw(0, REF)))
-    b.write_text(json.dumps(_seed_raw(1, {"accuracy": 0.0, "size_bytes": 200.0})))
+    other = _seed_raw(1, REF)
+    other["objectives"] = [("accuracy", "maximize"), ("latency_ms", "minimize")]
+    b.write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="same config and task"):
         main(["--combine", str(a), str(b)])
