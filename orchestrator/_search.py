@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,7 @@ from orchestrator._records import (
 from orchestrator._resources import check_resources
 from orchestrator._resume import check_resume_config
 from orchestrator._schemes import check_space_schemes
+from orchestrator._sigint import remembered_sigint
 from orchestrator._state import check_resume_state
 from orchestrator._tracking import (
     TrackingTarget,
@@ -160,9 +161,20 @@ def run_search(
             # Before MLflow: a latency meter that cannot start leaves no half-made records.
             with running_meter(spec.latency, trial_cpus=spec.resources.cpu) as meter:
                 print(dry_run.result(), file=out, end="", flush=True)
-                return _run(
-                    spec, opts, task, workdir, uri, t0, out, meter, trial_body, tune_callbacks
-                )
+                with remembered_sigint() as interrupted:
+                    return _run(
+                        spec,
+                        opts,
+                        task,
+                        workdir,
+                        uri,
+                        t0,
+                        out,
+                        meter,
+                        trial_body,
+                        tune_callbacks,
+                        interrupted,
+                    )
         finally:
             import ray
 
@@ -211,6 +223,7 @@ def _run(
     meter: MeterRef,
     trial_body: TrialBody,
     tune_callbacks: Sequence[Callback],
+    interrupted: Callable[[], bool],
 ) -> SearchOutcome:
     client = MlflowClient(tracking_uri=uri)
     local_store = uri.startswith("sqlite:")
@@ -274,6 +287,8 @@ def _run(
             latency_meter=meter,
             int8_auto=int8_auto,
         )
+        if interrupted():  # a Ctrl-C Python dropped (e.g. inside a GC callback): act on it now
+            raise KeyboardInterrupt
         account, stopper = run_tune(
             spec,
             ctx,

@@ -528,11 +528,12 @@ def test_ctrl_c_ends_the_search_killed_and_resume_continues_it(tmp_path: Path) -
     """SIGINT to the driver before its trials start (the dense baseline) and while they run,
     then to the whole process group of a resumed search; between them, a damaged and an
     untrusted saved state are refused; the last resume finishes. The cache starts empty, so the
-    first SIGINT lands while the baseline trains. (With a warm cache it once landed later, on a
-    heavily loaded machine, and the search ran to the end with exit 0: a SIGINT between the
-    cached baseline and the first trial can be lost, a known open defect.) Eight trials, two at
-    a time: when the third interrupt comes (one trial after the resume), trials are left that
-    have not started, so a quiet machine's fast trials cannot all finish before it lands."""
+    first SIGINT lands while the baseline trains. (With a warm cache it once landed inside a
+    garbage-collection callback, where Python drops a KeyboardInterrupt, and the search ran to
+    the end with exit 0; the driver now remembers the signal: tests/orchestrator/test_sigint.py.)
+    Eight trials, two at a time: when the third interrupt comes (one trial after the resume),
+    trials are left that have not started, so a quiet machine's fast trials cannot all finish
+    before it lands."""
     trials = 8
     (tmp_path / "c.yaml").write_text(small_config("sigint", trials=trials))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
