@@ -4,7 +4,7 @@ torch-pruning's dependency graph, so the exported model is smaller and faster.""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -149,15 +149,7 @@ def prune_structured(
             ) from exc
     with torch.no_grad():
         got = tuple(model(example).shape)
-    if got != expected:
-        raise PruningError(
-            f"{what}: structured pruning must keep the model's output shape {expected}, but it "
-            f"is {got} now. Fix: search pruning: unstructured for this model."
-        )
-    widths = tuple(_width(layer) for layer in prunable_layers(model))
-    return StructuredPruning(
-        dense_units=dense_units, units=sum(widths), widths=widths, heads=tuple(heads)
-    )
+    return _pruned(model, what, expected, got, dense_units, heads)
 
 
 def _prune_per_layer(
@@ -206,15 +198,7 @@ def _prune_per_layer(
             f"dependency graph, but it failed with {type(exc).__name__}: {exc}. Fix: search "
             "pruning: unstructured (or plan: uniform) for this model."
         ) from exc
-    if got != expected:
-        raise PruningError(
-            f"{what}: structured pruning must keep the model's output shape {expected}, but it "
-            f"is {got} now. Fix: search pruning: unstructured for this model."
-        )
-    widths = tuple(_width(layer) for layer in prunable_layers(model))
-    return StructuredPruning(
-        dense_units=dense_units, units=sum(widths), widths=widths, heads=tuple(heads)
-    )
+    return _pruned(model, what, expected, got, dense_units, heads)
 
 
 def _unprunable_layers(model: nn.Module) -> str:
@@ -232,3 +216,23 @@ def _width(layer: nn.Module) -> int:
     if isinstance(layer, nn.Linear):
         return int(layer.out_features)
     return int(layer.out_channels)  # type: ignore[arg-type]
+
+
+def _pruned(
+    model: nn.Module,
+    what: str,
+    expected: tuple[int, ...],
+    got: tuple[int, ...],
+    dense_units: int,
+    heads: Sequence[HeadPruning],
+) -> StructuredPruning:
+    """The record of a structured pruning, once the model still gives its output shape."""
+    if got != expected:
+        raise PruningError(
+            f"{what}: structured pruning must keep the model's output shape {expected}, but it "
+            f"is {got} now. Fix: search pruning: unstructured for this model."
+        )
+    widths = tuple(_width(layer) for layer in prunable_layers(model))
+    return StructuredPruning(
+        dense_units=dense_units, units=sum(widths), widths=widths, heads=tuple(heads)
+    )
