@@ -67,14 +67,7 @@ class Allocation:
 def allocate(tables: Sequence[LayerTable], *, fixed_bytes: int, target_bytes: float) -> Allocation:
     """Greedy allocation (see the module docstring) of ``tables`` so that ``fixed_bytes`` plus
     the layers' bytes is at most ``target_bytes``."""
-    if target_bytes <= 0:
-        raise ConfigError(
-            field="target_bytes",
-            value=target_bytes,
-            rule="the size target must be positive",
-            fix="pass budget x the dense artifact's bytes",
-            source="allocate",
-        )
+    _check_target(target_bytes, source="allocate")
     # Start lossless (fp32; the smaller of equally lossless options), then only cheaper moves:
     # a small layer whose int8 file is larger than its fp32 one (scales, QDQ nodes) stays fp32.
     current = {t.name: min(t.options, key=lambda o: (o.loss, o.nbytes)) for t in tables}
@@ -138,14 +131,7 @@ def allocate_joint(
     group's kept width shrinks the next layer's inputs too, whatever that layer's format):
     ``cost`` predicts the bytes of a whole assignment, each move is priced by the loss it adds
     per byte it saves in that prediction."""
-    if target_bytes <= 0:
-        raise ConfigError(
-            field="target_bytes",
-            value=target_bytes,
-            rule="the size target must be positive",
-            fix="pass budget x the dense artifact's bytes",
-            source="allocate_joint",
-        )
+    _check_target(target_bytes, source="allocate_joint")
     index = {c.name: min(range(len(c.options)), key=lambda i: c.options[i][1]) for c in choices}
 
     def values(state: Mapping[str, int]) -> dict[str, object]:
@@ -181,3 +167,14 @@ def allocate_joint(
         reached=total <= target_bytes,
         moves=tuple(moves),
     )
+
+
+def _check_target(target_bytes: float, *, source: str) -> None:
+    if target_bytes <= 0:
+        raise ConfigError(
+            field="target_bytes",
+            value=target_bytes,
+            rule="the size target must be positive",
+            fix="pass budget x the dense artifact's bytes",
+            source=source,
+        )
