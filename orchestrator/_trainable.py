@@ -8,7 +8,9 @@ Two kinds of failure are kept apart:
 - the loss of the process running it (a dead node, a worker killed by the OOM killer) never
   reaches this code: Ray sees the actor die and retries the trial up to ``faults.max_retries``
   times. The retry, and a re-run after ``--resume``, find the trial's run by its trial id and
-  reuse it, so every trial has exactly one run.
+  reuse it, so every trial has exactly one run. With early stopping, a trial saves its state
+  at each rung of the scheduler (a Ray Tune checkpoint in the search's storage), and the retry
+  goes on from the last rung it passed (``trials._rung_state``; tag ``resumed_at_epoch``).
 A failure before the trial's run exists (a config that is no TrialParams) or while writing its
 result (a full disk) is the trial's own too: a FAILED run with the reason, reported once.
 """
@@ -26,20 +28,20 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
-from ray.tune import Stopper
+from ray.tune import Checkpoint, Stopper
 
 from orchestrator._counts import ERROR_KEY, FAILED_KEY
 from orchestrator._isolation import cores_text
 from orchestrator._latency import LatencyMeterUnavailable, MeterRef
 from orchestrator._replay import RecordDisagrees, finished_replay, stopped_replay
-from orchestrator._scheduler import RUNG_KEY, STOPPED_TAG, is_rung, rung_result
+from orchestrator._rungs import RungReports, StoppedAtRung, resume_state
+from orchestrator._scheduler import STOPPED_TAG, is_rung
 from orchestrator._searcher import TRIAL_NUMBER_KEY
 from orchestrator._tracking import (
     TrackingTarget,
     fail_run,
     find_trial_run,
     finish_trial_run,
-    log_metrics,
     reopen_run,
     start_failed_trial_run,
     start_trial_run,
@@ -47,8 +49,8 @@ from orchestrator._tracking import (
 from searchspace import SearchSpec, SlimtuneError, TrialParams
 from trials import (
     Int8Resolution,
-    RungReport,
     RungReporter,
+    RungState,
     Task,
     TrialRecord,
     TrialResult,
@@ -170,7 +172,14 @@ def make_trainable(
             ctx.latency_meter.pin_trial()
         torch.set_num_threads(ctx.torch_threads)
         trial_id = tune.get_context().get_trial_id() or f"trial-{config.get(TRIAL_NUMBER_KEY)}"
-        run_trial_in_mlflow(ctx, config, trial_id, body=body, report=tune.report)
+        run_trial_in_mlflow(
+            ctx,
+            config,
+            trial_id,
+            body=body,
+            report=tune.report,
+            checkpoint=tune.get_checkpoint(),  # a retry's: its last rung
+        )
 
     return slimtune_trial
 
@@ -185,9 +194,10 @@ def run_trial_in_mlflow(
     *,
     body: TrialBody = run_trial,
     report: Report,
+    checkpoint: Checkpoint | None = None,
 ) -> None:
     """Run one trial inside its MLflow child run and ``report`` its outcome once (to Ray Tune
-    in a search: ``tune.report``); with early stopping, its rungs too (``_RungReports``), and
+    in a search: ``tune.report``); with early stopping, its rungs too (``RungReports``), and
     a stop at a rung ends the trial with the ``SystemExit`` Ray expects, its run left to the
     driver (``EarlyStopRecords``).
 
@@ -196,6 +206,10 @@ def run_trial_in_mlflow(
     reason in ``slimtune.error`` and the failure is *reported*, not raised: Ray does not retry
     what would fail the same way. A run that cannot be written at all (the store is gone) is
     left to the driver, which closes it or fails the search (``orchestrator._records``).
+
+    ``checkpoint``: the state the trial saved at its last rung before it was lost; the trial
+    goes on from there (a state that is unreadable or not this trial's is ignored, tag
+    ``resume_refused``).
     """
     client = MlflowClient(tracking_uri=ctx.tracking.uri)
     run_id: str | None = None
@@ -230,10 +244,15 @@ def run_trial_in_mlflow(
         _report_failure(client, ctx.tracking, run_id, trial_id, config, exc, report)
         return
     assert run_id is not None  # set on every path that reaches here
-    early = ctx.spec.early_stopping.enabled
-    rungs = _RungReports(client, run_id, ctx.spec.metric_names, report) if early else None
+    early = ctx.spec.early_stopping
+    rungs = None
+    if early.enabled:
+        save_at = frozenset(early.rungs(settings.epochs))
+        rungs = RungReports(client, run_id, ctx.spec.metric_names, report, save_at=save_at)
     try:
-        result = _run_body(body, ctx.latency_meter, _task(ctx.task_ref), params, settings, rungs)
+        resume = resume_state(client, run_id, checkpoint, params, settings)
+        task = _task(ctx.task_ref)
+        result = _run_body(body, ctx.latency_meter, task, params, settings, rungs, resume)
         bad = {k: v for k, v in result.metrics.items() if not math.isfinite(v)}
         if bad:
             raise NonFiniteMetric(
@@ -315,55 +334,19 @@ def _run_body(
     params: TrialParams,
     settings: TrialSettings,
     rungs: RungReporter | None = None,
+    resume: RungState | None = None,
 ) -> TrialResult:
     """Run ``trials.run_trial`` inside this machine's measurement gate, its latency timed by
-    the search's meter, reporting to ``rungs`` with early stopping. Any other body (the
-    orchestration benchmark's fixed work) measures no latency and runs as it is."""
+    the search's meter, reporting to ``rungs`` with early stopping (going on from ``resume``,
+    a rung state). Any other body (the orchestration benchmark's fixed work) measures no
+    latency and runs as it is."""
     if body is not run_trial:
         return body(task, params, settings)
     if meter_ref is None:
-        return run_trial(task, params, settings, rungs=rungs)
+        return run_trial(task, params, settings, rungs=rungs, resume=resume)
     meter = meter_ref.connect()
     with meter.working():
-        return run_trial(task, params, settings, meter=meter, rungs=rungs)
-
-
-class StoppedAtRung(BaseException):
-    """Ray Tune ended the trial at this rung report (its scheduler said stop). A
-    BaseException, as the ``SystemExit`` it replaces: no handler of the trial's own failures
-    may take it for one."""
-
-    def __init__(self, report: RungReport) -> None:
-        super().__init__(f"stopped at epoch {report.epoch}")
-        self.report = report
-
-
-class _RungReports:
-    """A trial's ``RungReporter``: each rung goes to its MLflow run as metric history
-    (``rung_<metric>`` at step = epoch) and to Ray Tune; the ``SystemExit`` by which
-    ``tune.report`` ends a trial that the scheduler stopped becomes :class:`StoppedAtRung`."""
-
-    def __init__(
-        self, client: MlflowClient, run_id: str, objectives: list[str], report: Callable[..., None]
-    ) -> None:
-        self.client = client
-        self.run_id = run_id
-        self.objectives = objectives
-        self.report = report
-
-    def __call__(self, rung: RungReport) -> None:
-        payload = rung_result(rung, self.objectives, self.run_id)
-        history = {k: v for k, v in payload.items() if k.startswith("rung_") and k != RUNG_KEY}
-        if "torch_accuracy" in rung.metrics:
-            history["rung_torch_accuracy"] = rung.metrics["torch_accuracy"]
-        log_metrics(self.client, self.run_id, history, step=rung.epoch)
-        if rung.epoch == 0:  # the early measurement, kept if the trial is stopped
-            early = {f"early_{k}": v for k, v in rung.metrics.items()}
-            log_metrics(self.client, self.run_id, early)
-        try:
-            self.report(payload)
-        except SystemExit:
-            raise StoppedAtRung(rung) from None
+        return run_trial(task, params, settings, meter=meter, rungs=rungs, resume=resume)
 
 
 def _attempts(run: Any) -> int:

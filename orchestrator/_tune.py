@@ -119,6 +119,8 @@ def run_tune(
                     *extra_callbacks,
                 ],
                 failure_config=tune.FailureConfig(max_failures=spec.faults.max_retries),
+                # early stopping: each trial's state at its last rung, for a retry to go on
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
     grid = tuner.fit()

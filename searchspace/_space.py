@@ -4,6 +4,7 @@ between them, and the constants that name the values."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from pydantic import (
@@ -146,14 +147,7 @@ class Space(Strict):
     @field_validator("plan")
     @classmethod
     def _plan(cls, v: Any) -> Any:
-        values = list(v.choices) if isinstance(v, Choice) else [v]
-        bad = [x for x in values if x not in PLAN_KINDS]
-        if bad:
-            raise ValueError(
-                f"plan must be one of {list(PLAN_KINDS)} (got {bad[0]!r}); "
-                "e.g. {choices: [uniform, mixed]}"
-            )
-        return v
+        return _check_names(v, "plan", PLAN_KINDS, "{choices: [uniform, mixed]}")
 
     @field_validator("budget")
     @classmethod
@@ -167,13 +161,8 @@ class Space(Strict):
     @field_validator("quant_scheme")
     @classmethod
     def _quant_scheme(cls, v: Any, info: ValidationInfo) -> Any:
+        _check_names(v, "quant_scheme", QUANT_SCHEMES, "{choices: [qat, ptq]}")
         values = list(v.choices) if isinstance(v, Choice) else [v]
-        bad = [x for x in values if x not in QUANT_SCHEMES]
-        if bad:
-            raise ValueError(
-                f"quant_scheme must be one of {list(QUANT_SCHEMES)} (got {bad[0]!r}); "
-                "e.g. {choices: [qat, ptq]}"
-            )
         bits = info.data.get("bits")  # absent when bits itself is invalid
         if "ptq" in values and bits is not None:
             widths = list(bits.choices) if isinstance(bits, Choice) else [bits]
@@ -190,26 +179,12 @@ class Space(Strict):
     @field_validator("pruning")
     @classmethod
     def _pruning(cls, v: Any) -> Any:
-        values = list(v.choices) if isinstance(v, Choice) else [v]
-        bad = [x for x in values if x not in PRUNING_SCHEMES]
-        if bad:
-            raise ValueError(
-                f"pruning must be one of {list(PRUNING_SCHEMES)} (got {bad[0]!r}); "
-                "e.g. {choices: [unstructured, structured]}"
-            )
-        return v
+        return _check_names(v, "pruning", PRUNING_SCHEMES, "{choices: [unstructured, structured]}")
 
     @field_validator("pruning_scope")
     @classmethod
     def _pruning_scope(cls, v: Any) -> Any:
-        values = list(v.choices) if isinstance(v, Choice) else [v]
-        bad = [x for x in values if x not in PRUNING_SCOPES]
-        if bad:
-            raise ValueError(
-                f"pruning_scope must be one of {list(PRUNING_SCOPES)} (got {bad[0]!r}); "
-                "e.g. {choices: [global, layer]}"
-            )
-        return v
+        return _check_names(v, "pruning_scope", PRUNING_SCOPES, "{choices: [global, layer]}")
 
     @field_validator("distill_weight")
     @classmethod
@@ -269,6 +244,15 @@ class Space(Strict):
         """The bit-widths trials can draw (``bits``' choices, or the one fixed width)."""
         values = self.bits.choices if isinstance(self.bits, Choice) else [self.bits]
         return tuple(int(v) for v in values if isinstance(v, int | float))  # never a range
+
+
+def _check_names(knob: Any, name: str, allowed: Sequence[str], example: str) -> Any:
+    """A knob of names (one, or ``{choices: [...]}``): each must be one of ``allowed``."""
+    values = list(knob.choices) if isinstance(knob, Choice) else [knob]
+    bad = [x for x in values if x not in allowed]
+    if bad:
+        raise ValueError(f"{name} must be one of {list(allowed)} (got {bad[0]!r}); e.g. {example}")
+    return knob
 
 
 def _check_knob(knob: Any, ok: Any, rule: str, *, allow_range: bool = True) -> Any:

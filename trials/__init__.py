@@ -52,6 +52,7 @@ from trials._record import (
     weights_sha256,
 )
 from trials._registry import BUILTIN_TASKS, load_task
+from trials._rung_state import RungState, RungStateError, trial_identity
 from trials._settings import (
     Baseline,
     Int8Resolution,
@@ -100,6 +101,8 @@ __all__ = [
     "RecordError",
     "RungReport",
     "RungReporter",
+    "RungState",
+    "RungStateError",
     "SchemeCheck",
     "SchemeRefused",
     "Split",
@@ -132,5 +135,6 @@ __all__ = [
     "run_baseline",
     "run_trial",
     "time_int8_candidates",
+    "trial_identity",
     "weights_sha256",
 ]

@@ -14,7 +14,7 @@ import copy
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,12 +56,16 @@ class RungReport:
     compressed artifact, after that PyTorch's on the validation split (``torch_accuracy``,
     with the compression's masks and fake quantization applied). ``val_samples`` is the size
     of that split (how precise the accuracy is); ``seconds`` is the trial's time so far.
+    ``save(directory)``, after an epoch, writes the trial's state now into ``directory``
+    (``trials._rung_state``; call it before the report returns, training goes on after) and
+    returns the file: a trial lost after this rung can go on from it.
     """
 
     epoch: int
     metrics: dict[str, float]
     val_samples: int
     seconds: float
+    save: Callable[[Path], Path] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.epoch < 0:
@@ -185,7 +189,8 @@ class RungHook:
 
     With ``ptq_grid`` (ptq fine-tunes in float and rounds the weights after), the accuracy is
     that of a copy with its weights rounded to the grid, as the trial's final model will be:
-    the last rung then reports the final ``torch_accuracy``."""
+    the last rung then reports the final ``torch_accuracy``. ``saver`` becomes each report's
+    ``save``."""
 
     def __init__(
         self,
@@ -196,8 +201,10 @@ class RungHook:
         *,
         start: float,
         ptq_grid: PtqGrids = None,
+        saver: Callable[[Path], Path] | None = None,
     ) -> None:
         self.model = model
+        self.saver = saver
         self.task = task
         self.early = early
         self.report = report
@@ -224,7 +231,8 @@ class RungHook:
             val_samples=len(self.x_val),
             seconds=time.perf_counter() - self.start,
         )
-        self.report(dataclasses.replace(rung, metrics={**rung.metrics, "torch_accuracy": accuracy}))
+        metrics = {**rung.metrics, "torch_accuracy": accuracy}
+        self.report(dataclasses.replace(rung, metrics=metrics, save=self.saver))
 
     def _outputs(self, batch_size: int = 256) -> np.ndarray:
         model = self.model if self.ptq_grid is None else self._rounded()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +28,54 @@ class Distillation:
     temperature: float
 
 
+class FitState:
+    """Where :func:`fit` stands between two epochs, and where it goes on from.
+
+    ``fit`` keeps it current: the epochs and optimizer steps done, its Adam optimizer and its
+    shuffling generator. :meth:`snapshot` is that position as plain tensors and numbers (what a
+    trial saves at a rung, ``trials._rung_state``); a ``FitState(saved)`` built from a snapshot
+    makes ``fit`` go on after ``saved["epoch"]`` epochs with the optimizer's moments, the
+    shuffling order and torch's global random state (dropout) as they were, so that on the
+    same device the weights come out as if it had never stopped.
+    """
+
+    KEYS = ("epoch", "step", "optimizer", "generator", "torch_rng")
+
+    def __init__(self, saved: Mapping[str, Any] | None = None) -> None:
+        if saved is not None and set(saved) != set(self.KEYS):
+            raise ValueError(
+                f"a saved training position must have exactly the keys {self.KEYS}, got "
+                f"{sorted(saved)}"
+            )
+        self.saved = dict(saved) if saved is not None else None
+        self.epoch = int(saved["epoch"]) if saved is not None else 0
+        self.step = int(saved["step"]) if saved is not None else 0
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._generator: torch.Generator | None = None
+
+    def bind(self, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:
+        """``fit``'s optimizer and generator; a saved position is loaded into them now."""
+        self._optimizer, self._generator = optimizer, generator
+        if self.saved is not None:
+            optimizer.load_state_dict(self.saved["optimizer"])
+            generator.set_state(self.saved["generator"])
+            torch.set_rng_state(self.saved["torch_rng"])
+
+    def advance(self, epoch: int, step: int) -> None:
+        self.epoch, self.step = epoch, step
+
+    def snapshot(self) -> dict[str, Any]:
+        if self._optimizer is None or self._generator is None:
+            raise RuntimeError("FitState.snapshot() needs fit() to have started with it")
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "optimizer": self._optimizer.state_dict(),
+            "generator": self._generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Optimizer steps of one epoch over ``n`` samples (the last batch may be short)."""
     return math.ceil(n / batch_size)
@@ -45,6 +94,7 @@ def fit(
     on_step: Callable[[int, int], None] | None = None,
     distill: Distillation | None = None,
     on_epoch: Callable[[int], None] | None = None,
+    state: FitState | None = None,
 ) -> float:
     """Train ``model`` with Adam and cross-entropy on the device ``x`` lives on; return the
     seconds it took.
@@ -54,7 +104,9 @@ def fit(
     ``on_step(step, total_steps)`` is called before each step's forward pass (gradual pruning
     uses it); ``distill`` adds a distillation term from a teacher model (kept in eval mode).
     ``on_epoch(epochs_done)`` is called after each epoch, its losses checked (a search's rung
-    reports use it; it may raise to stop the training).
+    reports use it; it may raise to stop the training). ``state`` (a :class:`FitState`) is kept
+    at the position of the last epoch done; one built from a snapshot makes ``fit`` go on from
+    there (a trial resumed at its rung).
 
     With ``x`` and ``y`` on a GPU, the model (and the teacher) move there for training, under
     bf16 autocast with a fused Adam, and come back to where they were; the loss is checked for
@@ -72,14 +124,16 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     # fused: one kernel per step on a GPU; None keeps the CPU default (unchanged results).
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True if on_gpu else None)
+    state = state if state is not None else FitState()
+    state.bind(optimizer, generator)
     n = len(x)
     per_epoch = steps_per_epoch(n, batch_size)
     losses = _LossCheck(what, lr=lr, batch_size=batch_size, every=per_epoch if on_gpu else 1)
-    global_step = 0
+    global_step = state.step
     start = time.perf_counter()
     model.train()
     try:
-        for epoch in range(epochs):
+        for epoch in range(state.epoch, epochs):
             order = torch.randperm(n, generator=generator).to(device)
             for step, first in enumerate(range(0, n, batch_size)):
                 idx = order[first : first + batch_size]
@@ -97,6 +151,7 @@ def fit(
                 losses.add(loss, epoch, step)
                 loss.backward()
                 optimizer.step()
+            state.advance(epoch + 1, global_step)
             if on_epoch is not None:
                 losses.flush()
                 on_epoch(epoch + 1)

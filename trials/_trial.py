@@ -31,11 +31,12 @@ from trials._measure import LatencyMeter, measure_onnx
 from trials._plan_choose import PlanChooser, measured_plan_tags, plan_tags, write_plan
 from trials._plan_export import check_artifact
 from trials._record import weights_sha256
+from trials._rung_state import RungState, start_rungs
 from trials._settings import Lineage, TrialResult, TrialSettings
 from trials._structured import output_units
 from trials._tables import describe_tables, embedding_layers, table_grid
 from trials._task import Task, checked_data
-from trials._train import Distillation, fit, predict, steps_per_epoch
+from trials._train import Distillation, FitState, fit, predict, steps_per_epoch
 from trials._trial_export import (
     calibration,
     export_artifact,
@@ -69,6 +70,7 @@ def run_trial(
     *,
     meter: LatencyMeter | None = None,
     rungs: RungReporter | None = None,
+    resume: RungState | None = None,
 ) -> TrialResult:
     """Compress the task's baseline as ``params`` say and measure the exported artifact.
 
@@ -105,13 +107,18 @@ def run_trial(
     model is exported and measured like the final artifact (``trials._early.measure_first``),
     and ``rungs`` gets a ``RungReport`` before training and after every epoch (it may raise to
     stop the trial); the result then also holds the early numbers (``early_*``). The trained
-    weights are the same with or without it.
+    weights are the same with or without it. ``resume`` (a ``trials.RungState`` the trial
+    saved at a rung, through a report's ``save``) makes a retried trial go on after that
+    rung's epoch (tag ``resumed_at_epoch``); on the CPU its weights are those of a trial that
+    never stopped.
 
     The ONNX file is ``settings.work_dir / "model.onnx"``. The result's ``lineage`` holds the
     SHA-256 of the baseline's and of the compressed weights and the pruning log: on CPU, the
     same task, knobs, settings and torch thread count give bit-identical weights.
     """
     start = time.perf_counter()
+    if resume is not None and rungs is None:
+        raise ValueError("run_trial(resume=...) needs rungs: a state is saved at a rung")
     what = (
         f"trial of task {task.name!r} (pruning={params.pruning}, lr={params.lr:g}, "
         f"batch_size={params.batch_size}, sparsity={params.sparsity:g}, "
@@ -199,21 +206,33 @@ def run_trial(
             )
             tags["distill"] = f"weight={params.distill_weight:g},T={params.distill_temperature:g}"
         hook: RungHook | None = None
+        fit_state: FitState | None = None
         if rungs is not None:
             ptq_grids = None if qat or not any(grids) else grids
-            early = measure_first(
+            hook, fit_state = start_rungs(
                 model,
-                unstructured_target=params.sparsity if schedule is not None else 0.0,
-                ptq_grid=ptq_grids,
-                export=lambda m, path: export_artifact(
-                    m, example, path, params, plan, int8, inputs, what=what
+                task,
+                params,
+                settings,
+                rungs,
+                measure=lambda: measure_first(
+                    model,
+                    unstructured_target=params.sparsity if schedule is not None else 0.0,
+                    ptq_grid=ptq_grids,
+                    export=lambda m, path: export_artifact(
+                        m, example, path, params, plan, int8, inputs, what=what
+                    ),
+                    task=task,
+                    settings=settings,
+                    meter=meter,
                 ),
-                task=task,
-                settings=settings,
-                meter=meter,
+                schedule=schedule,
+                ptq_grid=ptq_grids,
+                start=start,
+                resume=resume,
             )
-            hook = RungHook(model, task, early, rungs, start=start, ptq_grid=ptq_grids)
-            hook.before_training()
+            if resume is not None:
+                tags["resumed_at_epoch"] = str(resume.epoch)
         train_seconds = fit(
             model,
             x_fit,
@@ -226,6 +245,7 @@ def run_trial(
             on_step=step_hook(schedule, meter),
             distill=distill,
             on_epoch=hook,
+            state=fit_state,
         )
         if schedule is not None:
             masks = schedule.finish()

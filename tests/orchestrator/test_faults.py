@@ -202,7 +202,8 @@ def test_driver_killed_then_resumed_continues_the_same_search(tmp_path: Path) ->
         assert after[tid].data.tags["early_stop_reason"].startswith("mo-asha: at rung epoch 1")
     # The resumed scheduler started from the saved state: the decisions and rung records of
     # the trials that ended before the crash are still there, unchanged. (A trial cut off by
-    # the crash runs again, reaches its rung again and is decided anew.)
+    # the crash after its rung goes on from that rung's state; one cut off before it runs
+    # again, reaches the rung and is decided anew.)
     state_after = _mo_asha_records(tmp_path)
     for tid in ended_before:
         assert state_after["decisions"][tid] == state_before["decisions"][tid], tid
@@ -629,3 +630,42 @@ def test_a_store_deleted_mid_search_fails_it_loudly(tmp_path: Path) -> None:
     assert "during the search" in err and "records" in err and "are gone" in err, err[-3000:]
     assert "Traceback" not in err, err[-4000:]
     assert "trials finished" not in out and "Inspect:" not in out, out[-2000:]
+
+
+@pytest.mark.usefixtures("warm_cache")
+def test_a_trial_lost_after_its_rung_is_retried_at_that_rung(
+    tmp_path: Path, two_node_cluster: Any
+) -> None:
+    """MO-ASHA (rungs at epochs 1, 3, 9 of 12): the trial's node is lost once the state of a
+    rung is in the search's storage; the retry goes on from that rung in the same run, with no
+    rung reported twice, and finishes."""
+    cluster, nodes = two_node_cluster
+    cluster.remove_node(nodes[1])  # one worker node: the trial is on nodes[0]
+    early = "early_stopping: {name: mo-asha, min_epochs: 1, reduction_factor: 3}"
+    (tmp_path / "c.yaml").write_text(small_config("rung", trials=1, epochs=12, extra=early))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = _search(tmp_path, "--address", cluster.address)
+    try:
+
+        def saved_a_rung() -> bool:
+            return any((tmp_path / ".slimtune").rglob("checkpoint_*/rung_state.pt"))
+
+        _wait_for(saved_a_rung, 600, "a rung state in the search's storage", proc)
+        cluster.remove_node(nodes[0], allow_graceful=False)
+        cluster.add_node(num_cpus=1)  # a replacement joins, as an autoscaler would add one
+        out, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    assert proc.returncode == 0, out[-2000:] + err[-4000:]
+    (trial,) = _assert_each_trial_once(uri, "rung", 1)
+    assert int(trial.data.tags["slimtune.attempts"]) >= 2, trial.data.tags
+    assert "resume_refused" not in trial.data.tags, trial.data.tags["resume_refused"]
+    resumed_at = int(trial.data.tags["resumed_at_epoch"])
+    assert resumed_at in (1, 3, 9)
+    history = MlflowClient(uri).get_metric_history(trial.info.run_id, "rung_accuracy")
+    steps = collections.Counter(m.step for m in history)
+    assert set(steps) == set(range(12 + 1)), steps  # every epoch reported, rung 0 included
+    # Up to the rung it resumed at, each epoch was reported once: the retry did not redo them.
+    assert all(steps[e] == 1 for e in range(resumed_at + 1)), steps
+    assert trial.data.metrics["early_size_bytes"] == trial.data.metrics["size_bytes"]
