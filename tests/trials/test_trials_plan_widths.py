@@ -233,3 +233,25 @@ def test_per_layer_widths_round_trip_config_plan_artifact_record_rebuild(
     )
     assert again.lineage is not None and again.lineage.plan == back.lineage.plan
     assert file_sha256(again.onnx_path) == back.onnx_sha256
+
+
+def test_a_mixed_plan_with_one_format_everywhere_is_exported_as_a_mixed_plan(
+    shared_cache: Path, tmp_path: Path
+) -> None:
+    """A budget only int4 everywhere meets gives every layer one format. The artifact is still
+    the mixed plan's: the embedding table stays float (it was not fake-quantized in training
+    and the size prediction counts it float), the check is per layer, and the prediction holds.
+    (Before, such a plan took the uniform int4 path, which also stored the table in int4: on
+    the Transformer task every all-int4 plan was predicted 14.5 KB high.)"""
+    task = TinyLinearAttention()
+    params = dataclasses.replace(WIDTHS, budget=0.001, pruning="unstructured", sparsity=0.0)
+    result = run_trial(task, params, _settings(shared_cache, tmp_path))
+    layers = len(prunable_layers(task.build_model()))
+    assert result.tags["plan_formats"] == f"int4:{layers}"
+    assert result.tags["format"] == "mixed" and result.tags["export_check"] == "ok"
+    model = onnx.load(str(result.onnx_path))
+    assert not [n.op_type for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
+    tables = [i for i in model.graph.initializer if i.name.startswith("emb.")]
+    assert [(t.name, t.data_type) for t in tables] == [("emb.weight", onnx.TensorProto.FLOAT)]
+    size = result.metrics["size_bytes"]
+    assert abs(float(result.tags["plan_predicted_bytes"]) - size) / size <= 0.02
