@@ -128,7 +128,11 @@ class CompressionPlan:
 
     @property
     def uniform_bits(self) -> int | None:
-        """The one bit-width of every layer, or None for a plan that mixes formats."""
+        """The one bit-width of a uniform plan's layers; None for a mixed plan, also one that
+        gives every layer the same format (it is exported and checked as a mixed plan: its
+        embedding tables stay float)."""
+        if self.kind != "uniform":
+            return None
         widths = {s.bits for _, s in self.layers}
         return widths.pop() if len(widths) == 1 else None
 

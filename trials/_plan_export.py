@@ -226,9 +226,8 @@ def check_artifact(
     """The export check of a trial's artifact: a uniform plan's claim is the bit-width's
     (``check_export``); a mixed plan's is checked layer by layer (``check_plan_export``), also
     when it gives every layer one format (it is exported as a mixed plan: tables float)."""
-    if plan.kind == "uniform":
-        bits = plan.uniform_bits
-        assert bits is not None  # a uniform plan has one format
+    bits = plan.uniform_bits
+    if bits is not None:
         claim = ExportClaim(
             bits=bits,
             units=units,

@@ -105,10 +105,7 @@ def export_artifact(
     (real or simulated), ``format``, ``quantization``, ``quant_scheme`` (qat, ptq; none at 16
     and 32 bits), and what the CPU kernel computes in where that is not the format. ``inputs``
     calibrate int8 activations."""
-    # A mixed plan is exported as one even when it gives every layer the same format: its
-    # embedding tables stay float (they were not fake-quantized in training, and its size
-    # prediction counts them float), where a uniform plan quantizes them too.
-    bits = plan.uniform_bits if plan.kind == "uniform" else None
+    bits = plan.uniform_bits
     if bits is None:
         return export_mixed(
             model,
