@@ -144,10 +144,11 @@ class Space(Strict):
     plan: NameKnob = Choice(choices=["uniform"])
     budget: Knob = 0.5
 
-    @field_validator("plan")
+    @field_validator("plan", "pruning", "pruning_scope")
     @classmethod
-    def _plan(cls, v: Any) -> Any:
-        return _check_names(v, "plan", PLAN_KINDS, "{choices: [uniform, mixed]}")
+    def _names(cls, v: Any, info: ValidationInfo) -> Any:
+        allowed, example = _ALLOWED_NAMES[str(info.field_name)]
+        return _check_names(v, str(info.field_name), allowed, example)
 
     @field_validator("budget")
     @classmethod
@@ -175,16 +176,6 @@ class Space(Strict):
                     "fake-quant fine-tuning (qat)"
                 )
         return v
-
-    @field_validator("pruning")
-    @classmethod
-    def _pruning(cls, v: Any) -> Any:
-        return _check_names(v, "pruning", PRUNING_SCHEMES, "{choices: [unstructured, structured]}")
-
-    @field_validator("pruning_scope")
-    @classmethod
-    def _pruning_scope(cls, v: Any) -> Any:
-        return _check_names(v, "pruning_scope", PRUNING_SCOPES, "{choices: [global, layer]}")
 
     @field_validator("distill_weight")
     @classmethod
@@ -244,6 +235,14 @@ class Space(Strict):
         """The bit-widths trials can draw (``bits``' choices, or the one fixed width)."""
         values = self.bits.choices if isinstance(self.bits, Choice) else [self.bits]
         return tuple(int(v) for v in values if isinstance(v, int | float))  # never a range
+
+
+# The name knobs without a rule of their own (quant_scheme has one): allowed names, an example.
+_ALLOWED_NAMES: dict[str, tuple[tuple[str, ...], str]] = {
+    "plan": (PLAN_KINDS, "{choices: [uniform, mixed]}"),
+    "pruning": (PRUNING_SCHEMES, "{choices: [unstructured, structured]}"),
+    "pruning_scope": (PRUNING_SCOPES, "{choices: [global, layer]}"),
+}
 
 
 def _check_names(knob: Any, name: str, allowed: Sequence[str], example: str) -> Any:

@@ -71,6 +71,8 @@ class RungState:
                 f"a rung state's training position must be at its epoch {self.epoch}, got "
                 f"{self.fit.get('epoch')!r}"
             )
+        if not math.isfinite(self.seconds) or self.seconds < 0:
+            raise RungStateError(f"a rung state's seconds must be >= 0, got {self.seconds}")
 
     @classmethod
     def capture(
@@ -181,8 +183,6 @@ class RungState:
             schedule.history = list(self.pruning_history)
         elif self.pruning_history:
             raise RungStateError("the rung state has a pruning schedule but the trial has none")
-        if not math.isfinite(self.seconds) or self.seconds < 0:
-            raise RungStateError(f"a rung state's seconds must be >= 0, got {self.seconds}")
 
 
 def start_rungs(

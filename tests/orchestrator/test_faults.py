@@ -385,6 +385,25 @@ def two_node_cluster() -> Iterator[Any]:
         cluster.shutdown()
 
 
+def _search_losing_a_node(
+    work: Path, cluster: Any, node: Any, when: Any, what: str, *, settle: float = 0
+) -> None:
+    """Run the search of ``work`` on ``cluster``; once ``when()`` holds (and ``settle`` seconds
+    more) remove ``node`` without grace and add a replacement, as an autoscaler would; the
+    search must still end with exit 0."""
+    proc = _search(work, "--address", cluster.address)
+    try:
+        _wait_for(when, 600, what, proc)
+        time.sleep(settle)
+        cluster.remove_node(node, allow_graceful=False)
+        cluster.add_node(num_cpus=1)
+        out, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    assert proc.returncode == 0, out[-2000:] + err[-4000:]
+
+
 @pytest.mark.usefixtures("warm_cache")
 def test_a_lost_node_mid_trial_is_retried_and_recorded_once(
     tmp_path: Path, two_node_cluster: Any
@@ -393,21 +412,12 @@ def test_a_lost_node_mid_trial_is_retried_and_recorded_once(
     trials = 4
     (tmp_path / "c.yaml").write_text(small_config("nodes", trials=trials))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = _search(tmp_path, "--address", cluster.address)
-    try:
 
-        def running() -> bool:
-            return any(c.info.status == "RUNNING" for c in _children(uri, "nodes"))
+    def running() -> bool:
+        return any(c.info.status == "RUNNING" for c in _children(uri, "nodes"))
 
-        _wait_for(running, 600, "a running trial", proc)
-        time.sleep(2)  # inside its fine-tuning
-        cluster.remove_node(nodes[0], allow_graceful=False)
-        cluster.add_node(num_cpus=1)  # a replacement joins, as an autoscaler would add one
-        out, err = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            _kill_group(proc)
-    assert proc.returncode == 0, out[-2000:] + err[-4000:]
+    # settle: 2 s after the trial starts running, inside its fine-tuning
+    _search_losing_a_node(tmp_path, cluster, nodes[0], running, "a running trial", settle=2)
     children = _assert_each_trial_once(uri, "nodes", trials)
     attempts = [int(c.data.tags.get("slimtune.attempts", "1")) for c in children]
     assert max(attempts) >= 2, "the killed trial must have been retried into its own run"
@@ -644,20 +654,12 @@ def test_a_trial_lost_after_its_rung_is_retried_at_that_rung(
     early = "early_stopping: {name: mo-asha, min_epochs: 1, reduction_factor: 3}"
     (tmp_path / "c.yaml").write_text(small_config("rung", trials=1, epochs=12, extra=early))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = _search(tmp_path, "--address", cluster.address)
-    try:
 
-        def saved_a_rung() -> bool:
-            return any((tmp_path / ".slimtune").rglob("checkpoint_*/rung_state.pt"))
+    def saved_a_rung() -> bool:
+        return any((tmp_path / ".slimtune").rglob("checkpoint_*/rung_state.pt"))
 
-        _wait_for(saved_a_rung, 600, "a rung state in the search's storage", proc)
-        cluster.remove_node(nodes[0], allow_graceful=False)
-        cluster.add_node(num_cpus=1)  # a replacement joins, as an autoscaler would add one
-        out, err = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            _kill_group(proc)
-    assert proc.returncode == 0, out[-2000:] + err[-4000:]
+    what = "a rung state in the search's storage"
+    _search_losing_a_node(tmp_path, cluster, nodes[0], saved_a_rung, what)
     (trial,) = _assert_each_trial_once(uri, "rung", 1)
     assert int(trial.data.tags["slimtune.attempts"]) >= 2, trial.data.tags
     assert "resume_refused" not in trial.data.tags, trial.data.tags["resume_refused"]
