@@ -2,7 +2,7 @@
 
     python benchmarks/plan_front.py [--configs examples/mnist1d.yaml examples/transformer.yaml]
         [--n 30] [--seed 0] [--out FILE] [--cache DIR] [--epochs E] [--budget LOW HIGH]
-        [--smoke]
+        [--budget-metric size|latency] [--smoke]
 
 For each config, two studies of the config's sampler with the same seed and the same number of
 trials, trials one after another (``trials.run_trial``; no Ray, no MLflow), one torch thread:
@@ -13,14 +13,17 @@ trials, trials one after another (``trials.run_trial``; no Ray, no MLflow), one 
 - ``mixed``: ``plan: mixed`` with ``budget`` searched log-uniformly in ``--budget LOW HIGH``
   (default [0.005, 0.4] of the dense file: uniform int4 with 80 % structured pruning reaches
   below 0.01) (``bits`` unused; with ``pruning: structured`` the allocator also picks each
-  layer's kept width, ``sparsity`` unused).
+  layer's kept width, ``sparsity`` unused); with ``--budget-metric latency`` the budget is a
+  fraction of the dense artifact's latency, predicted from the per-layer latency table the
+  first mixed trial measures (``trials._plan_latency``).
 
 Reported per config and kind: the hypervolume (accuracy, size_bytes, latency_ms; reference from
 the dense baseline), and, among trials whose accuracy is within 0.5 point of the best uniform
 trial's, the smallest file and the lowest latency; the ratio uniform / mixed of each; and for
-the mixed trials the median and worst |predicted - measured| / measured size; then the
-per-layer data the allocator worked from (each layer's sensitivity and bytes per format, each
-group's sensitivity and bytes saved per kept width), which explains a missed target.
+the mixed trials the median and worst |predicted - measured| / measured size (and latency,
+with a latency budget); then the per-layer data the allocator worked from (each layer's
+sensitivity and bytes per format, each group's sensitivity and bytes saved per kept width, each
+layer's measured latency per format), which explains a missed target.
 
 Latency is timed inline: run it on a quiet machine. ``--smoke``: digits, 2 trials of 1 epoch per
 kind, a short latency plan: checks that the script runs, not a result.
@@ -58,6 +61,7 @@ def kind_spec(
     smoke: bool,
     epochs: int | None = None,
     budget: tuple[float, float] = (0.005, 0.4),
+    metric: str = "size",
 ) -> SearchSpec:
     space: dict[str, Any] = {"plan": Choice(choices=[kind])}
     bits = spec.space.bits
@@ -65,6 +69,7 @@ def kind_spec(
         space["bits"] = Choice(choices=sorted([*bits.choices, 4]))
     if kind == "mixed":
         space["budget"] = FloatRange(low=budget[0], high=budget[1], log=True)
+        space["budget_metric"] = Choice(choices=[metric])
     update: dict[str, Any] = {"space": spec.space.model_copy(update=space)}
     if smoke or epochs is not None:
         update["training"] = spec.training.model_copy(update={"epochs": epochs or 1})
@@ -108,6 +113,7 @@ def run_study(spec: SearchSpec, n: int, cache: Path, work: Path) -> pd.DataFrame
                 "state": "FINISHED",
                 "seconds": seconds,
                 "predicted": float(result.tags.get("plan_predicted_bytes", "nan")),
+                "predicted_ms": float(result.tags.get("plan_predicted_ms", "nan")),
                 "formats": result.tags.get("plan_formats", ""),
                 "keeps": result.tags.get("plan_keeps", ""),
             }
@@ -153,8 +159,16 @@ def summarize(config: str, frames: dict[str, pd.DataFrame], baseline: dict[str, 
             f"size prediction error: median {statistics.median(errors):.1%}, worst "
             f"{errors.max():.1%} (target <= 10 %)"
         )
+    late = ((mixed["predicted_ms"] - mixed["latency_ms"]).abs() / mixed["latency_ms"]).dropna()
+    if len(late):
+        lines.append(
+            f"latency prediction error: median {statistics.median(late):.1%}, worst "
+            f"{late.max():.1%} (target <= 10 %)"
+        )
     lines.append("")
     columns = ["pruning", "budget", "formats", "keeps", "accuracy", "size_bytes", "predicted"]
+    if len(late):
+        columns += ["latency_ms", "predicted_ms"]
     lines.append(mixed[columns].to_string())
     lines.append("")
     lines.append("uniform trials:")
@@ -182,6 +196,13 @@ def per_layer(cache: Path, task: str, model: Any) -> str:
     lines = []
     for path in sorted((cache / "sensitivity").glob(f"{task}-*.json")):
         data = json.loads(path.read_text())
+        if "-latency-" in path.name:
+            lines += ["", f"latency table {path.name} (dense {data['dense_ms']:.4f} ms, empty "]
+            lines[-1] += f"run {data['overhead_ms']:.4f} ms): layer alone, ms"
+            for name, times in data["layers"].items():
+                cells = ", ".join(f"{f} {ms:.4f}" for f, ms in times.items())
+                lines.append(f"  {name}: {cells}")
+            continue
         lines += ["", f"sensitivity table {path.name} (dense file {data['dense_file_bytes']} B):"]
         lines.append("layer: loss int8 / int4 (relative output error, that layer alone); bytes")
         for name, losses in data["losses"].items():
@@ -212,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="override the configs' training epochs")
     parser.add_argument(
         "--budget", type=float, nargs=2, default=(0.005, 0.4), metavar=("LOW", "HIGH")
+    )
+    parser.add_argument(
+        "--budget-metric",
+        choices=["size", "latency"],
+        default="size",
+        help="what the mixed study's budget is a fraction of",
     )
     parser.add_argument(
         "--cache", type=Path, help="cache directory to reuse (dense baselines, sensitivities)"
@@ -251,7 +278,12 @@ def main(argv: list[str] | None = None) -> int:
             frames = {
                 kind: run_study(
                     kind_spec(
-                        spec, kind, smoke=args.smoke, epochs=args.epochs, budget=tuple(args.budget)
+                        spec,
+                        kind,
+                        smoke=args.smoke,
+                        epochs=args.epochs,
+                        budget=tuple(args.budget),
+                        metric=args.budget_metric,
                     ),
                     n,
                     cache,

@@ -10,6 +10,7 @@ from searchspace._params import TrialParams
 from searchspace._pruning import PRUNING_SCOPES, Pruning, layer_sparsity_cap
 from searchspace._secrets import CREDENTIALS_FIX, credentials_in, mask_secrets, redact_uri
 from searchspace._space import (
+    BUDGET_METRICS,
     KNOBS,
     NAME_KNOBS,
     PLAN_KINDS,
@@ -36,6 +37,7 @@ from searchspace._spec import (
 )
 
 __all__ = [
+    "BUDGET_METRICS",
     "CREDENTIALS_FIX",
     "EARLY_STOPPING_NAMES",
     "INT8_FORMATS",

@@ -8,6 +8,7 @@ from typing import Any
 
 from searchspace._pruning import PRUNING_SCOPES
 from searchspace._space import (
+    BUDGET_METRICS,
     PLAN_KINDS,
     PRUNING_SCHEMES,
     QUANT_SCHEMES,
@@ -31,6 +32,7 @@ class TrialParams:
     pruning_scope: str = "global"
     plan: str = "uniform"
     budget: float = 0.5
+    budget_metric: str = "size"
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -71,6 +73,11 @@ class TrialParams:
             raise ValueError(f"plan must be one of {list(PLAN_KINDS)}, but got plan={self.plan!r}")
         if not 0.0 < self.budget <= 1.0:
             raise ValueError(f"`0 < budget <= 1` must hold, but got budget={self.budget}")
+        if self.budget_metric not in BUDGET_METRICS:
+            raise ValueError(
+                f"budget_metric must be one of {list(BUDGET_METRICS)}, but got "
+                f"budget_metric={self.budget_metric!r}"
+            )
         if self.quant_scheme == "ptq" and self.bits in SIMULATED_BITS:
             raise ValueError(
                 f"quant_scheme 'ptq' cannot produce bits={self.bits} (simulated widths "
@@ -91,6 +98,7 @@ class TrialParams:
             pruning_scope=str(d.get("pruning_scope", "global")),
             plan=str(d.get("plan", "uniform")),
             budget=float(d.get("budget", 0.5)),
+            budget_metric=str(d.get("budget_metric", "size")),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -38,6 +38,10 @@ QUANT_SCHEMES: tuple[str, ...] = ("qat", "ptq")
 # space.budget (a fraction of the dense artifact's size), from measured sensitivities.
 PLAN_KINDS: tuple[str, ...] = ("uniform", "mixed")
 
+# What a mixed plan's budget is a fraction of: the dense artifact's size in bytes, or its
+# latency in ONNX Runtime (predicted from a per-layer latency table measured by the meter).
+BUDGET_METRICS: tuple[str, ...] = ("size", "latency")
+
 # Bit-widths with no ONNX Runtime format: they exist only as fake-quant fine-tuning (qat).
 SIMULATED_BITS: tuple[int, ...] = (2, 3, 5, 6, 7)
 
@@ -53,10 +57,11 @@ KNOBS = (
     "pruning_scope",
     "plan",
     "budget",
+    "budget_metric",
 )
 
 # Knobs whose values are names (strings), not numbers.
-NAME_KNOBS = ("pruning", "quant_scheme", "pruning_scope", "plan")
+NAME_KNOBS = ("pruning", "quant_scheme", "pruning_scope", "plan", "budget_metric")
 
 
 class FloatRange(Strict):
@@ -140,11 +145,13 @@ class Space(Strict):
     # Unstructured pruning's scope: global (one threshold, each layer capped) or layer.
     pruning_scope: NameKnob = Choice(choices=["global"])
     # Per-layer plans: uniform (every layer at `bits`) or mixed (the allocator picks each
-    # layer's format so that the predicted artifact is at most `budget` x the dense one's).
+    # layer's format so that the predicted artifact is at most `budget` x the dense one's size
+    # or latency, as `budget_metric` says).
     plan: NameKnob = Choice(choices=["uniform"])
     budget: Knob = 0.5
+    budget_metric: NameKnob = Choice(choices=["size"])
 
-    @field_validator("plan", "pruning", "pruning_scope")
+    @field_validator("plan", "pruning", "pruning_scope", "budget_metric")
     @classmethod
     def _names(cls, v: Any, info: ValidationInfo) -> Any:
         allowed, example = _ALLOWED_NAMES[str(info.field_name)]
@@ -156,7 +163,7 @@ class Space(Strict):
         return _check_knob(
             v,
             lambda x: 0.0 < x <= 1.0,
-            "budget must be in (0, 1] (a fraction of the dense artifact's size)",
+            "budget must be in (0, 1] (a fraction of the dense artifact's size or latency)",
         )
 
     @field_validator("quant_scheme")
@@ -240,6 +247,7 @@ class Space(Strict):
 # The name knobs without a rule of their own (quant_scheme has one): allowed names, an example.
 _ALLOWED_NAMES: dict[str, tuple[tuple[str, ...], str]] = {
     "plan": (PLAN_KINDS, "{choices: [uniform, mixed]}"),
+    "budget_metric": (BUDGET_METRICS, "{choices: [size, latency]}"),
     "pruning": (PRUNING_SCHEMES, "{choices: [unstructured, structured]}"),
     "pruning_scope": (PRUNING_SCOPES, "{choices: [global, layer]}"),
 }

@@ -69,8 +69,9 @@ FIELD_FIXES: dict[str, str] = {
     "pruning.round_to": "set round_to to a whole number >= 1: 8 (the default) keeps widths "
     "multiples of 8, 1 keeps the exact ratio",
     "space.plan": "write plan as uniform, mixed or {choices: [uniform, mixed]}",
-    "space.budget": "write budget as a fraction of the dense artifact's size in (0, 1], e.g. "
-    "budget: 0.4 or {low: 0.25, high: 0.6}",
+    "space.budget": "write budget as a fraction of the dense artifact's size (or latency, with "
+    "budget_metric: latency) in (0, 1], e.g. budget: 0.4 or {low: 0.25, high: 0.6}",
+    "space.budget_metric": "write budget_metric as size, latency or {choices: [size, latency]}",
     "space.pruning_scope": "write pruning_scope as global, layer or {choices: [global, layer]}",
     "quantization.keep_float": "list module names of the model, e.g. keep_float: [gru, head]",
 }

@@ -30,8 +30,8 @@ from trials._measure import (
 )
 from trials._plan import CompressionPlan, LayerSetting
 from trials._plan_allocate import Allocation, LayerOption, LayerTable, allocate
-from trials._plan_choose import PLAN_JSON
 from trials._plan_export import check_plan_export
+from trials._plan_tags import PLAN_JSON
 from trials._probe import SchemeCheck, SchemeRefused, check_schemes
 from trials._quantize_auto import (
     Int8Cache,

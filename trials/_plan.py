@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from searchspace import ConfigError
+from searchspace import BUDGET_METRICS, ConfigError
 
 PLAN_VERSION = 1
 # Per-layer formats: the real ONNX Runtime ones, then the simulated widths (fp32 files holding
@@ -70,10 +70,12 @@ class LayerSetting:
 @dataclass(frozen=True)
 class CompressionPlan:
     """Each layer's setting, in module order, plus how the plan was made: ``kind`` (uniform or
-    mixed) and, for a mixed plan, ``budget`` (the target size as a fraction of the dense
-    artifact's), ``target_bytes`` (that size in bytes), ``predicted_bytes`` (the allocator's size
-    prediction for the artifact) and ``predicted_loss`` (the summed sensitivity of the settings
-    chosen)."""
+    mixed) and, for a mixed plan, ``budget`` (the target as a fraction of the dense artifact's
+    size or latency, as ``budget_metric`` says), ``target_bytes`` or ``target_ms`` (that target),
+    ``predicted_bytes`` (the size prediction for the artifact), ``predicted_ms`` (the latency
+    prediction, from ``latency_table``: the per-layer latencies measured in ONNX Runtime that the
+    allocator worked from, ``trials._plan_latency.LatencyTable.to_dict``) and ``predicted_loss``
+    (the summed sensitivity of the settings chosen)."""
 
     layers: tuple[tuple[str, LayerSetting], ...]
     kind: str = "uniform"
@@ -81,6 +83,10 @@ class CompressionPlan:
     predicted_bytes: int | None = None
     predicted_loss: float | None = None
     target_bytes: int | None = None
+    budget_metric: str = "size"
+    predicted_ms: float | None = None
+    target_ms: float | None = None
+    latency_table: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list | dict):
@@ -97,7 +103,9 @@ class CompressionPlan:
         if self.kind not in PLAN_KINDS:
             _fail("kind", self.kind, f"it must be one of {list(PLAN_KINDS)}")
         if self.budget is not None and not 0 < self.budget <= 1:
-            _fail("budget", self.budget, "it must be in (0, 1] (a fraction of the dense size)")
+            _fail("budget", self.budget, "it must be in (0, 1] (a fraction of the dense cost)")
+        if self.budget_metric not in BUDGET_METRICS:
+            _fail("budget_metric", self.budget_metric, f"it must be one of {list(BUDGET_METRICS)}")
 
     @classmethod
     def uniform(
@@ -159,6 +167,16 @@ class CompressionPlan:
             "predicted_bytes": self.predicted_bytes,
             "predicted_loss": self.predicted_loss,
             "target_bytes": self.target_bytes,
+            **(
+                {
+                    "budget_metric": self.budget_metric,
+                    "predicted_ms": self.predicted_ms,
+                    "target_ms": self.target_ms,
+                    "latency_table": self.latency_table,
+                }
+                if self.budget_metric != "size" or self.latency_table is not None
+                else {}
+            ),
             "layers": [{"name": n, "format": s.format, "keep": s.keep} for n, s in self.layers],
         }
 
@@ -186,7 +204,15 @@ class CompressionPlan:
             predicted_bytes=None if predicted is None else int(predicted),
             predicted_loss=None if loss is None else float(loss),
             target_bytes=None if target is None else int(target),
+            budget_metric=str(data.get("budget_metric", "size")),
+            predicted_ms=_float_or_none(data.get("predicted_ms")),
+            target_ms=_float_or_none(data.get("target_ms")),
+            latency_table=data.get("latency_table"),
         )
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _fail(name: str, value: object, rule: str) -> Any:

@@ -111,11 +111,12 @@ class Choice:
 
 @dataclass(frozen=True)
 class JointAllocation:
-    """The joint allocator's answer: each choice's value, the predicted bytes and summed loss,
-    whether the target is reached, and the moves made in order."""
+    """The joint allocator's answer: each choice's value, the predicted cost (bytes or
+    milliseconds, as the cost function) and summed loss, whether the target is reached, and
+    the moves made in order."""
 
     picks: Mapping[str, object]
-    predicted_bytes: int
+    predicted: float
     predicted_loss: float
     reached: bool
     moves: tuple[str, ...] = field(default=())
@@ -123,15 +124,16 @@ class JointAllocation:
 
 def allocate_joint(
     choices: Sequence[Choice],
-    cost: Callable[[Mapping[str, object]], int],
+    cost: Callable[[Mapping[str, object]], float],
     *,
-    target_bytes: float,
+    target: float,
 ) -> JointAllocation:
-    """The greedy of ``allocate`` over choices whose bytes do not add up layer by layer (a
-    group's kept width shrinks the next layer's inputs too, whatever that layer's format):
-    ``cost`` predicts the bytes of a whole assignment, each move is priced by the loss it adds
-    per byte it saves in that prediction."""
-    _check_target(target_bytes, source="allocate_joint")
+    """The greedy of ``allocate`` over choices whose costs do not add up layer by layer (a
+    group's kept width shrinks the next layer's inputs too, whatever that layer's format; two
+    neighbouring int8 layers share a quantization): ``cost`` predicts the cost (bytes or
+    milliseconds) of a whole assignment, each move is priced by the loss it adds per unit of
+    cost it saves in that prediction."""
+    _check_target(target, source="allocate_joint")
     index = {c.name: min(range(len(c.options)), key=lambda i: c.options[i][1]) for c in choices}
 
     def values(state: Mapping[str, int]) -> dict[str, object]:
@@ -139,18 +141,18 @@ def allocate_joint(
 
     total = cost(values(index))
     moves: list[str] = []
-    while total > target_bytes:
-        best: tuple[float, int, str, int, int] | None = None
+    while total > target:
+        best: tuple[float, float, str, int, float] | None = None
         for choice in choices:
             now = index[choice.name]
             for i, (_value, loss) in enumerate(choice.options):
                 if i == now:
                     continue
-                bytes_then = cost(values({**index, choice.name: i}))
-                saved = total - bytes_then
+                then = cost(values({**index, choice.name: i}))
+                saved = total - then
                 if saved <= 0:
                     continue
-                key = ((loss - choice.options[now][1]) / saved, -saved, choice.name, i, bytes_then)
+                key = ((loss - choice.options[now][1]) / saved, -saved, choice.name, i, then)
                 if best is None or key[:3] < best[:3]:
                     best = key
         if best is None:
@@ -162,19 +164,19 @@ def allocate_joint(
     loss = sum(c.options[index[c.name]][1] for c in choices)
     return JointAllocation(
         picks=picked,
-        predicted_bytes=int(total),
+        predicted=float(total),
         predicted_loss=float(loss),
-        reached=total <= target_bytes,
+        reached=total <= target,
         moves=tuple(moves),
     )
 
 
-def _check_target(target_bytes: float, *, source: str) -> None:
-    if target_bytes <= 0:
+def _check_target(target: float, *, source: str) -> None:
+    if target <= 0:
         raise ConfigError(
-            field="target_bytes",
-            value=target_bytes,
-            rule="the size target must be positive",
-            fix="pass budget x the dense artifact's bytes",
+            field="target",
+            value=target,
+            rule="the budget's target must be positive",
+            fix="pass budget x the dense artifact's bytes or latency",
             source=source,
         )

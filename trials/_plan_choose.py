@@ -1,30 +1,28 @@
 """How a trial gets its plan: uniform from its knobs, or mixed from the allocator over the
-layers' measured sensitivity and their predicted bytes.
-
-Sensitivity (``measure_sensitivity``) is measured once per search and cached in ``cache_dir``
-next to the dense baseline: for each Conv/Linear layer and each of int8 and int4, the relative
-output error ``|f_q(x) - f(x)|^2 / |f(x)|^2`` of the dense model on a calibration batch when
-only that layer's weight is rounded to the format's grid (the PyTorch model, weights only:
-int8 activation rounding is not in it). The dense fp32 artifact's bytes are measured then too
-(exported once); a layer's bytes at each format are exact from its parameter counts.
-"""
+layers' measured sensitivity (``trials._plan_sensitivity``) and their predicted cost: bytes
+(exact from the shapes) under a size budget, milliseconds (from the latency table measured in
+ONNX Runtime, ``trials._plan_latency``) under a latency budget."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from searchspace import TrialParams
+from searchspace import ConfigError, TrialParams
 from trials._compress import Prunable, prunable_layers
 from trials._export import export_onnx
+from trials._measure import InlineMeter, LatencyMeter, latency_plan
 from trials._plan import MIXED_FORMATS, CompressionPlan, LayerSetting
 from trials._plan_allocate import (
+    Allocation,
     Choice,
     JointAllocation,
     LayerOption,
@@ -32,99 +30,27 @@ from trials._plan_allocate import (
     allocate,
     allocate_joint,
 )
+from trials._plan_latency import LatencyTable, TableJob, measure_latency_table
+from trials._plan_sensitivity import Sensitivity, layer_bytes, measure_sensitivity
 from trials._plan_widths import (
     LayerShape,
     WidthGroup,
     WidthOption,
+    kept_work,
     measure_widths,
     predict_bytes,
 )
-from trials._quantize import DEFAULT_INT8_FORMAT, INT4_GRID, WeightGrid
+from trials._quantize import DEFAULT_INT8_FORMAT, INT4_GRID, Int8Format
 from trials._quantize_auto import Int8Choice
 from trials._settings import TrialSettings
 from trials._task import Task, checked_data
 from trials._trial_steps import layer_names, layer_width
 
-PLAN_JSON = "plan.json"
-SENSITIVITY_VERSION = 2
-
-
-@dataclass(frozen=True)
-class Sensitivity:
-    """What ``measure_sensitivity`` found for one dense model: each layer's loss per format
-    (fp32 is 0) and the dense fp32 artifact's bytes and parameter count."""
-
-    losses: dict[str, dict[str, float]]
-    dense_file_bytes: int
-    dense_param_count: int
-    widths: tuple[WidthGroup, ...] = ()
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "version": SENSITIVITY_VERSION,
-                "losses": self.losses,
-                "dense_file_bytes": self.dense_file_bytes,
-                "dense_param_count": self.dense_param_count,
-                "widths": [g.to_dict() for g in self.widths],
-            },
-            indent=1,
-            sort_keys=True,
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> Sensitivity | None:
-        try:
-            data = json.loads(text)
-            if data.get("version") != SENSITIVITY_VERSION:
-                return None
-            return cls(
-                losses={k: dict(v) for k, v in data["losses"].items()},
-                dense_file_bytes=int(data["dense_file_bytes"]),
-                dense_param_count=int(data["dense_param_count"]),
-                widths=tuple(WidthGroup.from_dict(g) for g in data["widths"]),
-            )
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return None
-
-
-def layer_bytes(layer: Prunable, fmt: str) -> int:
-    """Predicted bytes of ``layer``'s weight (and bias) in an artifact storing it as ``fmt``."""
-    return LayerShape.of("", layer).nbytes(fmt)
-
-
-def measure_sensitivity(
-    model: nn.Module,
-    layers: Sequence[Prunable],
-    names: Sequence[str],
-    grids: dict[str, WeightGrid],
-    inputs: torch.Tensor,
-) -> dict[str, dict[str, float]]:
-    """Each layer's relative output error when only its weight is on each format's grid."""
-    was_training = model.training
-    model.eval()
-    losses: dict[str, dict[str, float]] = {}
-    try:
-        with torch.no_grad():
-            ref = model(inputs).float()
-            norm = float((ref**2).sum()) or 1.0
-            for layer, name in zip(layers, names, strict=True):
-                original = layer.weight.detach().clone()
-                losses[name] = {"fp32": 0.0}
-                for fmt, grid in grids.items():
-                    layer.weight.copy_(grid.fake_quantize(original))
-                    out = model(inputs).float()
-                    losses[name][fmt] = float(((out - ref) ** 2).sum()) / norm
-                layer.weight.copy_(original)
-    finally:
-        model.train(was_training)
-    return losses
-
 
 class PlanChooser:
     """Makes a trial's plan. ``measure_dense`` (on the dense model, before structured pruning)
-    loads or measures the sensitivity of a mixed trial; ``choose`` (after pruning) returns the
-    plan."""
+    loads or measures the sensitivity of a mixed trial (and, for a latency budget, the latency
+    table: ``trials._plan_latency``); ``choose`` (after pruning) returns the plan."""
 
     def __init__(
         self,
@@ -137,6 +63,7 @@ class PlanChooser:
         example: torch.Tensor,
         *,
         what: str,
+        meter: LatencyMeter | None = None,
     ) -> None:
         self.task = task
         self.params = params
@@ -145,8 +72,12 @@ class PlanChooser:
         self.int8 = int8
         self.example = example
         self.what = what
+        self.meter = meter or InlineMeter()
         self.sensitivity: Sensitivity | None = None
+        self.latency: LatencyTable | None = None
         self.joint: JointAllocation | None = None
+        # The joint allocation's predicted bytes and ms, on the model it allocated for.
+        self._predicted: tuple[int, float | None] = (0, None)
 
     @property
     def per_layer_widths(self) -> bool:
@@ -154,10 +85,13 @@ class PlanChooser:
         (``trials._plan_widths``) together with each layer's format."""
         return self.params.plan == "mixed" and self.params.pruning == "structured"
 
+    @property
+    def _fmt(self) -> Int8Format:
+        return self.int8.fmt if self.int8 is not None else DEFAULT_INT8_FORMAT
+
     def _cache_path(self, count: int) -> Path:
-        fmt = (self.int8.fmt if self.int8 is not None else DEFAULT_INT8_FORMAT).name
         seed = self.settings.dense_seed
-        key = f"{self.task.name}-{self.baseline_sha256[:16]}-{fmt}-{count}-seed{seed}"
+        key = f"{self.task.name}-{self.baseline_sha256[:16]}-{self._fmt.name}-{count}-seed{seed}"
         if self.per_layer_widths:
             key += f"-widths-round{self.settings.pruning_round_to}"
         return self.settings.cache_dir / "sensitivity" / f"{key}.json"
@@ -171,14 +105,19 @@ class PlanChooser:
         count = min(self.settings.calibration_samples, len(x_train))
         batch = x_train[torch.randperm(len(x_train), generator=generator)[:count]].float()
         path = self._cache_path(count)
+        if self.params.budget_metric == "latency":
+            self.latency = self._latency_table(model, batch, path)
         cached = Sensitivity.from_json(path.read_text()) if path.exists() else None
         if cached is not None:
             self.sensitivity = cached
             return
         layers = prunable_layers(model)
-        fmt = self.int8.fmt if self.int8 is not None else DEFAULT_INT8_FORMAT
         losses = measure_sensitivity(
-            model, layers, layer_names(model, layers), {"int8": fmt.grid, "int4": INT4_GRID}, batch
+            model,
+            layers,
+            layer_names(model, layers),
+            {"int8": self._fmt.grid, "int4": INT4_GRID},
+            batch,
         )
         widths: tuple[WidthGroup, ...] = ()
         if self.per_layer_widths:
@@ -201,23 +140,85 @@ class PlanChooser:
             dense_param_count=sum(p.numel() for p in model.parameters()),
             widths=widths,
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{id(self)}.tmp")
-        tmp.write_text(self.sensitivity.to_json())
-        tmp.replace(path)
+        _write_atomic(path, self.sensitivity.to_json())
 
-    def allocate_widths(self, model: nn.Module) -> tuple[dict[str, float], dict[str, float]] | None:
-        """For a plan with per-layer widths, on the dense model: each layer's format and each
-        group's kept width, allocated jointly under the budget; returns the shares structured
-        pruning removes (per layer, per attention module). None for any other plan."""
-        if not self.per_layer_widths:
-            return None
-        assert self.sensitivity is not None, "measure_dense runs before allocate_widths"
+    def _latency_table(self, model: nn.Module, batch: torch.Tensor, path: Path) -> LatencyTable:
+        """The table the settings give (a rebuild: the record's), else the one cached for this
+        machine and thread count, else measured now by the meter and cached."""
+        if self.settings.plan_latency is not None:
+            given = LatencyTable.from_dict(self.settings.plan_latency)
+            if given is None:
+                raise ConfigError(
+                    field="plan_latency",
+                    value=str(self.settings.plan_latency)[:80],
+                    rule="it must be a latency table as a trial's plan.json records it",
+                    fix="rebuild from an unmodified record, or leave plan_latency out to measure",
+                    source="TrialSettings",
+                )
+            return given
+        node = socket.gethostname()
+        where = re.sub(r"[^A-Za-z0-9_.-]", "_", node)[:64]
+        threads = self.settings.latency_threads
+        cache = path.with_name(f"{path.stem}-latency-{where}-t{threads}.json")
+        if cache.exists():
+            try:
+                cached = LatencyTable.from_dict(json.loads(cache.read_text()))
+            except ValueError:
+                cached = None
+            if cached is not None and cached.node == node and cached.threads == threads:
+                return cached
+        layers = prunable_layers(model)
+        job = TableJob(
+            meter=self.meter,
+            plan=latency_plan(self.settings),
+            fmt=self._fmt,
+            work_dir=self.settings.work_dir,
+            node=node,
+            what=self.what,
+        )
+        table = measure_latency_table(
+            model, layer_names(model, layers), layers, self.example, batch, job
+        )
+        _write_atomic(cache, json.dumps(table.to_dict(), indent=1, sort_keys=True))
+        return table
+
+    def _costs(
+        self, model: nn.Module
+    ) -> tuple[list[str], Callable[[Mapping[str, object]], int], Callable[..., float]]:
+        """The layer names, and the predicted bytes and milliseconds of a set of picks
+        (``format:<layer>`` and ``keep:<group>``) on ``model`` as it is now."""
+        assert self.sensitivity is not None, "measure_dense runs first"
         sens = self.sensitivity
         layers = prunable_layers(model)
         names = layer_names(model, layers)
         shapes = [LayerShape.of(n, layer) for n, layer in zip(names, layers, strict=True)]
+        fixed = sens.dense_file_bytes - 4 * sens.dense_param_count + _outside_bytes(model)
         groups = {g.name: g for g in sens.widths}
+
+        def chosen(picks: Mapping[str, object]) -> list[WidthOption]:
+            return [
+                next(o for o in g.options if o.keep == picks.get(f"keep:{g.name}", 1.0))
+                for g in groups.values()
+            ]
+
+        def formats(picks: Mapping[str, object]) -> dict[str, str]:
+            return {n: str(picks[f"format:{n}"]) for n in names}
+
+        def size(picks: Mapping[str, object]) -> int:
+            return predict_bytes(shapes, formats(picks), chosen(picks), fixed_bytes=fixed)
+
+        def latency(picks: Mapping[str, object]) -> float:
+            assert self.latency is not None
+            return self.latency.predict(formats(picks), kept_work(shapes, chosen(picks)))
+
+        return names, size, latency
+
+    def _allocate_joint(self, model: nn.Module, groups: Sequence[WidthGroup]) -> None:
+        """Formats (and the kept widths of ``groups``) by the joint greedy, under the budget's
+        metric."""
+        assert self.sensitivity is not None, "measure_dense runs first"
+        sens = self.sensitivity
+        names, size, latency = self._costs(model)
         choices = [
             Choice(
                 f"format:{n}",
@@ -226,23 +227,28 @@ class PlanChooser:
             for n in names
         ]
         choices += [
-            Choice(f"keep:{g.name}", tuple((o.keep, o.loss) for o in g.options))
-            for g in sens.widths
+            Choice(f"keep:{g.name}", tuple((o.keep, o.loss) for o in g.options)) for g in groups
         ]
-        fixed = sens.dense_file_bytes - 4 * sens.dense_param_count + _outside_bytes(model)
+        if self.latency is not None:
+            target = self.params.budget * self.latency.dense_ms
+            self.joint = allocate_joint(choices, latency, target=target)
+        else:
+            target = int(self.params.budget * sens.dense_file_bytes)
+            self.joint = allocate_joint(choices, size, target=target)
+        picks = self.joint.picks
+        self._predicted = (size(picks), latency(picks) if self.latency is not None else None)
 
-        def option(group: str, keep: object) -> WidthOption:
-            return next(o for o in groups[group].options if o.keep == keep)
-
-        def cost(picks: Mapping[str, object]) -> int:
-            formats = {n: str(picks[f"format:{n}"]) for n in names}
-            chosen = [option(g, picks[f"keep:{g}"]) for g in groups]
-            return predict_bytes(shapes, formats, chosen, fixed_bytes=fixed)
-
-        target = int(self.params.budget * sens.dense_file_bytes)
-        self.joint = allocate_joint(choices, cost, target_bytes=target)
+    def allocate_widths(self, model: nn.Module) -> tuple[dict[str, float], dict[str, float]] | None:
+        """For a plan with per-layer widths, on the dense model: each layer's format and each
+        group's kept width, allocated jointly under the budget; returns the shares structured
+        pruning removes (per layer, per attention module). None for any other plan."""
+        if not self.per_layer_widths:
+            return None
+        assert self.sensitivity is not None, "measure_dense runs before allocate_widths"
+        self._allocate_joint(model, self.sensitivity.widths)
+        assert self.joint is not None
         shares: tuple[dict[str, float], dict[str, float]] = ({}, {})
-        for g in sens.widths:
+        for g in self.sensitivity.widths:
             keep = float(self.joint.picks[f"keep:{g.name}"])  # type: ignore[arg-type]
             if keep < 1.0:
                 shares[g.kind == "heads"][g.name] = 1.0 - keep
@@ -260,23 +266,44 @@ class PlanChooser:
             return CompressionPlan.uniform(names, self.params.bits, keep=keeps)
         assert self.sensitivity is not None, "measure_dense runs before choose"
         sens = self.sensitivity
-        target = int(self.params.budget * sens.dense_file_bytes)
+        if self.joint is None and self.latency is not None:
+            self._allocate_joint(model, ())
         if self.joint is not None:
             picks = self.joint.picks
-            return CompressionPlan(
-                tuple(
-                    (name, LayerSetting(str(picks[f"format:{name}"]), keep))
-                    for name, keep in zip(names, keeps, strict=True)
-                ),
-                kind="mixed",
-                budget=self.params.budget,
-                predicted_bytes=self.joint.predicted_bytes,
-                predicted_loss=round(self.joint.predicted_loss, 9),
-                target_bytes=target,
-            )
-        overhead = sens.dense_file_bytes - 4 * sens.dense_param_count
-        in_layers = {id(p) for layer in layers for p in layer.parameters(recurse=False)}
-        others = 4 * sum(p.numel() for p in model.parameters() if id(p) not in in_layers)
+            formats = {name: str(picks[f"format:{name}"]) for name in names}
+            predicted_bytes, predicted_ms = self._predicted
+            loss = self.joint.predicted_loss
+        else:
+            result = self._allocate(model, layers, names)
+            formats, predicted_bytes = dict(result.formats), result.predicted_bytes
+            predicted_ms, loss = None, result.predicted_loss
+        latency = self.params.budget_metric == "latency" and self.latency is not None
+        return CompressionPlan(
+            tuple(
+                (name, LayerSetting(formats[name], keep))
+                for name, keep in zip(names, keeps, strict=True)
+            ),
+            kind="mixed",
+            budget=self.params.budget,
+            predicted_bytes=predicted_bytes,
+            predicted_loss=round(loss, 9),
+            target_bytes=None if latency else int(self.params.budget * sens.dense_file_bytes),
+            budget_metric=self.params.budget_metric,
+            predicted_ms=None if predicted_ms is None else round(predicted_ms, 6),
+            target_ms=(
+                round(self.params.budget * self.latency.dense_ms, 6)
+                if latency and self.latency is not None
+                else None
+            ),
+            latency_table=self.latency.to_dict() if self.latency is not None else None,
+        )
+
+    def _allocate(
+        self, model: nn.Module, layers: Sequence[Prunable], names: Sequence[str]
+    ) -> Allocation:
+        """Formats under a size budget, layer by layer (``allocate``: bytes add up)."""
+        assert self.sensitivity is not None
+        sens = self.sensitivity
         tables = [
             LayerTable(
                 name,
@@ -289,62 +316,19 @@ class PlanChooser:
             )
             for layer, name in zip(layers, names, strict=True)
         ]
-        result = allocate(tables, fixed_bytes=overhead + others, target_bytes=target)
-        return CompressionPlan(
-            tuple(
-                (name, LayerSetting(result.formats[name], keep))
-                for name, keep in zip(names, keeps, strict=True)
-            ),
-            kind="mixed",
-            budget=self.params.budget,
-            predicted_bytes=result.predicted_bytes,
-            predicted_loss=round(result.predicted_loss, 9),
-            target_bytes=target,
-        )
+        overhead = sens.dense_file_bytes - 4 * sens.dense_param_count
+        target = int(self.params.budget * sens.dense_file_bytes)
+        return allocate(tables, fixed_bytes=overhead + _outside_bytes(model), target_bytes=target)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _outside_bytes(model: nn.Module) -> int:
     """fp32 bytes of the parameters outside the Conv/Linear layers (norms, embeddings)."""
     inside = {id(p) for layer in prunable_layers(model) for p in layer.parameters(recurse=False)}
     return 4 * sum(p.numel() for p in model.parameters() if id(p) not in inside)
-
-
-def plan_tags(plan: CompressionPlan) -> dict[str, str]:
-    """The tags of a plan: its kind, the histogram of formats and, for a mixed plan, the budget,
-    its bytes, the predicted bytes, whether the prediction meets the budget, each layer's
-    format."""
-    tags = {"plan": plan.kind, "plan_formats": plan.histogram()}
-    if plan.kind == "mixed":
-        tags["plan_budget"] = f"{plan.budget:g}"
-        tags["plan_predicted_bytes"] = str(plan.predicted_bytes)
-        tags["plan_target_bytes"] = str(plan.target_bytes)
-        if plan.predicted_bytes is not None and plan.target_bytes is not None:
-            met = plan.predicted_bytes <= plan.target_bytes
-            tags["plan_budget_met"] = (
-                "true"
-                if met
-                else "false: even the cheapest format of every layer is predicted over budget"
-            )
-        tags["plan_layers"] = ",".join(
-            f"{n}={s.format}" + (f"@{s.keep:.3g}" if s.keep < 1 else "") for n, s in plan.layers
-        )[:5000]
-        tags["plan_keeps"] = plan.keep_histogram()
-    return tags
-
-
-def measured_plan_tags(plan: CompressionPlan, size_bytes: float) -> dict[str, str]:
-    """The measured cost next to the predicted one, and the prediction's error."""
-    if plan.predicted_bytes is None:
-        return {}
-    error = (plan.predicted_bytes - size_bytes) / size_bytes if size_bytes else 0.0
-    return {
-        "plan_measured_bytes": str(int(size_bytes)),
-        "plan_prediction_error": f"{error:+.3f}",
-    }
-
-
-def write_plan(plan: CompressionPlan, work_dir: Path) -> Path:
-    """``plan.json`` next to the trial's ONNX file (a search logs it as ``trial/plan.json``)."""
-    path = work_dir / PLAN_JSON
-    path.write_text(plan.to_json())
-    return path

@@ -198,6 +198,23 @@ def measure_widths(
     return tuple(groups)
 
 
+def kept_widths(
+    options: Sequence[WidthOption],
+) -> tuple[dict[str, int], dict[str, int], int]:
+    """The output and input widths the chosen ``options`` leave each layer they touch (the
+    narrowest when two groups touch one dimension), and the parameters they remove outside the
+    layers."""
+    outs: dict[str, int] = {}
+    ins: dict[str, int] = {}
+    removed = 0
+    for option in options:
+        removed += option.other_params
+        for name, (o, i) in option.shapes.items():
+            outs[name] = min(o, outs.get(name, o))
+            ins[name] = min(i, ins.get(name, i))
+    return outs, ins, removed
+
+
 def predict_bytes(
     shapes: Sequence[LayerShape],
     formats: Mapping[str, str],
@@ -207,17 +224,18 @@ def predict_bytes(
 ) -> int:
     """Predicted artifact bytes: ``fixed_bytes`` (graph and parameters outside the layers at
     their dense size), each layer at its format and the widths the chosen ``options`` give it
-    (the narrowest when two groups touch one dimension), and the parameters the options remove
-    outside the layers."""
-    outs: dict[str, int] = {}
-    ins: dict[str, int] = {}
-    removed = 0
-    for option in options:
-        removed += option.other_params
-        for name, (o, i) in option.shapes.items():
-            outs[name] = min(o, outs.get(name, o))
-            ins[name] = min(i, ins.get(name, i))
+    (``kept_widths``), and the parameters the options remove outside the layers."""
+    outs, ins, removed = kept_widths(options)
     total = fixed_bytes + 4 * removed
     for s in shapes:
         total += s.nbytes(formats[s.name], outs.get(s.name, s.out), ins.get(s.name, s.inp))
     return total
+
+
+def kept_work(shapes: Sequence[LayerShape], options: Sequence[WidthOption]) -> dict[str, float]:
+    """Each layer's share of its dense multiply-adds that the chosen ``options`` leave (kept
+    outputs x kept inputs over dense)."""
+    outs, ins, _ = kept_widths(options)
+    return {
+        s.name: (outs.get(s.name, s.out) * ins.get(s.name, s.inp)) / (s.out * s.inp) for s in shapes
+    }

@@ -123,12 +123,14 @@ def file_sha256(path: Path) -> str:
 class TrialRecord:
     """How one trial of a search ran; ``rebuild_settings`` and ``trial_params`` run it again.
 
-    ``settings`` holds every ``TrialSettings`` field but the paths and ``int8_auto`` (an 8-bit
-    trial's ``int8_format`` is the format it used) (``seed`` is the trial's own:
-    the search's seed plus the trial number; ``baseline_seed`` the search's). ``torch_threads``
-    is the intra-op thread count the trial trained with; ``baseline_threads`` that of the process
-    that trained the dense baseline (the search's driver), used only if a rebuild must train the
-    baseline again. ``onnx_sha256`` and ``size_bytes`` fingerprint the logged ONNX file.
+    ``settings`` holds every ``TrialSettings`` field but the paths, ``int8_auto`` (an 8-bit
+    trial's ``int8_format`` is the format it used) and ``plan_latency`` (a latency-budget plan
+    holds its latency table in the lineage; a rebuild allocates from it) (``seed`` is the
+    trial's own: the search's seed plus the trial number; ``baseline_seed`` the search's).
+    ``torch_threads`` is the intra-op thread count the trial trained with; ``baseline_threads``
+    that of the process that trained the dense baseline (the search's driver), used only if a
+    rebuild must train the baseline again. ``onnx_sha256`` and ``size_bytes`` fingerprint the
+    logged ONNX file.
     """
 
     spec: SearchSpec
@@ -162,6 +164,7 @@ class TrialRecord:
         # The search's resolution of `auto` is how the format was chosen, not how the model is
         # made: the record keeps the format itself (below), as schema 1 always has.
         kept.pop("int8_auto", None)
+        kept.pop("plan_latency", None)  # in the lineage's plan (latency_table)
         if result.lineage is not None and result.lineage.int8_format is not None:
             # `auto` is resolved by timing on the machine: rebuild with what the trial used.
             kept["int8_format"] = result.lineage.int8_format
@@ -189,6 +192,9 @@ class TrialRecord:
         """The trial's settings with this machine's paths (and another ``device`` if given:
         then the weights need not match bit for bit)."""
         values = _settings_values(self.settings)
+        plan = self.lineage.plan if self.lineage is not None else None
+        if plan is not None and plan.get("latency_table") is not None:
+            values["plan_latency"] = plan["latency_table"]  # allocate as the trial did
         if device is not None:
             values["device"] = device
         return TrialSettings(cache_dir=cache_dir, work_dir=work_dir, **values)

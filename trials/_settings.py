@@ -91,6 +91,10 @@ class TrialSettings:
     pruning_round_to: int = 8
     # Module names whose weights may stay float in a quantized artifact (quantization.keep_float).
     keep_float: tuple[str, ...] = ()
+    # A latency table (``trials._plan_latency.LatencyTable.to_dict``) a mixed plan with a latency
+    # budget allocates from instead of measuring one: a rebuild passes the record's, so that it
+    # makes the plan the trial made. Not part of a trial record's settings: the plan holds it.
+    plan_latency: dict[str, Any] | None = None
 
     @classmethod
     def for_search(

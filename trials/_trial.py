@@ -28,8 +28,9 @@ from trials._errors import TaskError
 from trials._export import export_onnx
 from trials._export_check import ExportClaim, check_export
 from trials._measure import LatencyMeter, measure_onnx
-from trials._plan_choose import PlanChooser, measured_plan_tags, plan_tags, write_plan
+from trials._plan_choose import PlanChooser
 from trials._plan_export import check_artifact
+from trials._plan_tags import measured_plan_tags, plan_tags, write_plan
 from trials._record import weights_sha256
 from trials._rung_state import RungState, start_rungs
 from trials._settings import Lineage, TrialResult, TrialSettings
@@ -167,7 +168,7 @@ def run_trial(
         dense_widths = [layer_width(layer) for layer in prunable_layers(model)]
         dense_names = layer_names(model, prunable_layers(model))
         chooser = PlanChooser(
-            task, params, settings, baseline_sha256, int8, inputs, example, what=what
+            task, params, settings, baseline_sha256, int8, inputs, example, what=what, meter=meter
         )
         chooser.measure_dense(model)  # sensitivity of the dense model (mixed plans; cached)
         shares = chooser.allocate_widths(model)  # mixed + structured: per-layer kept widths
@@ -311,7 +312,9 @@ def run_trial(
         meter=meter,
     )
     result.tags.update(pruning_effect(params, result.metrics["sparsity_achieved"]))
-    result.tags.update(measured_plan_tags(plan, result.metrics["size_bytes"]))
+    result.tags.update(
+        measured_plan_tags(plan, result.metrics["size_bytes"], result.metrics["latency_ms"])
+    )
     write_plan(plan, settings.work_dir)
     result = dataclasses.replace(result, lineage=lineage)
     return hook.early.merged_into(result) if hook is not None else result

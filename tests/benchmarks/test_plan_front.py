@@ -22,6 +22,9 @@ def test_the_uniform_study_may_use_int4_as_the_mixed_one_does() -> None:
     assert mixed.space.budget == FloatRange(low=0.06, high=0.4, log=True)
     assert mixed.training == spec.training  # the config's epochs unless told otherwise
     assert kind_spec(spec, "mixed", smoke=False, epochs=1).training.epochs == 1
+    assert mixed.space.budget_metric == Choice(choices=["size"])
+    latency = kind_spec(spec, "mixed", smoke=False, metric="latency")
+    assert latency.space.budget_metric == Choice(choices=["latency"])
 
 
 def test_a_config_with_int4_keeps_its_bits() -> None:

@@ -83,18 +83,18 @@ def test_pruning_a_layer_is_priced_with_the_next_layers_inputs() -> None:
 
 def test_the_joint_allocator_picks_formats_and_widths_by_loss_per_byte() -> None:
     dense = _cost({"format:a": "fp32", "format:b": "fp32", "keep:a": 1.0})
-    loose = allocate_joint(_choices(), _cost, target_bytes=0.6 * dense)
+    loose = allocate_joint(_choices(), _cost, target=0.6 * dense)
     # int8 on the big layer is the cheapest loss per byte and meets the budget alone.
     assert dict(loose.picks) == {"format:a": "int8", "format:b": "fp32", "keep:a": 1.0}
     assert loose.reached and loose.moves == ("format:a->int8",)
-    tight = allocate_joint(_choices(), _cost, target_bytes=0.3 * dense)
+    tight = allocate_joint(_choices(), _cost, target=0.3 * dense)
     # Then half of a's width (0.02 for the bytes of a's rows and b's columns) before int4 on a
     # (0.049 more); b, the most sensitive per byte, stays fp32; b's int8 is larger than fp32.
     assert tight.moves == ("format:a->int8", "keep:a->0.5", "format:a->int4")
     assert dict(tight.picks) == {"format:a": "int4", "format:b": "fp32", "keep:a": 0.5}
-    assert tight.reached and tight.predicted_bytes == _cost(dict(tight.picks))
+    assert tight.reached and tight.predicted == _cost(dict(tight.picks))
     assert tight.predicted_loss == pytest.approx(0.05 + 0.02)
-    impossible = allocate_joint(_choices(), _cost, target_bytes=100)
+    impossible = allocate_joint(_choices(), _cost, target=100)
     assert not impossible.reached and impossible.picks["keep:a"] == 0.5
 
 
