@@ -2,10 +2,11 @@
 
     python benchmarks/plan_front.py [--configs examples/mnist1d.yaml examples/transformer.yaml]
         [--n 30] [--seed 0] [--out FILE] [--cache DIR] [--epochs E] [--budget LOW HIGH]
-        [--budget-metric size|latency] [--smoke]
+        [--budget-metric size latency] [--latency-budget LOW HIGH] [--smoke]
 
-For each config, two studies of the config's sampler with the same seed and the same number of
-trials, trials one after another (``trials.run_trial``; no Ray, no MLflow), one torch thread:
+For each config, two or three studies of the config's sampler with the same seed and the same
+number of trials, trials one after another (``trials.run_trial``; no Ray, no MLflow), one torch
+thread:
 
 - ``uniform``: the config's space with ``plan: uniform``, and int4 added to its ``bits``
   choices when the config lacks it: a mixed plan may put any layer at int4, so the uniform
@@ -14,8 +15,10 @@ trials, trials one after another (``trials.run_trial``; no Ray, no MLflow), one 
   (default [0.005, 0.4] of the dense file: uniform int4 with 80 % structured pruning reaches
   below 0.01) (``bits`` unused; with ``pruning: structured`` the allocator also picks each
   layer's kept width, ``sparsity`` unused); with ``--budget-metric latency`` the budget is a
-  fraction of the dense artifact's latency, predicted from the per-layer latency table the
-  first mixed trial measures (``trials._plan_latency``).
+  fraction of the dense artifact's latency (searched in ``--latency-budget``, default
+  [0.05, 0.6]), predicted from the per-layer latency table the first mixed trial measures
+  (``trials._plan_latency``); ``--budget-metric size latency`` runs one mixed study of each
+  against the same uniform one.
 
 Reported per config and kind: the hypervolume (accuracy, size_bytes, latency_ms; reference from
 the dense baseline), and, among trials whose accuracy is within 0.5 point of the best uniform
@@ -133,6 +136,8 @@ def _fixed(spec: SearchSpec) -> dict[str, Any]:
 
 
 def summarize(config: str, frames: dict[str, pd.DataFrame], baseline: dict[str, float]) -> str:
+    """The table of every study, then for each mixed one its ratios to uniform, its prediction
+    errors and its trials; then the uniform trials."""
     reference = reference_point(baseline, OBJECTIVES)
     best = frames["uniform"]["accuracy"].max()
     header = "| plan | trials | HV | smallest file (B) | lowest latency (ms) | trial s |"
@@ -149,32 +154,40 @@ def summarize(config: str, frames: dict[str, pd.DataFrame], baseline: dict[str, 
             f"| {kind} | {len(df)} | {hv:.4f} | {size:.0f} | {latency:.4f} | "
             f"{df['seconds'].sum():.0f} |"
         )
-    (us, ul), (ms, ml) = reach["uniform"], reach["mixed"]
-    lines.append("")
-    lines.append(f"uniform / mixed: size {us / ms:.2f}x, latency {ul / ml:.2f}x (target >= 1.3x)")
-    mixed = frames["mixed"]
-    errors = ((mixed["predicted"] - mixed["size_bytes"]).abs() / mixed["size_bytes"]).dropna()
-    if len(errors):
+    us, ul = reach["uniform"]
+    for kind, mixed in frames.items():
+        if kind == "uniform":
+            continue
+        ms, ml = reach[kind]
+        lines += ["", f"{kind}:"]
         lines.append(
-            f"size prediction error: median {statistics.median(errors):.1%}, worst "
-            f"{errors.max():.1%} (target <= 10 %)"
+            f"uniform / mixed: size {us / ms:.2f}x, latency {ul / ml:.2f}x (target >= 1.3x)"
         )
-    late = ((mixed["predicted_ms"] - mixed["latency_ms"]).abs() / mixed["latency_ms"]).dropna()
-    if len(late):
-        lines.append(
-            f"latency prediction error: median {statistics.median(late):.1%}, worst "
-            f"{late.max():.1%} (target <= 10 %)"
-        )
-    lines.append("")
-    columns = ["pruning", "budget", "formats", "keeps", "accuracy", "size_bytes", "predicted"]
-    if len(late):
-        columns += ["latency_ms", "predicted_ms"]
-    lines.append(mixed[columns].to_string())
-    lines.append("")
-    lines.append("uniform trials:")
+        lines += _errors(mixed)
+        columns = ["pruning", "budget", "formats", "keeps", "accuracy", "size_bytes", "predicted"]
+        if mixed["predicted_ms"].notna().any():
+            columns += ["latency_ms", "predicted_ms"]
+        lines.append(mixed[columns].to_string())
+    lines += ["", "uniform trials:"]
     uniform = ["pruning", "sparsity", "bits", "accuracy", "size_bytes", "latency_ms"]
     lines.append(frames["uniform"][uniform].to_string())
     return "\n".join(lines)
+
+
+def _errors(mixed: pd.DataFrame) -> list[str]:
+    """The median and worst |predicted - measured| / measured size and latency."""
+    lines = []
+    for what, predicted, measured in (
+        ("size", "predicted", "size_bytes"),
+        ("latency", "predicted_ms", "latency_ms"),
+    ):
+        errors = ((mixed[predicted] - mixed[measured]).abs() / mixed[measured]).dropna()
+        if len(errors):
+            lines.append(
+                f"{what} prediction error: median {statistics.median(errors):.1%}, worst "
+                f"{errors.max():.1%} (target <= 10 %)"
+            )
+    return lines
 
 
 def per_layer(cache: Path, task: str, model: Any) -> str:
@@ -237,8 +250,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budget-metric",
         choices=["size", "latency"],
-        default="size",
-        help="what the mixed study's budget is a fraction of",
+        nargs="+",
+        default=["size"],
+        help="one mixed study per metric its budget is a fraction of",
+    )
+    parser.add_argument(
+        "--latency-budget",
+        type=float,
+        nargs=2,
+        default=(0.05, 0.6),
+        metavar=("LOW", "HIGH"),
+        help="the budget range of the latency-budget study",
     )
     parser.add_argument(
         "--cache", type=Path, help="cache directory to reuse (dense baselines, sensitivities)"
@@ -275,21 +297,20 @@ def main(argv: list[str] | None = None) -> int:
                     work_dir=root / "baseline",
                 ),
             )
-            frames = {
-                kind: run_study(
-                    kind_spec(
-                        spec,
-                        kind,
-                        smoke=args.smoke,
-                        epochs=args.epochs,
-                        budget=tuple(args.budget),
-                        metric=args.budget_metric,
-                    ),
-                    n,
-                    cache,
-                    root / kind,
+            studies = {"uniform": kind_spec(spec, "uniform", smoke=args.smoke, epochs=args.epochs)}
+            for metric in args.budget_metric:
+                budget = args.latency_budget if metric == "latency" else args.budget
+                studies[f"mixed:{metric}"] = kind_spec(
+                    spec,
+                    "mixed",
+                    smoke=args.smoke,
+                    epochs=args.epochs,
+                    budget=tuple(budget),
+                    metric=metric,
                 )
-                for kind in ("uniform", "mixed")
+            frames = {
+                name: run_study(study, n, cache, root / name.replace(":", "-"))
+                for name, study in studies.items()
             }
             task = load_task(spec.task)
             tables = per_layer(cache, task.name, task.build_model())

@@ -3,6 +3,7 @@
 Reads and writes MLflow only through ``MlflowClient`` with explicit run ids.
 """
 
+from reports._constraints import BYTES_PER_KB, Constraints
 from reports._cost import SearchCost, search_cost
 from reports._decision import (
     decision_record,
@@ -42,14 +43,7 @@ from reports._pareto import (
 )
 from reports._plots import plot_hypervolume, plot_tradeoffs
 from reports._report import Band, build_report, constraint_bands, write_report
-from reports._select import (
-    BYTES_PER_KB,
-    OPTIMIZABLE,
-    Constraints,
-    NoFeasibleTrial,
-    Selection,
-    select,
-)
+from reports._select import OPTIMIZABLE, NoFeasibleTrial, Selection, select
 
 __all__ = [
     "BYTES_PER_KB",

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from reports._constraints import BYTES_PER_KB, Constraints
 from reports._cost import SearchCost, cost_html, search_cost
 from reports._early import StoppedTrials, stopped_mask
 from reports._errors import ReportError
@@ -28,7 +29,7 @@ from reports._mlflow import SearchRuns, load_search
 from reports._noise import tolerance_summary
 from reports._pareto import hypervolume_curve, pareto_ranks, reference_point
 from reports._plots import plot_hypervolume, plot_tradeoffs
-from reports._select import BYTES_PER_KB, Constraints, NoFeasibleTrial, select
+from reports._select import NoFeasibleTrial, select
 
 # Fractions of the dense baseline's file size and latency, and accuracy drops in points, that
 # make the constraint bands of the report.

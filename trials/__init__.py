@@ -17,6 +17,7 @@ from trials._errors import (
     TrainingDivergedError,
 )
 from trials._export_check import ExportClaim, check_export
+from trials._fingerprints import VersionDrift, file_sha256, library_versions, weights_sha256
 from trials._measure import (
     InlineMeter,
     LatencyMeter,
@@ -42,15 +43,7 @@ from trials._quantize_auto import (
     time_int8_candidates,
 )
 from trials._quantize_auto import Timing as Int8Timing
-from trials._record import (
-    RECORD_SCHEMA_VERSION,
-    RecordError,
-    TrialRecord,
-    VersionDrift,
-    file_sha256,
-    library_versions,
-    weights_sha256,
-)
+from trials._record import RECORD_SCHEMA_VERSION, RecordError, TrialRecord
 from trials._registry import BUILTIN_TASKS, load_task
 from trials._rung_state import RungState, RungStateError, trial_identity
 from trials._settings import (

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from onnx import helper, numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -180,6 +181,45 @@ def quantize_int4(
 
 
 FP16_FORMAT = "fp16"
+
+
+def cast_weights_fp16(path: Path, out_path: Path, weights: Collection[str], *, what: str) -> int:
+    """A mixed plan's fp16 layers: each initializer of ``weights`` (a Conv/Gemm/MatMul node's
+    weight input) stored as float16 under its own name, and read through a ``Cast`` to float32
+    (ONNX Runtime's CPU provider computes in fp32: the file shrinks, the layer does not get
+    faster). Biases stay fp32. Returns how many weights were cast."""
+    model = onnx.load(str(path))
+    wanted = set(weights)
+    inits = {t.name: t for t in model.graph.initializer if t.name in wanted}
+    readers = [
+        n
+        for n in model.graph.node
+        if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in inits
+    ]
+    missing = wanted - {n.input[1] for n in readers}
+    if missing:
+        raise QuantizationError(
+            f"{what}: a layer the plan stores as fp16 must be read by a Conv, Gemm or MatMul "
+            f"node, but {sorted(missing)[:3]} are not. Fix: report this as a slimtune bug."
+        )
+    casts = []
+    for name, tensor in inits.items():
+        tensor.CopyFrom(
+            numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), name)
+        )
+        cast = f"{name}_fp32"
+        casts.append(helper.make_node("Cast", [name], [cast], to=onnx.TensorProto.FLOAT))
+        for node in readers:
+            if node.input[1] == name:
+                node.input[1] = cast
+    for node in reversed(casts):
+        model.graph.node.insert(0, node)
+    stale = [v for v in model.graph.value_info if v.name in inits]  # typed float before
+    for info in stale:
+        model.graph.value_info.remove(info)
+    onnx.save_model(model, str(out_path))
+    _finish_artifact(out_path, what=what)
+    return len(casts)
 
 
 def convert_fp16(fp32_path: Path, out_path: Path, *, what: str) -> int:

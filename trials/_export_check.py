@@ -17,17 +17,22 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from trials._artifact_weights import ArtifactWeight, WeightCensus, opted_out, weight_census
+from trials._check_tables import check_tables
 from trials._errors import ExportClaimError
+from trials._layer_weights import (
+    INT4_TYPES,
+    NBITS,
+    LayerWeight,
+    asymmetric_int4,
+    input_name,
+    layer_weights,
+    producer_of,
+)
 from trials._quantize import INT4_GRID, int8_format
-from trials._quantize_int4 import unpack_matmulnbits
 
 _QDQ = {"QuantizeLinear", "DequantizeLinear"}
-_INT4_TYPES = (TensorProto.INT4, TensorProto.UINT4)
 _INT8_TYPES = (TensorProto.INT8, TensorProto.UINT8)
-_NBITS = "MatMulNBits"
 _INT_OPS = {"ConvInteger", "MatMulInteger", "MatMulNBits"}
-# Ops a weight may pass through between its initializer and the Conv/Gemm/MatMul using it.
-_PASS_THROUGH = {"DequantizeLinear", "Cast", "Identity"}
 
 
 @dataclass(frozen=True)
@@ -56,14 +61,6 @@ class ExportClaim:
 UNCOMPRESSED_LIMIT = 0.01
 
 
-@dataclass(frozen=True)
-class _Weight:
-    op: str
-    array: np.ndarray  # output units on axis 0; the stored integers for int4/int8 weights
-    stored: int  # TensorProto data type of the stored weight (INT4 for MatMulNBits)
-    name: str = ""  # the stored initializer's name
-
-
 def check_export(
     path: Path, claim: ExportClaim, *, what: str, example: np.ndarray | None = None
 ) -> dict[str, str]:
@@ -76,19 +73,19 @@ def check_export(
     graph = model.graph
     ops = {n.op_type for n in graph.node}
     inits = {t.name: t for t in graph.initializer}
-    weights, unresolved = _layer_weights(graph, inits)
+    weights, unresolved = layer_weights(graph, inits)
     units = sum(w.array.shape[0] for w in weights)
     float_weights = [
         inits[n].data_type for n in inits if len(inits[n].dims) >= 2
     ]  # data types of matrix/kernel initializers
     n_fp16 = sum(1 for t in inits.values() if t.data_type == TensorProto.FLOAT16)
-    packed = {n.input[1] for n in graph.node if n.op_type == _NBITS and len(n.input) > 1}
+    packed = {n.input[1] for n in graph.node if n.op_type == NBITS and len(n.input) > 1}
     n_int8 = sum(
         1
         for t in inits.values()
         if t.data_type in _INT8_TYPES and len(t.dims) >= 2 and t.name not in packed
     )
-    n_int4 = sum(1 for w in weights if w.stored in _INT4_TYPES)
+    n_int4 = sum(1 for w in weights if w.stored in INT4_TYPES)
     quant_ops = sorted((ops & (_QDQ | _INT_OPS)) | {o for o in ops if o.startswith("QLinear")})
     summary = (
         f"bits={claim.bits} units={units if not unresolved else '?'}/{claim.dense_units} "
@@ -103,7 +100,7 @@ def check_export(
         )
 
     slimtune_bug = "report this as a slimtune bug; the trial's numbers are not trustworthy"
-    _check_tables(graph, inits, producer_of(graph), claim.bits, fail)
+    check_tables(graph, inits, producer_of(graph), claim.bits, fail)
     if claim.bits == 8:
         if not (ops >= _QDQ or any(o.startswith("QLinear") or o in _INT_OPS for o in ops)):
             raise fail(
@@ -256,90 +253,16 @@ def _modules(weights: list[ArtifactWeight]) -> list[str]:
     return list(dict.fromkeys(names)) or ["<module>"]
 
 
-def producer_of(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    """The node producing each tensor of ``graph``."""
-    return {out: node for node in graph.node for out in node.output}
-
-
-def _check_tables(
-    graph: onnx.GraphProto,
-    inits: dict[str, TensorProto],
-    producer: dict[str, onnx.NodeProto],
-    bits: int,
-    fail: Callable[[str, str], ExportClaimError],
-) -> None:
-    """Lookup tables (a Gather of a constant matrix: ``nn.Embedding``) are stored as the
-    trial's ``embeddings`` tag says (``trials._tables``): int8 per row behind a
-    DequantizeLinear(axis=0) with zero point 0 at 8 bits, int4 in GatherBlockQuantized at 4,
-    fp16 at 16, fp32 otherwise. A table another op also reads (a tied projection) is left to
-    the coverage rule."""
-    bug = "report this as a slimtune bug; the trial's numbers are not trustworthy"
-    readers: dict[str, set[str]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, set()).add(node.op_type)
-    for node in graph.node:
-        if node.op_type not in ("Gather", "GatherBlockQuantized"):
-            continue
-        table = _constant(node.input[0], inits, producer)
-        if table is None or len(table.dims) < 2 or readers.get(table.name, set()) - _TABLE_READERS:
-            continue
-        if table.data_type not in _TABLE_TYPES:
-            continue  # an index table (int64), not weights
-        seen = TensorProto.DataType.Name(table.data_type).lower()
-        want = {16: "float16", 8: "int8", 4: "int4"}.get(bits, "float")
-        dq = producer.get(node.input[0])
-        if bits == 4:
-            ok = node.op_type == "GatherBlockQuantized" and table.data_type == TensorProto.INT4
-            ok = ok and not _input(node, 3)
-        elif bits == 8:
-            ok = (
-                node.op_type == "Gather"
-                and table.data_type == TensorProto.INT8
-                and dq is not None
-                and dq.op_type == "DequantizeLinear"
-                and _per_row_symmetric(dq, table, inits)
-            )
-        else:
-            ok = node.op_type == "Gather" and table.data_type == (
-                TensorProto.FLOAT16 if bits == 16 else TensorProto.FLOAT
-            )
-        if not ok:
-            raise fail(
-                f"a {bits}-bit artifact stores its embedding tables as {want}"
-                + (" per row (axis 0, zero point 0)" if bits == 8 else "")
-                + (" in GatherBlockQuantized" if bits == 4 else "")
-                + f" (the {node.op_type} of {table.name} reads {seen})",
-                bug,
-            )
-
-
-_TABLE_READERS = {"Gather", "GatherBlockQuantized", "DequantizeLinear"}
-_TABLE_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
-_TABLE_TYPES |= {*_INT8_TYPES, *_INT4_TYPES}
-
-
-def _per_row_symmetric(
-    dq: onnx.NodeProto, table: TensorProto, inits: dict[str, TensorProto]
-) -> bool:
-    """A DequantizeLinear of ``table`` with one scale per row (axis 0) and zero point 0."""
-    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
-    scale, zero = _input(dq, 1), _input(dq, 2)
-    if axis != 0 or scale not in inits or int(np.prod(inits[scale].dims)) != table.dims[0]:
-        return False
-    return not zero or (zero in inits and not numpy_helper.to_array(inits[zero]).any())
-
-
 def _check_int4(
     graph: onnx.GraphProto,
-    weights: list[_Weight],
+    weights: list[LayerWeight],
     unresolved: int,
     fail: Callable[[str, str], ExportClaimError],
 ) -> None:
     """Every Conv/Linear weight int4, symmetric, on ``[-7, 7]``: MatMulNBits with ``bits=4``
     and no zero points, or an INT4 initializer behind a DequantizeLinear with zero point 0."""
     bug = "report this as a slimtune bug; the trial's numbers are not trustworthy"
-    floats = sorted({w.op for w in weights if w.stored not in _INT4_TYPES})
+    floats = sorted({w.op for w in weights if w.stored not in INT4_TYPES})
     if unresolved or not weights or floats:
         raise fail(
             "a 4-bit artifact stores every Conv/Linear weight as int4 (MatMulNBits with bits=4, "
@@ -350,9 +273,9 @@ def _check_int4(
     inits = {t.name: t for t in graph.initializer}
     for node in graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type == _NBITS and (attrs.get("bits") != 4 or _input(node, 3)):
+        if node.op_type == NBITS and (attrs.get("bits") != 4 or input_name(node, 3)):
             raise fail("a 4-bit artifact's MatMulNBits have bits=4 and no zero points", bug)
-        if node.op_type == "DequantizeLinear" and _asymmetric_int4(node, inits):
+        if node.op_type == "DequantizeLinear" and asymmetric_int4(node, inits):
             raise fail("a 4-bit artifact's int4 weights are symmetric (zero point 0)", bug)
     lowest = min(int(w.array.min()) for w in weights)
     highest = max(int(w.array.max()) for w in weights)
@@ -383,7 +306,11 @@ def _check_int8_format(
             if set(node.output) & tables:
                 continue
             w = inits[node.input[0]]
-            if w.data_type not in _INT8_TYPES or len(w.dims) < 2 or _input(node, 1) not in inits:
+            if (
+                w.data_type not in _INT8_TYPES
+                or len(w.dims) < 2
+                or input_name(node, 1) not in inits
+            ):
                 continue
             scales = int(np.prod(inits[node.input[1]].dims))
             axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
@@ -396,7 +323,7 @@ def _check_int8_format(
                 )
             peaks.append(int(np.abs(numpy_helper.to_array(w).astype(np.int32)).max()))
         if node.op_type == "QuantizeLinear":
-            zero = _input(node, 2)
+            zero = input_name(node, 2)
             kind = inits[zero].data_type if zero in inits else TensorProto.UINT8
             want = TensorProto.UINT8 if fmt.activations == "u8" else TensorProto.INT8
             if kind != want:
@@ -411,76 +338,3 @@ def _check_int8_format(
             f"{max(peaks)})",
             bug,
         )
-
-
-def _layer_weights(
-    graph: onnx.GraphProto, inits: dict[str, TensorProto]
-) -> tuple[list[_Weight], int]:
-    """The weight of each Conv/Gemm/MatMul-with-constant-weight and MatMulNBits node, output
-    units on axis 0 (stored integers for int weights); and how many such nodes have a weight the
-    graph computes (not readable here)."""
-    producer = {out: node for node in graph.node for out in node.output}
-    weights: list[_Weight] = []
-    unresolved = 0
-    for node in graph.node:
-        if node.op_type == _NBITS:
-            weights.append(_nbits_weight(node, inits))
-            continue
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
-            continue
-        tensor = _constant(node.input[1], inits, producer)
-        if tensor is None:
-            # A MatMul between two activations is no layer; a Conv/Gemm weight should resolve.
-            unresolved += node.op_type != "MatMul"
-            continue
-        array = numpy_helper.to_array(tensor)
-        if tensor.data_type in _INT4_TYPES:
-            array = array.astype(np.int8)
-        if node.op_type == "Gemm":
-            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            array = array if trans_b else array.T
-        elif node.op_type == "MatMul":
-            if array.ndim != 2:
-                continue
-            array = array.T
-        weights.append(_Weight(node.op_type, array, tensor.data_type, tensor.name))
-    return weights, unresolved
-
-
-def _nbits_weight(node: onnx.NodeProto, inits: dict[str, TensorProto]) -> _Weight:
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    n, k, bits = int(attrs["N"]), int(attrs["K"]), int(attrs.get("bits", 4))
-    if bits != 4 or node.input[1] not in inits:
-        return _Weight(_NBITS, np.zeros((n, 0), dtype=np.int8), TensorProto.UINT8)
-    codes = unpack_matmulnbits(numpy_helper.to_array(inits[node.input[1]]), k)
-    return _Weight(_NBITS, codes, TensorProto.INT4, node.input[1])
-
-
-def _asymmetric_int4(node: onnx.NodeProto, inits: dict[str, TensorProto]) -> bool:
-    """A DequantizeLinear of an INT4/UINT4 initializer with a zero point that is not all 0."""
-    source, zero = node.input[0], _input(node, 2)
-    if source not in inits or inits[source].data_type not in _INT4_TYPES:
-        return False
-    if inits[source].data_type == TensorProto.UINT4:
-        return True
-    if not zero:
-        return False
-    return zero not in inits or bool(numpy_helper.to_array(inits[zero]).astype(np.int8).any())
-
-
-def _input(node: onnx.NodeProto, index: int) -> str:
-    """The name of input ``index`` of ``node``, or "" when it is absent."""
-    return node.input[index] if len(node.input) > index else ""
-
-
-def _constant(
-    name: str, inits: dict[str, TensorProto], producer: dict[str, onnx.NodeProto]
-) -> TensorProto | None:
-    for _ in range(8):
-        if name in inits:
-            return inits[name]
-        node = producer.get(name)
-        if node is None or node.op_type not in _PASS_THROUGH:
-            return None
-        name = node.input[0]
-    return None

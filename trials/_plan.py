@@ -29,7 +29,7 @@ FORMAT_BITS: dict[str, int] = {
     **{f"sim{b}": b for b in (2, 3, 5, 6, 7)},
 }
 # Formats a mixed plan may give a layer: the ones with a real per-layer artifact in ORT.
-MIXED_FORMATS = ("fp32", "int8", "int4")
+MIXED_FORMATS = ("fp32", "fp16", "int8", "int4")
 PLAN_KINDS = ("uniform", "mixed")
 
 

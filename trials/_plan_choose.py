@@ -31,7 +31,7 @@ from trials._plan_allocate import (
     allocate_joint,
 )
 from trials._plan_latency import LatencyTable, TableJob, measure_latency_table
-from trials._plan_sensitivity import Sensitivity, layer_bytes, measure_sensitivity
+from trials._plan_sensitivity import HALF, Sensitivity, layer_bytes, measure_sensitivity
 from trials._plan_widths import (
     LayerShape,
     WidthGroup,
@@ -116,7 +116,7 @@ class PlanChooser:
             model,
             layers,
             layer_names(model, layers),
-            {"int8": self._fmt.grid, "int4": INT4_GRID},
+            {"fp16": HALF, "int8": self._fmt.grid, "int4": INT4_GRID},
             batch,
         )
         widths: tuple[WidthGroup, ...] = ()

@@ -2,8 +2,9 @@
 
 A mixed plan gives each Conv/Linear layer its own format among ``MIXED_FORMATS``: int8 layers
 get ONNX Runtime's static QDQ (``quantize_static`` with ``nodes_to_quantize``: only their nodes
-and their input activations), int4 layers are rewritten to MatMulNBits (Linear) or an int4
-DequantizeLinear (Conv), and fp32 layers stay as exported. ``check_plan_export`` reads the file,
+and their input activations), fp16 layers store their weight as float16 behind a Cast, int4
+layers are rewritten to MatMulNBits (Linear) or an int4 DequantizeLinear (Conv), and fp32
+layers stay as exported. ``check_plan_export`` reads the file,
 never the PyTorch model: each layer's weight must be stored in its format, every other weight
 float, and the file must load and run in ONNX Runtime.
 """
@@ -21,19 +22,19 @@ from torch import nn
 
 from trials._artifact_weights import ArtifactWeight, weight_census
 from trials._errors import ExportClaimError
-from trials._export import export_onnx, quantize_int4, quantize_int8
+from trials._export import cast_weights_fp16, export_onnx, quantize_int4, quantize_int8
 from trials._export_check import (
     ExportClaim,
     _check_int8_format,
     _check_loads,
-    _layer_weights,
     check_export,
 )
+from trials._layer_weights import layer_weights
 from trials._plan import MIXED_FORMATS, CompressionPlan
 from trials._quantize import INT4_COMPUTE, INT4_GRID, Int8Format
 
 # The precision the weight census reads for each per-layer format.
-_PRECISION = {"fp32": "fp32", "int8": "int8", "int4": "int4"}
+_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "int8", "int4": "int4"}
 
 
 def weight_name(layer: str) -> str:
@@ -63,8 +64,10 @@ def export_mixed(
         )
     int8 = [weight_name(n) for n in plan.layers_in("int8")]
     int4 = [weight_name(n) for n in plan.layers_in("int4")]
+    fp16 = [weight_name(n) for n in plan.layers_in("fp16")]
     fp32_path = onnx_path.with_name(onnx_path.stem + ".fp32.onnx")
     q8_path = onnx_path.with_name(onnx_path.stem + ".int8.onnx")
+    half_path = onnx_path.with_name(onnx_path.stem + ".fp16.onnx")
     tags = {
         "artifact": "real",
         "format": "mixed",
@@ -78,6 +81,10 @@ def export_mixed(
             quantize_int8(current, q8_path, inputs, what=what, fmt=fmt, only_weights=int8)
             current = q8_path
             tags["int8_format"] = fmt.name
+        if fp16:
+            cast_weights_fp16(current, half_path, fp16, what=what)
+            current = half_path
+            tags["fp16_compute"] = "ONNX Runtime's CPU provider casts the fp16 weights to fp32"
         if int4:
             written = quantize_int4(current, onnx_path, what=what, only_weights=int4)
             tags["int4_layers"] = (
@@ -87,8 +94,8 @@ def export_mixed(
         else:
             shutil.copyfile(current, onnx_path)
     finally:
-        fp32_path.unlink(missing_ok=True)
-        q8_path.unlink(missing_ok=True)
+        for scratch in (fp32_path, q8_path, half_path):
+            scratch.unlink(missing_ok=True)
     return tags
 
 
@@ -161,7 +168,7 @@ def check_plan_export(
         if wrong:
             raise fail(wrong, bug)
     if units is not None:
-        weights, unresolved = _layer_weights(model.graph, inits)
+        weights, unresolved = layer_weights(model.graph, inits)
         seen_units = sum(w.array.shape[0] for w in weights)
         if unresolved or seen_units != units:
             raise fail(
@@ -183,7 +190,7 @@ def kept_units_error(
     """Empty when each plan layer's weight in ``model`` has ``round(keep x dense)`` output units
     (``dense_widths``: layer -> dense output units); else the rule broken, with the values."""
     inits = {t.name: t for t in model.graph.initializer}
-    weights, _ = _layer_weights(model.graph, inits)
+    weights, _ = layer_weights(model.graph, inits)
     for layer, setting in plan.layers:
         claim = round(setting.keep * dense_widths[layer])
         held = [w.array.shape[0] for w in weights if w.name and _belongs(w.name, layer)]

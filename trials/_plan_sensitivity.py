@@ -1,24 +1,40 @@
 """Each layer's sensitivity, measured once per search and cached in ``cache_dir`` next to the
-dense baseline: for each Conv/Linear layer and each of int8 and int4, the relative output error
-``|f_q(x) - f(x)|^2 / |f(x)|^2`` of the dense model on a calibration batch when only that
-layer's weight is rounded to the format's grid (the PyTorch model, weights only: int8 activation
-rounding is not in it). The dense fp32 artifact's bytes are measured then too (exported once); a
-layer's bytes at each format are exact from its parameter counts."""
+dense baseline: for each Conv/Linear layer and each of fp16, int8 and int4, the relative output
+error ``|f_q(x) - f(x)|^2 / |f(x)|^2`` of the dense model on a calibration batch when only that
+layer's weight is rounded to the format's grid (float16 for fp16; the PyTorch model, weights
+only: int8 activation rounding is not in it). The dense fp32 artifact's bytes are measured then
+too (exported once); a layer's bytes at each format are exact from its parameter counts."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from trials._compress import Prunable
 from trials._plan_widths import LayerShape, WidthGroup
-from trials._quantize import WeightGrid
 
-SENSITIVITY_VERSION = 2
+SENSITIVITY_VERSION = 3  # 3: fp16 measured too
+
+
+class Rounding(Protocol):
+    """What a format does to a weight: a ``WeightGrid``, or ``HALF`` (float16 storage)."""
+
+    def fake_quantize(self, weight: torch.Tensor) -> torch.Tensor: ...
+
+
+class _Half:
+    """float16 storage: the weight rounded to float16 and read back as float32."""
+
+    def fake_quantize(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.half().to(weight.dtype)
+
+
+HALF = _Half()
 
 
 @dataclass(frozen=True)
@@ -69,7 +85,7 @@ def measure_sensitivity(
     model: nn.Module,
     layers: Sequence[Prunable],
     names: Sequence[str],
-    grids: dict[str, WeightGrid],
+    grids: Mapping[str, Rounding],
     inputs: torch.Tensor,
 ) -> dict[str, dict[str, float]]:
     """Each layer's relative output error when only its weight is on each format's grid."""

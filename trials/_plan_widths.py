@@ -32,9 +32,10 @@ from trials._structured import prune_structured
 
 # The kept shares the allocator may give a group (1.0: the whole width).
 KEEP_CHOICES = (1.0, 0.75, 0.5, 0.25)
-# Bytes an int8 / int4 layer adds to the file beyond its weight, scales and zero points: the
-# QDQ nodes, the activation scale and zero point, the int32 bias' scale (int8); the node (int4).
-NODE_BYTES = {"fp32": 0, "int8": 1000, "int4": 120}
+# Bytes a layer adds to the file beyond its weight, scales and zero points: the Cast node (fp16);
+# the QDQ nodes, the activation scale and zero point, the int32 bias' scale (int8); the node
+# (int4).
+NODE_BYTES = {"fp32": 0, "fp16": 60, "int8": 1000, "int4": 120}
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class LayerShape:
         bias = 4 * out if self.bias else 0
         if fmt == "fp32":
             return 4 * n + bias
+        if fmt == "fp16":  # fp16 weight read through a Cast, fp32 bias
+            return 2 * n + bias + NODE_BYTES["fp16"]
         if fmt == "int8":  # int8 weight, fp32 scale + int8 zero point per channel, int32 bias
             return n + 5 * out + (2 * bias if bias else 0) + NODE_BYTES["int8"]
         if fmt == "int4":
@@ -73,7 +76,7 @@ class LayerShape:
                 blocks = -(-inp // block)
                 return out * blocks * (block // 2 + 4) + bias + NODE_BYTES["int4"]
             return math.ceil(n / 2) + 4 * out + bias + NODE_BYTES["int4"]
-        raise ValueError(f"a mixed plan's formats are fp32, int8 and int4, not {fmt!r}")
+        raise ValueError(f"a mixed plan's formats are fp32, fp16, int8 and int4, not {fmt!r}")
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 import torch
-from torch import nn
 
 from searchspace import TrialParams
-from trials._artifact_weights import artifact_sparsity
 from trials._attention import rewrite_multihead_attention
 from trials._baseline import ensure_baseline, load_baseline_model
 from trials._compress import (
@@ -19,7 +16,6 @@ from trials._compress import (
     bake,
     layer_sparsity_text,
     packed_size_bytes,
-    param_counts,
     prunable_layers,
 )
 from trials._device import device_data, device_description, prepare_device, training_device
@@ -27,17 +23,17 @@ from trials._early import RungHook, RungReporter, measure_first
 from trials._errors import TaskError
 from trials._export import export_onnx
 from trials._export_check import ExportClaim, check_export
-from trials._measure import LatencyMeter, measure_onnx
+from trials._fingerprints import weights_sha256
+from trials._measure import LatencyMeter
 from trials._plan_choose import PlanChooser
 from trials._plan_export import check_artifact
 from trials._plan_tags import measured_plan_tags, plan_tags, write_plan
-from trials._record import weights_sha256
 from trials._rung_state import RungState, start_rungs
 from trials._settings import Lineage, TrialResult, TrialSettings
 from trials._structured import output_units
 from trials._tables import describe_tables, embedding_layers, table_grid
 from trials._task import Task, checked_data
-from trials._train import Distillation, FitState, fit, predict, steps_per_epoch
+from trials._train import Distillation, FitState, fit, steps_per_epoch
 from trials._trial_export import (
     calibration,
     export_artifact,
@@ -45,6 +41,7 @@ from trials._trial_export import (
     int8_subject,
     layer_grid,
 )
+from trials._trial_measure import measured_result
 from trials._trial_steps import (
     attach_grids,
     check_sparsity,
@@ -298,7 +295,7 @@ def run_trial(
         )
     )
     export_seconds = time.perf_counter() - export_start
-    result = _measured(
+    result = measured_result(
         model,
         task,
         settings,
@@ -349,7 +346,7 @@ def run_baseline(
         **check_export(onnx_path, ExportClaim(bits=32, units=units, dense_units=units), what=what),
     }
     export_seconds = time.perf_counter() - export_start
-    return _measured(
+    return measured_result(
         model,
         task,
         settings,
@@ -366,41 +363,3 @@ def run_baseline(
         },
         meter=meter,
     )
-
-
-def _measured(
-    model: nn.Module,
-    task: Task,
-    settings: TrialSettings,
-    onnx_path: Path,
-    *,
-    packed_bytes: int,
-    tags: dict[str, str],
-    train_seconds: float,
-    export_seconds: float,
-    start: float,
-    extra: dict[str, float],
-    meter: LatencyMeter | None,
-) -> TrialResult:
-    x_val, y_val = checked_data(task, "val")
-    torch_accuracy = float(task.metric(predict(model, x_val), y_val.numpy()))
-    nonzero, total = param_counts(model)
-    metrics, onnx_tags = measure_onnx(onnx_path, task, settings, meter=meter)
-    metrics.update(
-        torch_accuracy=torch_accuracy,
-        nonzero_params=float(nonzero),
-        total_params=float(total),
-        sparsity_achieved=artifact_sparsity(onnx_path),
-        size_packed_bytes=float(packed_bytes),
-        train_seconds=train_seconds,
-        export_seconds=export_seconds,
-        **extra,
-    )
-    metrics["trial_seconds"] = time.perf_counter() - start
-    all_tags = {
-        **tags,
-        **onnx_tags,
-        "task": task.name,
-        "exporter": "torch.onnx.export(dynamo=True)",
-    }
-    return TrialResult(metrics=metrics, tags=all_tags, onnx_path=onnx_path)

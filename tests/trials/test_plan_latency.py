@@ -129,12 +129,12 @@ def test_a_latency_plan_is_measured_once_recorded_and_rebuilt_from_its_record(
     assert plan.budget_metric == "latency" and plan.latency_table is not None
     table = LatencyTable.from_dict(plan.latency_table)
     assert table is not None
-    # The meter timed each layer alone at fp32, int8, int4 and an int8 round trip, an empty
-    # run, the whole model dense, at int8 and at int4; then the trial's own artifact.
+    # The meter timed each layer alone at fp32, fp16, int8, int4 and an int8 round trip, an
+    # empty run, the whole model dense, at fp16, int8 and int4; then the trial's own artifact.
     assert set(table.layers) == set(plan.names)
-    assert meter.timed.count("latency-table.onnx") == 4 * len(plan.names) + 4
+    assert meter.timed.count("latency-table.onnx") == 5 * len(plan.names) + 5
     assert meter.timed[-1] == "model.onnx"
-    assert set(table.context_ms) == {"int8", "int4"}
+    assert set(table.context_ms) == {"fp16", "int8", "int4"}
     assert plan.predicted_ms is not None and plan.target_ms == pytest.approx(
         round(0.9 * table.dense_ms, 6)
     )
