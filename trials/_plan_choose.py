@@ -209,7 +209,8 @@ class PlanChooser:
 
         def latency(picks: Mapping[str, object]) -> float:
             assert self.latency is not None
-            return self.latency.predict(formats(picks), kept_work(shapes, chosen(picks)))
+            work, outputs = kept_work(shapes, chosen(picks))
+            return self.latency.predict(formats(picks), work, outputs)
 
         return names, size, latency
 

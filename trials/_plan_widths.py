@@ -235,10 +235,13 @@ def predict_bytes(
     return total
 
 
-def kept_work(shapes: Sequence[LayerShape], options: Sequence[WidthOption]) -> dict[str, float]:
+def kept_work(
+    shapes: Sequence[LayerShape], options: Sequence[WidthOption]
+) -> tuple[dict[str, float], dict[str, float]]:
     """Each layer's share of its dense multiply-adds that the chosen ``options`` leave (kept
-    outputs x kept inputs over dense)."""
+    outputs x kept inputs over dense), and its share of its dense output units."""
     outs, ins, _ = kept_widths(options)
-    return {
+    work = {
         s.name: (outs.get(s.name, s.out) * ins.get(s.name, s.inp)) / (s.out * s.inp) for s in shapes
     }
+    return work, {s.name: outs.get(s.name, s.out) / s.out for s in shapes}

@@ -1,7 +1,8 @@
 """Per-layer plans in a real search (real Ray, real MLflow SQLite): a uniform and a mixed
-trial with structured pruning (the mixed one with per-layer kept widths), each logging
-``trial/plan.json`` and the plan tags; `slimtune rebuild` reproduces the mixed trial from its
-record bit for bit."""
+trial with structured pruning (the mixed one with per-layer kept widths under a latency budget,
+its latency table measured by the search's meter), each logging ``trial/plan.json`` and the
+plan tags; `slimtune rebuild` reproduces the mixed trial from its record bit for bit (from the
+recorded latency table, not one measured again)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ space:
   pruning: {choices: [structured]}
   bits: {choices: [8]}
   plan: {choices: [uniform, mixed]}
-  budget: 0.2
+  budget: 0.5
+  budget_metric: latency
 sampler: {name: random, seed: 0}
 training: {epochs: 1}
 latency: {warmup: 2, repeats: 10, where: inline}
@@ -69,6 +71,10 @@ def test_both_plan_kinds_run_log_their_plan_and_the_mixed_one_rebuilds(
     size = trials["mixed"].data.metrics["size_bytes"]
     assert int(mixed["plan_measured_bytes"]) == int(size)
     assert abs(int(mixed["plan_predicted_bytes"]) - size) / size <= 0.10
+    assert mixed["plan_budget_metric"] == "latency"
+    latency = trials["mixed"].data.metrics["latency_ms"]
+    assert float(mixed["plan_measured_ms"]) == pytest.approx(latency, rel=1e-5)
+    assert "plan_latency_error" in mixed and "plan_target_ms" in mixed
     monkeypatch.syspath_prepend(str(TINY))  # the in-process rebuild imports the task
     out = tmp_path / "rebuilt"
     code = main(["rebuild", trials["mixed"].info.run_id, "--out", str(out), "--tracking-uri", uri])

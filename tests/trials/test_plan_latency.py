@@ -46,7 +46,7 @@ TABLE = LatencyTable(
     },
     node="here",
 )
-CALIBRATED = dataclasses.replace(TABLE, context_ms={"int8": 0.005, "int4": -0.002})
+CALIBRATED = dataclasses.replace(TABLE, context={"int8": 0.1, "int4": -0.05})
 
 
 def test_the_latency_prediction_composes_the_measured_layer_times() -> None:
@@ -58,13 +58,29 @@ def test_the_latency_prediction_composes_the_measured_layer_times() -> None:
     assert TABLE.predict({"a": "int8", "b": "int8"}) == pytest.approx(both)
     # Half of b's multiply-adds kept (per-layer widths): half its compute.
     assert TABLE.predict({"a": "fp32", "b": "fp32"}, {"b": 0.5}) == pytest.approx(0.95)
-    # The whole-model calibration adds its per-layer term for each layer at a format.
+    # The whole-model calibration corrects each layer's time at its format by its ratio.
     plan = {"a": "int8", "b": "int4"}
-    assert CALIBRATED.predict(plan) == pytest.approx(TABLE.predict(plan) + 0.005 - 0.002)
+    expected = TABLE.predict(plan) + 0.1 * 0.05 - 0.05 * 0.08
+    assert CALIBRATED.predict(plan) == pytest.approx(expected)
     assert CALIBRATED.isolated(plan) == pytest.approx(TABLE.predict(plan))
+
+
+def test_narrower_layers_cost_a_fixed_part_and_a_part_per_multiply_add() -> None:
+    a = {**TABLE.layers["a"], "fp32@narrow": 0.07, "narrow_share": 0.25, "outputs": 100.0}
+    b = {**TABLE.layers["b"], "outputs": 300.0}
+    table = dataclasses.replace(TABLE, layers={"a": a, "b": b})
+    # a at fp32: 0.20 ms at full width, 0.06 ms at a quarter of its work: a line through both.
+    slope = (0.20 - 0.06) / 0.75
+    assert table.compute_ms("a", "fp32", 0.5) == pytest.approx(0.20 - slope + slope * 0.5)
+    # b has no narrow timing: in proportion.
+    assert table.compute_ms("b", "fp32", 0.5) == pytest.approx(0.05)
+    # The time outside the layers (1.0 - 0.01 - 0.30) shrinks with b's outputs (3/4 of all).
+    fp32 = {"a": "fp32", "b": "fp32"}
+    saved = (1.0 - 0.01 - 0.30) * (1 - (100 + 0.5 * 300) / 400)
+    assert table.predict(fp32, {"b": 0.5}, {"b": 0.5}) == pytest.approx(1.0 - 0.05 - saved)
     assert LatencyTable.from_dict(json.loads(json.dumps(CALIBRATED.to_dict()))) == CALIBRATED
     assert LatencyTable.from_dict({"version": 99}) is None
-    assert LatencyTable.from_dict({"version": 2, "layers": "x"}) is None
+    assert LatencyTable.from_dict({"version": 4, "layers": "x"}) is None
 
 
 def _choices(loss_int4_a: float = 0.001) -> list[Choice]:
@@ -129,12 +145,15 @@ def test_a_latency_plan_is_measured_once_recorded_and_rebuilt_from_its_record(
     assert plan.budget_metric == "latency" and plan.latency_table is not None
     table = LatencyTable.from_dict(plan.latency_table)
     assert table is not None
-    # The meter timed each layer alone at fp32, fp16, int8, int4 and an int8 round trip, an
-    # empty run, the whole model dense, at fp16, int8 and int4; then the trial's own artifact.
+    # The meter timed each layer alone at fp32, fp16, int8, int4, at half its widths in each
+    # (not the first conv: one input channel), and an int8 round trip, an empty run, the whole
+    # model dense, at fp16, int8 and int4; then the trial's own artifact.
     assert set(table.layers) == set(plan.names)
-    assert meter.timed.count("latency-table.onnx") == 5 * len(plan.names) + 5
+    narrowed = [n for n, t in table.layers.items() if "narrow_share" in t]
+    assert narrowed == list(plan.names[1:])
+    assert meter.timed.count("latency-table.onnx") == 5 * len(plan.names) + 4 * 3 + 5
     assert meter.timed[-1] == "model.onnx"
-    assert set(table.context_ms) == {"fp16", "int8", "int4"}
+    assert set(table.context) == {"fp16", "int8", "int4"}
     assert plan.predicted_ms is not None and plan.target_ms == pytest.approx(
         round(0.9 * table.dense_ms, 6)
     )
@@ -182,7 +201,7 @@ def test_a_latency_plan_is_measured_once_recorded_and_rebuilt_from_its_record(
 
 
 def test_a_rebuild_refuses_a_latency_table_it_cannot_read(tiny_task: Task, tmp_path: Path) -> None:
-    settings = dataclasses.replace(_settings(tmp_path), plan_latency={"version": 2, "layers": 3})
+    settings = dataclasses.replace(_settings(tmp_path), plan_latency={"version": 4, "layers": 3})
     with pytest.raises(ConfigError, match="plan_latency"):
         run_trial(tiny_task, LATENCY, settings)
 
