@@ -217,13 +217,13 @@ def per_layer(cache: Path, task: str, model: Any) -> str:
                 lines.append(f"  {name}: {cells}")
             continue
         lines += ["", f"sensitivity table {path.name} (dense file {data['dense_file_bytes']} B):"]
-        lines.append("layer: loss int8 / int4 (relative output error, that layer alone); bytes")
+        lines.append(
+            "layer: loss fp16 / int8 / int4 (relative output error, that layer alone); bytes"
+        )
         for name, losses in data["losses"].items():
-            size = "/".join(str(dense[name].nbytes(f)) for f in ("fp32", "int8", "int4"))
-            lines.append(
-                f"  {name}: {losses.get('int8', 0):.2e} / {losses.get('int4', 0):.2e}; "
-                f"fp32/int8/int4 {size} B"
-            )
+            size = "/".join(str(dense[name].nbytes(f)) for f in ("fp32", "fp16", "int8", "int4"))
+            loss = " / ".join(f"{losses.get(f, 0):.2e}" for f in ("fp16", "int8", "int4"))
+            lines.append(f"  {name}: {loss}; fp32/fp16/int8/int4 {size} B")
         for group in data.get("widths", []):
             cells = []
             for option in group["options"][1:]:
