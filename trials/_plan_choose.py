@@ -6,8 +6,6 @@ ONNX Runtime, ``trials._plan_latency``) under a latency budget."""
 from __future__ import annotations
 
 import json
-import os
-import re
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -17,6 +15,7 @@ import torch
 from torch import nn
 
 from searchspace import ConfigError, TrialParams
+from trials._baseline import _atomic_write, _safe
 from trials._compress import Prunable, prunable_layers
 from trials._export import export_onnx
 from trials._measure import InlineMeter, LatencyMeter, latency_plan
@@ -157,7 +156,7 @@ class PlanChooser:
                 )
             return given
         node = socket.gethostname()
-        where = re.sub(r"[^A-Za-z0-9_.-]", "_", node)[:64]
+        where = _safe(node)[:64]
         threads = self.settings.latency_threads
         cache = path.with_name(f"{path.stem}-latency-{where}-t{threads}.json")
         if cache.exists():
@@ -278,7 +277,7 @@ class PlanChooser:
             result = self._allocate(model, layers, names)
             formats, predicted_bytes = dict(result.formats), result.predicted_bytes
             predicted_ms, loss = None, result.predicted_loss
-        latency = self.params.budget_metric == "latency" and self.latency is not None
+        latency = self.latency  # measured for a latency budget only
         return CompressionPlan(
             tuple(
                 (name, LayerSetting(formats[name], keep))
@@ -288,15 +287,13 @@ class PlanChooser:
             budget=self.params.budget,
             predicted_bytes=predicted_bytes,
             predicted_loss=round(loss, 9),
-            target_bytes=None if latency else int(self.params.budget * sens.dense_file_bytes),
+            target_bytes=(
+                None if latency is not None else int(self.params.budget * sens.dense_file_bytes)
+            ),
             budget_metric=self.params.budget_metric,
             predicted_ms=None if predicted_ms is None else round(predicted_ms, 6),
-            target_ms=(
-                round(self.params.budget * self.latency.dense_ms, 6)
-                if latency and self.latency is not None
-                else None
-            ),
-            latency_table=self.latency.to_dict() if self.latency is not None else None,
+            target_ms=None if latency is None else round(self.params.budget * latency.dense_ms, 6),
+            latency_table=None if latency is None else latency.to_dict(),
         )
 
     def _allocate(
@@ -324,9 +321,7 @@ class PlanChooser:
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    _atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 def _outside_bytes(model: nn.Module) -> int:
