@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.gpu_packing import plan_runs, search_config, speedups
+from benchmarks._packing_table import speedups
+from benchmarks.gpu_packing import plan_runs, search_config
 from searchspace import SearchSpec
 
 CONFIG = Path(__file__).resolve().parents[2] / "examples" / "mnist1d_large_gpu.yaml"
