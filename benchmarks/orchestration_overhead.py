@@ -32,11 +32,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import itertools
-import json
 import os
-import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -47,8 +43,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python benchmarks/orchestration_overhead.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+from benchmarks._overhead_report import Overhead, report, summarize  # noqa: E402
+from benchmarks._overhead_timeline import (  # noqa: E402
+    Transition,
+    timeline_callback,
+    timeline_table,
+    transitions,
+)
+from benchmarks._tree_cpu import TreeCpu  # noqa: E402
+
+__all__ = ["Transition", "TreeCpu", "summarize", "timeline_table", "transitions"]
+
 _CHUNK = bytes(range(256)) * 4096  # 1 MiB, hashed repeatedly
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,179 +140,6 @@ class FixedWork:
 
 
 # ---------------------------------------------------------------------------------------------
-# Summaries
-
-
-@dataclass(frozen=True)
-class Overhead:
-    """What a run of ``trials`` workloads at ``concurrency`` cost beyond the workload itself.
-
-    The slot time that was not workload (``span x concurrency - work``) splits, per worker, into
-    the wait before its first workload (``lead_s``), the gaps between its workloads
-    (``gaps_s``) and the time after its last one (``tail_s``), when there were ``concurrency``
-    workers (else the split is not printed)."""
-
-    trials: int
-    concurrency: int
-    workers: int
-    work_s: float  # sum of the workloads' wall times
-    work_cpu_s: float  # sum of the workloads' CPU times
-    first_start: float
-    last_end: float
-    gaps_ms: tuple[float, ...]
-    lead_s: float
-    tail_s: float
-
-    @property
-    def span_s(self) -> float:
-        return self.last_end - self.first_start
-
-    @property
-    def ideal_s(self) -> float:
-        return self.work_s / self.concurrency
-
-    @property
-    def ratio(self) -> float:
-        return self.span_s / self.ideal_s
-
-    @property
-    def fixed_cost_ms(self) -> float:
-        return 1000 * (self.span_s * self.concurrency - self.work_s) / self.trials
-
-    @property
-    def gap_median_ms(self) -> float:
-        return statistics.median(self.gaps_ms) if self.gaps_ms else float("nan")
-
-
-def summarize(runs: Sequence[Timed], concurrency: int) -> Overhead:
-    if not runs:
-        raise SystemExit("no trial finished its workload; nothing to measure")
-    first, last = min(t.start for t in runs), max(t.end for t in runs)
-    gaps: list[float] = []
-    lead = tail = 0.0
-    by_worker: dict[str, list[Timed]] = {}
-    for t in runs:
-        by_worker.setdefault(t.worker, []).append(t)
-    for ts in by_worker.values():
-        ts.sort(key=lambda t: t.start)
-        gaps += [1000 * (b.start - a.end) for a, b in itertools.pairwise(ts)]
-        lead += ts[0].start - first
-        tail += last - ts[-1].end
-    return Overhead(
-        trials=len(runs),
-        concurrency=concurrency,
-        workers=len(by_worker),
-        work_s=sum(t.end - t.start for t in runs),
-        work_cpu_s=sum(t.cpu for t in runs),
-        first_start=first,
-        last_end=last,
-        gaps_ms=tuple(gaps),
-        lead_s=lead,
-        tail_s=tail,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# CPU accounting of a process tree (the driver, Ray's processes, the workers), from /proc
-
-
-def _cpu_and_name(pid: int) -> tuple[float, str] | None:
-    """CPU seconds and command name of a live process."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-        cmd = (
-            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        )
-    except OSError:
-        return None
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK, cmd
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            out += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
-    except OSError:
-        pass
-    return out
-
-
-def _kind(cmd: str, pid: int, root: int) -> str:
-    if pid == root:
-        return "driver"
-    title = cmd.split(" ")[0]
-    if "default_worker.py" in cmd or (title.startswith("ray::") and not title.endswith("Agent")):
-        return "trial workers"  # ray::IDLE, ray::ImplicitFunc.train, a worker starting up
-    return "ray services"  # gcs_server, raylet, log monitor, agents
-
-
-class TreeCpu:
-    """Samples the CPU seconds of ``root`` and its descendants, by kind of process, every
-    ``every`` seconds. A process that ends keeps its last sample (Ray's processes end at
-    ``ray.shutdown``); :meth:`between` gives what each kind used in a window of time."""
-
-    def __init__(self, root: int, *, every: float = 1.0) -> None:
-        self.root = root
-        self.every = every
-        self.samples: list[tuple[float, dict[str, float]]] = []
-        self._last: dict[int, tuple[str, float]] = {}
-        self._own_cpu = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> TreeCpu:
-        self._record()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._record()
-
-    def _tree(self) -> dict[int, tuple[str, float]]:
-        tree, frontier = {self.root}, [self.root]
-        while frontier:
-            for child in _children(frontier.pop()):
-                if child not in tree:
-                    tree.add(child)
-                    frontier.append(child)
-        out = {}
-        for pid in tree:
-            if (stat := _cpu_and_name(pid)) is not None:
-                kind = _kind(stat[1], pid, self.root)
-                # A worker's title changes as it starts and exits: once a worker, always one.
-                if self._last.get(pid, ("",))[0] == "trial workers":
-                    kind = "trial workers"
-                out[pid] = (kind, stat[0])
-        return out
-
-    def _record(self) -> None:
-        self._last.update(self._tree())
-        totals: dict[str, float] = {}
-        for kind, cpu in self._last.values():
-            totals[kind] = totals.get(kind, 0.0) + cpu
-        # This sampler runs in the driver: its own CPU time is not the search's.
-        totals["driver"] = totals.get("driver", 0.0) - self._own_cpu
-        self.samples.append((time.time(), totals))
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every):
-            self._record()
-            self._own_cpu = time.thread_time()
-
-    def between(self, start: float, end: float) -> dict[str, float]:
-        """CPU seconds by kind from the last sample at or before ``start`` to the first one at
-        or after ``end`` (so the window covers at least [start, end])."""
-        before = [tot for t, tot in self.samples if t <= start] or [self.samples[0][1]]
-        after = [tot for t, tot in self.samples if t >= end] or [self.samples[-1][1]]
-        a, b = before[-1], after[0]
-        return {k: b.get(k, 0.0) - a.get(k, 0.0) for k in sorted(set(a) | set(b))}
-
-
-# ---------------------------------------------------------------------------------------------
 # The two runs
 
 
@@ -327,112 +163,6 @@ class _StampedLines(io.StringIO):
 
     def first(self, prefix: str) -> float | None:
         return next((t for t, line in self.lines if line.startswith(prefix)), None)
-
-
-def _timeline_callback(path: Path) -> Any:
-    """A Ray Tune callback that writes when the driver saw each trial start, report and
-    complete (Unix seconds) to ``path`` as JSON lines when the experiment ends. The Tuner
-    pickles its callbacks, so the events go through a file, not this object."""
-    from ray.tune import Callback
-
-    class TuneTimeline(Callback):
-        def __init__(self) -> None:
-            self.events: list[tuple[str, str, float]] = []
-
-        def on_trial_start(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
-            self.events.append(("start", trial.trial_id, time.time()))
-
-        def on_trial_result(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
-            self.events.append(("result", trial.trial_id, time.time()))
-
-        def on_trial_complete(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
-            self.events.append(("complete", trial.trial_id, time.time()))
-
-        def on_experiment_end(self, trials: Any, **info: Any) -> None:
-            path.write_text("".join(json.dumps(e) + "\n" for e in self.events))
-
-    return TuneTimeline()
-
-
-@dataclass(frozen=True)
-class Transition:
-    """One worker going from trial ``prev`` to trial ``next``: Unix seconds of each step."""
-
-    work_end: float  # prev's workload returned (worker)
-    run_end: float  # prev's MLflow run terminated (worker; MLflow keeps milliseconds)
-    result: float  # the driver saw prev's report (Tune callback)
-    complete: float  # the driver completed prev
-    start: float  # the driver started next on a reused worker
-    run_start: float  # next's MLflow run created (worker)
-    work_start: float  # next's workload started (worker)
-
-    STEPS = (
-        (
-            "MLflow after the workload (worker: metrics, tags, artifacts, end of run)",
-            "work_end",
-            "run_end",
-        ),
-        ("report reaches the driver (worker -> driver)", "run_end", "result"),
-        (
-            "driver: result -> trial complete (stopper, callbacks, Optuna tell)",
-            "result",
-            "complete",
-        ),
-        ("driver: complete -> next trial started (Optuna ask, actor reuse)", "complete", "start"),
-        (
-            "next trial's function starts, run lookup, run created (driver -> worker)",
-            "start",
-            "run_start",
-        ),
-        ("MLflow before the workload (worker: params)", "run_start", "work_start"),
-    )
-
-
-def transitions(runs: Sequence[Any], events_path: Path) -> list[Transition]:
-    """Pair each trial's MLflow run with the next trial in the same worker process."""
-    seen: dict[tuple[str, str], float] = {}
-    for line in events_path.read_text().splitlines():
-        kind, trial_id, at = json.loads(line)
-        seen.setdefault((kind, trial_id), at)  # first time each
-    by_worker: dict[int, list[Any]] = {}
-    for run in runs:
-        by_worker.setdefault(int(run.data.metrics["bench_pid"]), []).append(run)
-    out: list[Transition] = []
-    for rs in by_worker.values():
-        rs.sort(key=lambda r: r.data.metrics["bench_start"])
-        for a, b in itertools.pairwise(rs):
-            ida, idb = a.data.tags["slimtune.trial_id"], b.data.tags["slimtune.trial_id"]
-            keys = [("result", ida), ("complete", ida), ("start", idb)]
-            if any(k not in seen for k in keys):
-                continue
-            out.append(
-                Transition(
-                    work_end=a.data.metrics["bench_end"],
-                    run_end=a.info.end_time / 1000,
-                    result=seen[keys[0]],
-                    complete=seen[keys[1]],
-                    start=seen[keys[2]],
-                    run_start=b.info.start_time / 1000,
-                    work_start=b.data.metrics["bench_start"],
-                )
-            )
-    return out
-
-
-def timeline_table(ts: Sequence[Transition]) -> list[str]:
-    """Median and mean of each step of the gap between two workloads in one worker."""
-    if not ts:
-        return ["(no transition between two trials in one worker was seen)"]
-    rows = ["| step of the gap | median (ms) | mean (ms) |", "| --- | ---: | ---: |"]
-    total = [1000 * (t.work_start - t.work_end) for t in ts]
-    for name, a, b in Transition.STEPS:
-        ms = [1000 * (getattr(t, b) - getattr(t, a)) for t in ts]
-        rows.append(f"| {name} | {statistics.median(ms):.1f} | {statistics.fmean(ms):.1f} |")
-    rows.append(
-        f"| **whole gap** ({len(ts)} transitions) | **{statistics.median(total):.1f}** | "
-        f"**{statistics.fmean(total):.1f}** |"
-    )
-    return rows
 
 
 @dataclass
@@ -472,7 +202,7 @@ def run_slimtune(
             SearchOptions(config_path=config.resolve(), workdir=workdir),
             out=console,
             trial_body=FixedWork(passes),
-            tune_callbacks=[_timeline_callback(events)],
+            tune_callbacks=[timeline_callback(events)],
         )
         t_end = time.time()
     client = MlflowClient(tracking_uri=outcome.tracking_uri)
@@ -564,91 +294,6 @@ def run_plain_optuna(config: Path, *, trials: int, concurrency: int, passes: int
     wall, cpu = time.time() - t0, time.process_time() - cpu0
     ov = summarize(runs, concurrency)
     return PlainRun(ov, wall, cpu - ov.work_cpu_s)
-
-
-# ---------------------------------------------------------------------------------------------
-# Report
-
-
-def _row(name: str, values: Sequence[str]) -> str:
-    return f"| {name} | " + " | ".join(values) + " |"
-
-
-def report(
-    args: argparse.Namespace,
-    passes: int,
-    rate: float,
-    load: tuple[float, float],
-    slim: SlimtuneRun | None,
-    plain: PlainRun | None,
-) -> str:
-    cols: list[tuple[str, Overhead]] = []
-    if slim:
-        cols.append(("slimtune", slim.overhead))
-    if plain:
-        cols.append(("plain Optuna", plain.overhead))
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv])
-    lines = [
-        f"#### {args.trials} trials x {args.seconds:g} s at concurrency {args.concurrency}",
-        "",
-        f"Command: `{command}`  ",
-        f"Taken {time.strftime('%Y-%m-%d %H:%M')} on {platform.node() or 'this machine'} "
-        f"({os.cpu_count()} CPUs); load average (1 min) {load[0]:.2f} before, {load[1]:.2f} "
-        f"after. Workload: {passes} SHA-256 passes over 1 MiB ({rate:.0f} passes/s when "
-        "calibrated).",
-        "",
-        _row("", [n for n, _ in cols]),
-        _row("---", ["---:"] * len(cols)),
-        _row("trials", [str(o.trials) for _, o in cols]),
-        _row("sum of workload times (s)", [f"{o.work_s:.2f}" for _, o in cols]),
-        _row(f"ideal = sum / {args.concurrency} (s)", [f"{o.ideal_s:.2f}" for _, o in cols]),
-        _row("first start -> last end (s)", [f"{o.span_s:.2f}" for _, o in cols]),
-        _row("**span / ideal**", [f"**{o.ratio:.3f}x**" for _, o in cols]),
-        _row("**fixed cost per trial (ms)**", [f"**{o.fixed_cost_ms:.0f}**" for _, o in cols]),
-        _row(
-            "gap between workloads in one worker: median / mean / max (ms)",
-            [
-                f"{o.gap_median_ms:.0f} / {statistics.fmean(o.gaps_ms or [0]):.0f} / "
-                f"{max(o.gaps_ms or [0]):.0f}"
-                for _, o in cols
-            ],
-        ),
-        _row(
-            "slot time not in workload: before first / gaps / after last (s)",
-            [
-                f"{o.lead_s:.2f} / {sum(o.gaps_ms) / 1000:.2f} / {o.tail_s:.2f}"
-                if o.workers == o.concurrency
-                else f"({o.workers} workers)"
-                for _, o in cols
-            ],
-        ),
-    ]
-    if slim and plain:
-        lines.append(_row("whole run (s)", [f"{slim.wall_s:.1f}", f"{plain.wall_s:.1f}"]))
-    if slim:
-        phases = "; ".join(f"{n} {s:.2f}" for n, s in slim.phases)
-        cpu = "; ".join(f"{k} {v:.2f}" for k, v in slim.cpu_in_span.items())
-        lines += [
-            "",
-            f"slimtune's whole run {slim.wall_s:.1f} s (run_search called -> returned), by phase "
-            f"(s): {phases}.",
-            f"CPU seconds used during the trial span beyond the workload, by process: {cpu}.",
-            f"Per trial in the worker (median): MLflow run created -> workload starts "
-            f"{slim.mlflow_before_ms:.0f} ms; workload ends -> run terminated "
-            f"{slim.mlflow_after_ms:.0f} ms. Live front update in the driver: "
-            f"{slim.live_update_ms:.0f} ms per trial (mean).",
-            "",
-            "Where the gap between two workloads in one worker goes (the driver's Tune events, "
-            "the worker's MLflow run times and workload times; one clock):",
-            "",
-            *timeline_table(slim.timeline),
-        ]
-    if plain:
-        lines.append(
-            f"Plain Optuna: whole optimize() {plain.wall_s:.1f} s; CPU seconds beyond the "
-            f"workload {plain.cpu_beyond_work_s:.2f}."
-        )
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
