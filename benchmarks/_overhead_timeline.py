@@ -27,7 +27,9 @@ def timeline_callback(path: Path) -> Any:
         def on_trial_start(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
             self.events.append(("start", trial.trial_id, time.time()))
 
-        def on_trial_result(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
+        def on_trial_result(
+            self, iteration: int, trials: Any, trial: Any, result: dict[Any, Any], **info: Any
+        ) -> None:
             self.events.append(("result", trial.trial_id, time.time()))
 
         def on_trial_complete(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:

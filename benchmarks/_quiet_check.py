@@ -64,7 +64,7 @@ def quiet_check(
 
     example = load_task(task_ref).example_input().float().numpy()
     plan = LatencyPlan(warmup=warmup, repeats=repeats, threads=threads)
-    ratios = []
+    ratios: list[float] = []
     for run in runs:
         if len(ratios) >= limit:
             break

@@ -292,7 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg["space"] = {**cfg["space"], "bits": {"choices": [8]}}
         warm_s = run_packing(cfg, workdir, 1, a.sample_s, a.timeout_s).wall_s
         print(f"warm-up search (data, baseline, int8 format; not counted): {warm_s:.0f} s")
-    packings, rows = [], []
+    packings: list[Packing] = []
+    rows: list[dict[str, float]] = []
     report = ""
 
     def publish() -> str:

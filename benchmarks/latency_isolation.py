@@ -179,7 +179,7 @@ class Bench:
             n0, t0 = _steps(counters), time.monotonic()
             time.sleep(self.args.settle)
             n1, t1 = _steps(counters), time.monotonic()
-            busy = []
+            busy: list[LatencyReading] = []
             while time.monotonic() - t1 < self.args.busy_s or not busy:
                 busy.append(self.measure(ref))
             n2, t2 = _steps(counters), time.monotonic()

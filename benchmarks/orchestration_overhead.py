@@ -212,8 +212,8 @@ def run_slimtune(
         max_results=10_000,
     )
     runs, before, after = [], [], []
-    children = [c for c in children if "bench_start" in c.data.metrics]
-    for c in children:
+    timed = [c for c in children if "bench_start" in c.data.metrics]
+    for c in timed:
         m = c.data.metrics
         runs.append(
             Timed(m["bench_start"], m["bench_end"], str(int(m["bench_pid"])), m["bench_cpu"])
@@ -247,7 +247,7 @@ def run_slimtune(
         mlflow_before_ms=1000 * statistics.median(before),
         mlflow_after_ms=1000 * statistics.median(after),
         live_update_ms=parent.get("live_update_ms_mean", float("nan")),
-        timeline=transitions(children, events),
+        timeline=transitions(timed, events),
     )
 
 

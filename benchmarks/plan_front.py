@@ -213,8 +213,8 @@ def per_layer(cache: Path, task: str, model: Any) -> str:
             lines += ["", f"latency table {path.name} (dense {data['dense_ms']:.4f} ms, empty "]
             lines[-1] += f"run {data['overhead_ms']:.4f} ms): layer alone, ms"
             for name, times in data["layers"].items():
-                cells = ", ".join(f"{f} {ms:.4f}" for f, ms in times.items())
-                lines.append(f"  {name}: {cells}")
+                timing = ", ".join(f"{f} {ms:.4f}" for f, ms in times.items())
+                lines.append(f"  {name}: {timing}")
             continue
         lines += ["", f"sensitivity table {path.name} (dense file {data['dense_file_bytes']} B):"]
         lines.append(
