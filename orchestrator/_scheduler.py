@@ -13,7 +13,6 @@ whose last report was a rung) tell the two apart by it.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from orchestrator._mo_asha import Decision, MoAshaState
 from searchspace import SlimtuneError
-from trials import RungReport
+from trials import RungReport, write_text_atomic
 
 RUNG_KEY = "rung_epoch"  # in every rung report, never in a final one
 STOPPED_KEY = "early_stopped"  # a replayed report of a trial stopped before --resume
@@ -129,10 +128,7 @@ class MoAsha(FIFOScheduler):
         return decision if decision is not None and decision.stop else None
 
     def _save(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_suffix(".tmp")
-        tmp.write_text(self.state.to_json())
-        os.replace(tmp, self._path)
+        write_text_atomic(self._path, self.state.to_json())
 
     def debug_string(self) -> str:
         rungs = self.state.records

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from searchspace import Choice, FloatRange, SearchSpec
-from trials import SchemeCheck, Task, check_schemes, library_versions
+from trials import SchemeCheck, Task, check_schemes, library_versions, write_text_atomic
 
 # Bump when what check_schemes checks changes, so an older cached pass is not trusted.
 SCHEME_CHECK_VERSION = 1
@@ -73,11 +73,7 @@ def check_space_schemes(
         flush=True,
     )
     if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"checks": [c.__dict__ for c in checks]}
-        tmp = cached.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload))
-        tmp.replace(cached)
+        write_text_atomic(cached, json.dumps({"checks": [c.__dict__ for c in checks]}))
     return checks
 
 

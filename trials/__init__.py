@@ -17,6 +17,7 @@ from trials._errors import (
     TrainingDivergedError,
 )
 from trials._export_check import ExportClaim, check_export
+from trials._files import write_text_atomic
 from trials._fingerprints import VersionDrift, file_sha256, library_versions, weights_sha256
 from trials._measure import (
     InlineMeter,
@@ -130,4 +131,5 @@ __all__ = [
     "time_int8_candidates",
     "trial_identity",
     "weights_sha256",
+    "write_text_atomic",
 ]

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
-import re
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 from torch import nn
@@ -18,6 +14,7 @@ from torch import nn
 from searchspace import ConfigError
 from trials._device import check_device_name, device_data, prepare_device, training_device
 from trials._errors import BaselineCacheError
+from trials._files import atomic_write, safe_name
 from trials._settings import Baseline
 from trials._task import Task, checked_data
 from trials._train import fit, predict
@@ -51,7 +48,7 @@ def ensure_baseline(task: Task, *, seed: int, cache_dir: Path, device: str = "cp
     check_device_name(device, source="ensure_baseline")
     cache_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = task.fingerprint()
-    stem = f"{_safe(task.name)}-{fingerprint[:16]}-seed{seed}"
+    stem = f"{safe_name(task.name)}-{fingerprint[:16]}-seed{seed}"
     state_path = cache_dir / f"{stem}.pt"
     meta_path = cache_dir / f"{stem}.json"
 
@@ -63,7 +60,7 @@ def ensure_baseline(task: Task, *, seed: int, cache_dir: Path, device: str = "cp
         if cached is not None:
             return cached
         model, accuracy, seconds = _train(task, seed, training_device(device))
-        _atomic_write(state_path, lambda f: torch.save(model.state_dict(), f))
+        atomic_write(state_path, lambda f: torch.save(model.state_dict(), f))
         meta = {
             "format_version": _FORMAT_VERSION,
             "task": task.name,
@@ -77,7 +74,7 @@ def ensure_baseline(task: Task, *, seed: int, cache_dir: Path, device: str = "cp
             "device": device,
         }
         # The metadata file is written last: its presence marks a complete entry.
-        _atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
     return Baseline(
         state_path=state_path,
         accuracy=accuracy,
@@ -156,20 +153,3 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "task"

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from searchspace import ConfigError, TrialParams
-from trials._baseline import _atomic_write, _safe
 from trials._compress import Prunable, prunable_layers
 from trials._export import export_onnx
+from trials._files import safe_name, write_text_atomic
 from trials._measure import InlineMeter, LatencyMeter, latency_plan
 from trials._plan import MIXED_FORMATS, CompressionPlan, LayerSetting
 from trials._plan_allocate import (
@@ -139,7 +139,7 @@ class PlanChooser:
             dense_param_count=sum(p.numel() for p in model.parameters()),
             widths=widths,
         )
-        _write_atomic(path, self.sensitivity.to_json())
+        write_text_atomic(path, self.sensitivity.to_json())
 
     def _latency_table(self, model: nn.Module, batch: torch.Tensor, path: Path) -> LatencyTable:
         """The table the settings give (a rebuild: the record's), else the one cached for this
@@ -156,7 +156,7 @@ class PlanChooser:
                 )
             return given
         node = socket.gethostname()
-        where = _safe(node)[:64]
+        where = safe_name(node)[:64]
         threads = self.settings.latency_threads
         cache = path.with_name(f"{path.stem}-latency-{where}-t{threads}.json")
         if cache.exists():
@@ -178,7 +178,7 @@ class PlanChooser:
         table = measure_latency_table(
             model, layer_names(model, layers), layers, self.example, batch, job
         )
-        _write_atomic(cache, json.dumps(table.to_dict(), indent=1, sort_keys=True))
+        write_text_atomic(cache, json.dumps(table.to_dict(), indent=1, sort_keys=True))
         return table
 
     def _costs(
@@ -317,11 +317,6 @@ class PlanChooser:
         overhead = sens.dense_file_bytes - 4 * sens.dense_param_count
         target = int(self.params.budget * sens.dense_file_bytes)
         return allocate(tables, fixed_bytes=overhead + _outside_bytes(model), target_bytes=target)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 def _outside_bytes(model: nn.Module) -> int:

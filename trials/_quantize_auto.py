@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import platform
 import re
 import statistics
@@ -34,6 +33,7 @@ import onnxruntime as ort
 from torch import Tensor, nn
 
 from trials._export import INPUT_NAME, export_onnx, quantize_int8
+from trials._files import write_text_atomic
 from trials._quantize import Int8Format, int8_format, int8_formats
 from trials._settings import Int8Resolution
 
@@ -317,9 +317,7 @@ class Int8Cache:
             "timing": {"rounds": timing.rounds, "warmup": timing.warmup, "runs": timing.runs},
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=2))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps(record, indent=2))
 
 
 @contextlib.contextmanager

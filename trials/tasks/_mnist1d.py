@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from trials._baseline import _atomic_write, _locked
+from trials._baseline import _locked
 from trials._errors import TaskError
+from trials._files import atomic_write
 from trials._task import Split, SplitTask
 
 # mnist1d.data.get_dataset_args() of mnist1d 0.0.2: 5000 samples, 4000 train / 1000 test, the
@@ -65,7 +66,7 @@ def mnist1d_arrays(args: dict[str, Any], cache_dir: Path) -> dict[str, np.ndarra
                 data = _generate(args)
                 buffer = io.BytesIO()
                 np.savez(buffer, **data)  # type: ignore[arg-type]
-                _atomic_write(path, lambda f: f.write(buffer.getvalue()))
+                atomic_write(path, lambda f: f.write(buffer.getvalue()))
     with np.load(path) as npz:
         return {name: npz[name] for name in npz.files}
 
