@@ -3,28 +3,22 @@
 Each rung report goes to the trial's MLflow run as metric history and to Ray Tune; at a rung
 of the scheduler the trial's state goes with it as a Ray Tune checkpoint, which Ray copies to
 the search's storage. A trial lost with its node is retried by Ray with that checkpoint
-(``tune.get_checkpoint()``) and goes on from the rung (``trials._rung_state``). Once the trial
-has ended, finished or stopped, nothing can go on from its state: the driver deletes it
-(:class:`DropEndedRungStates`), so the search's storage does not grow with its trials.
+(``tune.get_checkpoint()``) and goes on from the rung (``trials._rung_state``).
 """
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from mlflow.tracking import MlflowClient
-from ray.tune import Callback, Checkpoint
+from ray.tune import Checkpoint
 
 from orchestrator._scheduler import RUNG_KEY, rung_result
 from orchestrator._tracking import log_metrics
 from searchspace import TrialParams
 from trials import RungReport, RungState, RungStateError, TrialSettings, trial_identity
-
-_LOG = logging.getLogger(__name__)
 
 
 def resume_state(
@@ -99,25 +93,3 @@ class RungReports:
                 self.report(payload)
         except SystemExit:
             raise StoppedAtRung(rung) from None
-
-
-class DropEndedRungStates(Callback):
-    """In the driver: when a trial ends (finished, failed by its own work, or stopped by the
-    scheduler), the rung state it saved is deleted from the search's storage. Each holds the
-    model's weights with Adam's two moments (and masks): 3-4x the fp32 model, one per trial,
-    which a long search would otherwise pile up. A trial that ended with an *error* (Ray gave
-    up retrying it) keeps its state: ``--resume`` retries errored trials from it. A state that
-    cannot be deleted is logged and left; it never fails the search."""
-
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        checkpoint = trial.checkpoint
-        if checkpoint is None:
-            return
-        try:
-            checkpoint.filesystem.delete_dir(checkpoint.path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            _LOG.warning(
-                "could not delete the rung state %s of an ended trial: %s", checkpoint.path, exc
-            )

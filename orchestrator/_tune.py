@@ -18,7 +18,6 @@ from orchestrator._live import LiveFrontCallback
 from orchestrator._mo_asha import MoAshaState
 from orchestrator._progress import TrialLines
 from orchestrator._records import RecordsWatch, SearchAccount, trial_runs
-from orchestrator._rungs import DropEndedRungStates
 from orchestrator._samplers import build_sampler
 from orchestrator._scheduler import (
     STATE_FILE,
@@ -116,11 +115,7 @@ def run_tune(
                         spec.trials, out=out, knobs=spec.space.varying_knobs(), front=live.live
                     ),
                     live,
-                    *(
-                        [EarlyStopRecords(scheduler, ctx.tracking.uri), DropEndedRungStates()]
-                        if scheduler
-                        else []
-                    ),
+                    *([EarlyStopRecords(scheduler, ctx.tracking.uri)] if scheduler else []),
                     *extra_callbacks,
                 ],
                 failure_config=tune.FailureConfig(max_failures=spec.faults.max_retries),

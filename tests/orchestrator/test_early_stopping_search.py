@@ -70,14 +70,6 @@ def test_mo_asha_search_stops_trials_at_rungs_and_keeps_them_off_the_front(
         assert "pareto" in c.data.tags
         history = client.get_metric_history(c.info.run_id, "rung_accuracy")
         assert sorted(h.step for h in history) == [0, 1, 2]
-    # Each trial that passed the rung saved its state there (for a retry); once it ended,
-    # finished or stopped, the state is deleted: storage does not grow with the trials.
-    passed = [
-        c for c in children if len(client.get_metric_history(c.info.run_id, "rung_accuracy")) > 1
-    ]
-    assert passed, "no trial reached the rung, so none saved a state"
-    assert not list((tmp_path / ".slimtune").rglob("rung_state.pt"))
-    assert not list((tmp_path / ".slimtune").rglob("checkpoint_*"))
     # The search's cost counts the stopped trials' seconds too.
     spent = sum(c.data.metrics["trial_seconds"] for c in children)
     assert abs(parent.data.metrics["trial_seconds_total"] - spent) < 0.05 * spent + 1.0
