@@ -182,7 +182,15 @@ def render(
         "",
         "latency held? each row's recorded medians / the same ONNX files timed again on the "
         "quiet machine afterwards (--quiet-check):",
-        *(f"  {p.label:>16}: {p.quiet.line()}" for p in packings if p.quiet is not None),
+        *(
+            line
+            for p in packings
+            if p.quiet is not None
+            for line in (
+                f"  {p.label:>16}: {p.quiet.line()}",
+                *(f"{'':22}{c.line()}" for c in p.quiet.trials),
+            )
+        ),
         "",
         "per trial (trial number: seconds of run, train, export; worker pid, its trial index):",
     ]

@@ -19,10 +19,35 @@ TARGET = 0.03
 
 
 @dataclass(frozen=True)
+class Checked:
+    """One trial's file: the median the search recorded, the quiet one, and how the search's
+    measurement went (converged, extra measurements, CV of single runs)."""
+
+    trial: str
+    recorded_ms: float
+    quiet_ms: float
+    converged: str = "?"
+    remeasured: float = float("nan")
+    cv: float = float("nan")
+
+    @property
+    def ratio(self) -> float:
+        return self.recorded_ms / self.quiet_ms
+
+    def line(self) -> str:
+        return (
+            f"trial {self.trial}: recorded {self.recorded_ms:.4f} ms, quiet "
+            f"{self.quiet_ms:.4f} ms ({self.ratio:.3f}); search's measurement: converged "
+            f"{self.converged}, remeasured {self.remeasured:.0f}, CV {self.cv:.3f}"
+        )
+
+
+@dataclass(frozen=True)
 class QuietCheck:
     """Per trial: recorded median / quiet median (1.0: the search's figure held)."""
 
     ratios: list[float]
+    trials: tuple[Checked, ...] = ()
 
     @property
     def median(self) -> float:
@@ -64,14 +89,24 @@ def quiet_check(
 
     example = load_task(task_ref).example_input().float().numpy()
     plan = LatencyPlan(warmup=warmup, repeats=repeats, threads=threads)
-    ratios: list[float] = []
+    checked: list[Checked] = []
     for run in runs:
-        if len(ratios) >= limit:
+        if len(checked) >= limit:
             break
         path = onnx_file(run)
-        recorded = run.data.metrics.get("latency_ms")
+        metrics = run.data.metrics
+        recorded = metrics.get("latency_ms")
         if recorded is None or not path.is_file():
             continue
         stats = LatencySession(path, threads=threads).time(example, plan)
-        ratios.append(recorded / stats.median_ms)
-    return QuietCheck(ratios)
+        checked.append(
+            Checked(
+                run.data.tags.get("slimtune.trial_number", run.info.run_name or "?"),
+                recorded,
+                stats.median_ms,
+                run.data.tags.get("latency_converged", "?"),
+                metrics.get("latency_remeasured", float("nan")),
+                metrics.get("latency_cv", float("nan")),
+            )
+        )
+    return QuietCheck([c.ratio for c in checked], tuple(checked))

@@ -172,10 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.strftime('%Y-%m-%d %H:%M')}; {os.cpu_count()} CPUs; load average "
         f"{os.getloadavg()[0]:.2f}; task {spec.task}, {a.trials} trials"
     )
+    print("\n".join(lines), flush=True)
     for i in range(a.runs):
-        lines += render(i, *one_search(spec, config, workdir))
+        lines += (search := render(i, *one_search(spec, config, workdir)))
+        print("\n".join(search), flush=True)  # as each search ends: a run cut short keeps it
     text = "\n".join(lines)
-    print(text)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(text + "\n")

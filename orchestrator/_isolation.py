@@ -7,10 +7,13 @@ when the meter starts (:func:`choose_isolation`):
   measures, the trials on its machine wait at their next training step. Honest on any machine,
   but training stops for every measurement (on a GPU node packed with 8 trials it cost 1.75x
   throughput, BENCHMARKS.md).
-- ``cores``: the meter pins itself to ``latency.meter_cores`` cores of its node (the last ones
-  it may use) and every trial worker on that node pins itself to the other cores
-  (:func:`pin_trial`); nobody pauses. What remains shared is the L3 cache and the memory
-  bandwidth (``benchmarks/latency_isolation.py`` measures what that costs).
+- ``cores``: the meter's timing thread holds ``latency.meter_cores`` cores of its node (the
+  last ones it may use) and nothing else of the search runs there: every trial worker on that
+  node pins itself to the other cores (:func:`pin_trial`), so do the meter's own Ray threads,
+  and on the machine where the search starts Ray the driver keeps off them before it starts
+  Ray (:func:`keep_off_meter_cores`), so Ray's daemons and every worker inherit that. Nobody
+  pauses. What remains shared is the L3 cache and the memory bandwidth
+  (``benchmarks/latency_isolation.py`` and ``benchmarks/meter_pinning.py`` measure it).
 - ``none``: nothing: the trials train beside the measurement.
 
 The rule of ``auto``: ``cores`` when the node has at least ``meter_cores + trial_cpus + 1``
@@ -21,8 +24,10 @@ cores (the meter's, one trial's, and one spare for Ray and the OS), the meter is
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -64,6 +69,48 @@ def choose_isolation(latency: Latency, *, node_cores: int, trial_cpus: float) ->
         f"auto: {node_cores} cores {cmp} {latency.meter_cores} meter + "
         f"{max(1, math.ceil(trial_cpus))} trial + {SPARE_CORES} spare -> {mode}",
     )
+
+
+@dataclass(frozen=True)
+class NodeCores:
+    """The isolation of the node where the search's driver starts Ray, as the driver resolved
+    it before starting Ray, and under ``cores`` the meter's cores there, which the driver, and
+    so everything Ray starts on that node, keeps off (:func:`keep_off_meter_cores`)."""
+
+    choice: IsolationChoice
+    cores: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.cores and self.choice.mode != "cores":
+            raise ValueError(f"only isolation 'cores' holds cores, not {self.choice.mode!r}")
+
+
+@contextlib.contextmanager
+def keep_off_meter_cores(latency: Latency, *, trial_cpus: float) -> Iterator[NodeCores]:
+    """For the block, on the machine where this process starts Ray: resolve
+    ``latency.isolation`` here and, under ``cores``, pin every thread of this process off the
+    meter's cores, so that the processes it starts (Ray's daemons and workers, which inherit
+    the mask of the thread that starts them) keep off them too. Each thread's mask is given
+    back when the block ends. Where the meter's cores cannot be had (too few cores), nothing
+    is pinned and the meter reports why when it starts."""
+    choice = choose_isolation(latency, node_cores=len(usable_cores()), trial_cpus=trial_cpus)
+    if choice.mode != "cores" or latency.where != "actor":
+        yield NodeCores(choice)
+        return
+    before = usable_cores()
+    try:
+        cores = meter_cores(latency.meter_cores, before)
+    except ValueError:
+        yield NodeCores(choice)
+        return
+    masks = {tid: _mask(tid) for tid in _threads()}
+    pin_threads(tuple(c for c in before if c not in cores))
+    try:
+        yield NodeCores(choice, cores)
+    finally:
+        for tid in _threads():  # threads started in the block get this thread's old mask
+            with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+                os.sched_setaffinity(tid, masks.get(tid) or set(before))
 
 
 def usable_cores() -> list[int]:
@@ -113,6 +160,13 @@ def cores_text(cores: set[int] | tuple[int, ...]) -> str:
         else:
             spans.append([core, core])
     return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def _mask(tid: int) -> set[int] | None:
+    try:
+        return os.sched_getaffinity(tid)
+    except OSError:  # a thread that just ended
+        return None
 
 
 def _threads() -> list[int]:

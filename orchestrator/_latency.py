@@ -43,6 +43,7 @@ import numpy as np
 from orchestrator._gate import GATE_DIR_ENV, GATE_TIMEOUT_S, GateClaim, MeasureGate
 from orchestrator._isolation import (
     Mode,
+    NodeCores,
     choose_isolation,
     pin_trial,
     usable_cores,
@@ -276,13 +277,19 @@ class MeterRef:
 
 @contextlib.contextmanager
 def running_meter(
-    latency: Latency, *, trial_cpus: float = 1.0, timeout_s: float = PLACEMENT_TIMEOUT_S
+    latency: Latency,
+    *,
+    trial_cpus: float = 1.0,
+    timeout_s: float = PLACEMENT_TIMEOUT_S,
+    node: NodeCores | None = None,
 ) -> Iterator[MeterRef]:
     """Start the search's latency meter as ``latency`` says, wait until it runs, and yield how
     trials reach it; the meter is stopped when the block ends. Needs ``ray.init()`` first (for
     ``where: actor``). The driver holds the actor's handle for the whole block: Ray stops an
     actor once no handle to it is left. ``trial_cpus``: the CPUs one trial reserves (the rule
-    of ``isolation: auto`` counts them; the meter resolves it on its own node)."""
+    of ``isolation: auto`` counts them; the meter resolves it on its own node, or takes
+    ``node``: what the driver decided when it started Ray on this machine,
+    ``orchestrator._isolation.keep_off_meter_cores``)."""
     if latency.where == "inline":
         choice = choose_isolation(latency, node_cores=len(usable_cores()), trial_cpus=trial_cpus)
         yield MeterRef(where="inline", pause_trials=choice.mode == "pause", rule=choice.rule)
@@ -300,7 +307,7 @@ def running_meter(
     }
     if latency.resources:
         options["resources"] = dict(latency.resources)
-    actor: Any = ray.remote(LatencyMeterActor).options(**options).remote(latency, trial_cpus)
+    actor: Any = ray.remote(LatencyMeterActor).options(**options).remote(latency, trial_cpus, node)
     try:
         placed = actor.placement.remote()
         ready, _ = ray.wait([placed], timeout=timeout_s)

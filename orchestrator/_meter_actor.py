@@ -5,6 +5,7 @@ The trials' side, and how a search starts its meter, are in ``orchestrator._late
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 from orchestrator._gate import MeasureGate
 from orchestrator._isolation import (
     IsolationChoice,
+    NodeCores,
     choose_isolation,
     meter_cores,
     pin_threads,
@@ -118,16 +120,25 @@ def timed_candidates(
 
 class LatencyMeterActor:
     """The search's latency meter, run as a Ray actor with ``max_concurrency=1``: measures one
-    artifact at a time, on the node its resources pin it to."""
+    artifact at a time, on the node its resources pin it to.
 
-    def __init__(self, latency: Latency, trial_cpus: float) -> None:
-        self._choice = choose_isolation(
-            latency, node_cores=len(usable_cores()), trial_cpus=trial_cpus
+    ``node``: what the driver decided for this node when it started Ray on it (a search on one
+    machine); else (a cluster) the meter resolves its isolation where it lands. Under
+    ``cores`` the thread that times holds the meter's cores alone: the actor's other threads
+    (Ray's) are pinned off them, like the trials'."""
+
+    def __init__(self, latency: Latency, trial_cpus: float, node: NodeCores | None = None) -> None:
+        self._choice = (
+            node.choice
+            if node is not None
+            else choose_isolation(latency, node_cores=len(usable_cores()), trial_cpus=trial_cpus)
         )
         self._cores: tuple[int, ...] = ()
+        self._rest: tuple[int, ...] = ()
         if self._choice.mode == "cores":
-            pin_threads(meter_cores(latency.meter_cores))
-            self._cores = tuple(usable_cores())  # as the kernel now has it
+            self._cores = (node.cores if node else ()) or meter_cores(latency.meter_cores)
+            self._rest = tuple(c for c in usable_cores() if c not in self._cores)
+            self._hold_cores()
         self._gate = MeasureGate() if self._choice.mode == "pause" else None
         self._tags = {
             "latency_where": "actor",
@@ -144,6 +155,7 @@ class LatencyMeterActor:
         return MeterPlacement(self._tags["latency_node"], self._choice, self._cores)
 
     def measure(self, model: bytes, example: np.ndarray, plan: LatencyPlan) -> LatencyReading:
+        self._hold_cores()
         return timed(model, example, plan, gate=self._gate, tags=self._tags)
 
     def cpu(self) -> MeterCpu:
@@ -155,7 +167,20 @@ class LatencyMeterActor:
     ) -> CandidateTiming:
         """Time the int8 candidates of ``int8_format: auto`` against each other (see
         ``timed_candidates``)."""
+        self._hold_cores()
         return timed_candidates(models, example, timing, gate=self._gate, tags=self._tags)
+
+    def _hold_cores(self) -> None:
+        """Under ``cores``: this thread, the one that times (and the ONNX Runtime threads that
+        its sessions start, which inherit its mask), alone on the meter's cores; every other
+        thread of this process (Ray's) on the rest. Done before each timing: Ray starts
+        threads of its own after the actor's start (its garbage-collection thread, seen on
+        the meter's core), and they would inherit the mask of the thread that made them."""
+        if not self._cores:
+            return
+        if self._rest:
+            pin_threads(self._rest)
+        os.sched_setaffinity(0, self._cores)
 
 
 @dataclass(frozen=True)

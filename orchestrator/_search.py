@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -23,6 +24,7 @@ from ray.tune import Callback
 
 from orchestrator._baseline import BaselineFailed, measure_baseline
 from orchestrator._int8 import resolution_tags, resolve_int8_format
+from orchestrator._isolation import NodeCores, keep_off_meter_cores
 from orchestrator._latency import MeterRef, running_meter
 from orchestrator._progress import (
     cost_summary,
@@ -152,33 +154,34 @@ def run_search(
     cache_dir = workdir / ".slimtune" / "cache"
     with ThreadPoolExecutor(1, thread_name_prefix="slimtune-dry-run") as pool:
         dry_run = pool.submit(_preflight, spec, task, cache_dir)
-        try:
-            _start_ray(spec, opts)
-        except BaseException:
-            dry_run.cancel()
-            raise
-        try:
-            # Before MLflow: a latency meter that cannot start leaves no half-made records.
-            with running_meter(spec.latency, trial_cpus=spec.resources.cpu) as meter:
-                print(dry_run.result(), file=out, end="", flush=True)
-                with remembered_sigint() as interrupted:
-                    return _run(
-                        spec,
-                        opts,
-                        task,
-                        workdir,
-                        uri,
-                        t0,
-                        out,
-                        meter,
-                        trial_body,
-                        tune_callbacks,
-                        interrupted,
-                    )
-        finally:
-            import ray
+        with _meter_node(spec, opts) as node:
+            try:
+                _start_ray(spec, opts)
+            except BaseException:
+                dry_run.cancel()
+                raise
+            try:
+                # Before MLflow: a latency meter that cannot start leaves no half-made records.
+                with running_meter(spec.latency, trial_cpus=spec.resources.cpu, node=node) as meter:
+                    print(dry_run.result(), file=out, end="", flush=True)
+                    with remembered_sigint() as interrupted:
+                        return _run(
+                            spec,
+                            opts,
+                            task,
+                            workdir,
+                            uri,
+                            t0,
+                            out,
+                            meter,
+                            trial_body,
+                            tune_callbacks,
+                            interrupted,
+                        )
+            finally:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
 
 
 def _preflight(spec: SearchSpec, task: Task, cache_dir: Path) -> str:
@@ -192,6 +195,23 @@ def _preflight(spec: SearchSpec, task: Task, cache_dir: Path) -> str:
     return lines.getvalue()
 
 
+def _ray_address(opts: SearchOptions) -> str | None:
+    """The cluster to join; None: start one on this machine. Inside `ray job submit`,
+    RAY_ADDRESS names the cluster: join it rather than start one."""
+    return opts.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def _meter_node(
+    spec: SearchSpec, opts: SearchOptions
+) -> contextlib.AbstractContextManager[NodeCores | None]:
+    """Where this process starts Ray itself: under ``isolation: cores``, it and so all that
+    Ray starts keeps off the meter's cores (``keep_off_meter_cores``); joining a cluster, the
+    meter resolves its isolation on the node where it lands."""
+    if _ray_address(opts) is not None:
+        return contextlib.nullcontext()
+    return keep_off_meter_cores(spec.latency, trial_cpus=spec.resources.cpu)
+
+
 def _start_ray(spec: SearchSpec, opts: SearchOptions) -> None:
     import ray
 
@@ -200,8 +220,7 @@ def _start_ray(spec: SearchSpec, opts: SearchOptions) -> None:
         "log_to_driver": False,
         "logging_level": logging.WARNING,
     }
-    # Inside `ray job submit`, RAY_ADDRESS names the cluster: join it rather than start one.
-    address = opts.address or os.environ.get("RAY_ADDRESS") or None
+    address = _ray_address(opts)
     if address is None:
         init_kwargs["_temp_dir"] = tempfile.mkdtemp(prefix="slimtune-ray-")
     ray.init(address=address, **init_kwargs)

@@ -4,6 +4,7 @@ it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,8 +20,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from orchestrator._isolation import (
     IsolationChoice,
+    NodeCores,
     choose_isolation,
     cores_text,
+    keep_off_meter_cores,
     meter_cores,
 )
 from orchestrator._latency import MeterRef, Pinning, running_meter
@@ -202,6 +205,140 @@ def test_a_real_meter_holds_its_core_and_trials_on_its_node_keep_off_it(tmp_path
 
 
 PLAN = LatencyPlan(warmup=2, repeats=10)
+
+
+# --- the driver that starts Ray keeps off the meter's cores, and so does all Ray starts ------
+
+_DRIVER_KEEPS_OFF = """
+import json, os, threading
+from orchestrator._isolation import keep_off_meter_cores
+from searchspace import parse_spec
+latency = parse_spec("experiment: x\\ntask: digits\\nlatency: {section}\\n").latency
+stop = threading.Event()
+own = threading.Thread(target=lambda: (os.sched_setaffinity(0, {{{first}}}), stop.wait()))
+own.start()  # a thread with a mask of its own, before the block
+plain = threading.Thread(target=stop.wait)
+plain.start()
+def masks():
+    return sorted(sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task"))
+with keep_off_meter_cores(latency, trial_cpus=1) as node:
+    inside = masks()
+    later = []
+    t = threading.Thread(target=lambda: later.append(sorted(os.sched_getaffinity(0))))
+    t.start(); t.join()
+after = masks()
+stop.set(); own.join(); plain.join()
+print(json.dumps([node.choice.mode, list(node.cores), inside, later[0], after]))
+"""
+
+
+def _driver_keeps_off(section: str) -> list:
+    root = Path(__file__).resolve().parents[2]
+    code = _DRIVER_KEEPS_OFF.format(section=section, first=CORES[0])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out)
+
+
+@two_cores
+def test_the_driver_keeps_every_thread_off_the_meter_cores_for_the_block_only() -> None:
+    mode, cores, inside, later, after = _driver_keeps_off("{isolation: cores}")
+    others = CORES[:-1]
+    assert mode == "cores" and cores == [CORES[-1]]
+    assert inside == [others] * len(inside)  # the thread with its own mask too
+    assert later == others  # a thread started in the block (as Ray's processes are)
+    # Each thread gets its mask back: the one with its own, and the others the full set.
+    assert sorted(after) == sorted([[CORES[0]]] + [CORES] * (len(after) - 1))
+
+
+@pytest.mark.parametrize("section", ["{isolation: pause}", "{isolation: none}", "{}"])
+def test_the_driver_pins_nothing_unless_the_meter_holds_cores(section: str) -> None:
+    mode, cores, inside, _, after = _driver_keeps_off(section)
+    assert cores == [] and inside == after
+    if section == "{}":
+        assert mode == ("cores" if len(CORES) >= 3 else "pause")
+        if mode == "cores":
+            return
+    assert CORES in inside  # the plain threads kept every core
+
+
+def test_node_cores_are_held_under_cores_only() -> None:
+    with pytest.raises(ValueError, match="only isolation 'cores' holds cores"):
+        NodeCores(IsolationChoice("pause", "x"), (1,))
+
+
+def _children(root: int) -> list[int]:
+    """Every process below ``root`` (from /proc)."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        kids = [p for p, pp in parent.items() if pp == pid]
+        found += kids
+        todo += kids
+    return found
+
+
+def _thread_masks(pid: int) -> dict[int, set[int]]:
+    masks = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            masks[int(tid)] = os.sched_getaffinity(int(tid))
+        except OSError:
+            continue
+    return masks
+
+
+@two_cores
+def test_on_the_machine_that_starts_ray_only_the_meter_timing_thread_is_on_its_core(
+    tmp_path: Path,
+) -> None:
+    import ray
+
+    onnx_path = _mlp(tmp_path / "mm.onnx")
+    latency = _latency("{isolation: cores, warmup: 2, repeats: 10}")
+    core = CORES[-1]
+    ray_dir = tempfile.mkdtemp(prefix="slimtune-ray-")
+    earlier = set(_children(os.getpid()))  # not Ray's: e.g. a helper an earlier test started
+    with keep_off_meter_cores(latency, trial_cpus=1) as node:
+        assert node.cores == (core,)
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_dir)
+        try:
+            assert ray.cluster_resources()["CPU"] == 2  # Ray counts the node's cores as before
+            with running_meter(latency, trial_cpus=1, node=node) as ref:
+                assert ref.pinning is not None and ref.pinning.cores == (core,)
+                reading = ref.connect().measure(onnx_path, np.ones((1, 64), np.float32), PLAN)
+                assert reading.tags["latency_isolation"] == "cores"
+                on_core = {}
+                ray_processes = set(_children(os.getpid())) - earlier
+                for pid in ray_processes:  # Ray's daemons, workers, the meter
+                    with contextlib.suppress(OSError):
+                        masks = _thread_masks(pid)
+                        on_core[pid] = [tid for tid, mask in masks.items() if core in mask]
+                holders = {pid: tids for pid, tids in on_core.items() if tids}
+                # One process, the meter, has one thread on the core: the one that times.
+                assert len(holders) == 1, holders
+                ((pid, tids),) = holders.items()
+                names = {t: Path(f"/proc/{pid}/task/{t}/comm").read_text().strip() for t in tids}
+                assert tids == [pid] and _thread_masks(pid)[pid] == {core}, names
+                assert len(on_core) >= 3  # gcs, raylet, workers: all seen, all off the core
+        finally:
+            ray.shutdown()
+            shutil.rmtree(ray_dir, ignore_errors=True)
+    assert sorted(os.sched_getaffinity(0)) == CORES  # the driver's mask is given back
 
 
 # --- one real search under isolation: cores (2 tiny trials, 1 epoch) ------------------------
