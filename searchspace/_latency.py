@@ -24,8 +24,9 @@ class Latency(Strict):
     (e.g. ``{deploy_cpu: 1}``). ``where: inline`` measures in each trial's own process.
     ``isolation``: how the trials on the meter's machine are kept from disturbing it.
     ``pause``: while a measurement runs they wait at their next training step (a lock on the
-    node). ``cores``: the meter pins itself to ``meter_cores`` cores of its node
-    (``max(cpus, threads)``) and the trials there to the other cores; nobody pauses. ``none``:
+    node). ``cores``: the meter's timing thread holds ``meter_cores`` cores of its node
+    (``max(cpus, threads)``) alone; the trials there, the meter's other threads and, where the
+    search starts Ray, everything Ray starts keep to the other cores; nobody pauses. ``none``:
     no isolation. ``auto`` (default): ``cores`` on a node with at least ``meter_cores`` + one
     trial's CPUs + 1 spare core (and ``where: actor`` and a whole ``cpus``), else ``pause``
     (orchestrator._isolation). ``pause_trials`` is the older spelling: true is ``pause``,
