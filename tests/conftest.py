@@ -1,9 +1,17 @@
 """Process-wide settings every test needs, set before mlflow or ray is imported."""
 
 import os
+import signal
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+# The tests of Ctrl-C need it delivered. A suite started in the background by a shell
+# (`cmd &` without job control) inherits SIGINT ignored, and so would every search the tests
+# start: an ignored disposition survives exec, and Python then installs no KeyboardInterrupt.
+# A handler (not an ignore) is reset by exec, so the searches get Python's default again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import math
 from collections.abc import Callable, Mapping, Sequence
