@@ -44,10 +44,19 @@ class Checked:
 
 @dataclass(frozen=True)
 class QuietCheck:
-    """Per trial: recorded median / quiet median (1.0: the search's figure held)."""
+    """The trials checked; per trial, recorded median / quiet median (1.0: the search's figure
+    held)."""
 
-    ratios: list[float]
-    trials: tuple[Checked, ...] = ()
+    trials: tuple[Checked, ...]
+
+    @classmethod
+    def of_ratios(cls, ratios: list[float]) -> QuietCheck:
+        """A check known only by its ratios (recorded ``r`` ms against a quiet 1 ms)."""
+        return cls(tuple(Checked(str(i), r, 1.0) for i, r in enumerate(ratios)))
+
+    @property
+    def ratios(self) -> list[float]:
+        return [c.ratio for c in self.trials]
 
     @property
     def median(self) -> float:
@@ -109,4 +118,4 @@ def quiet_check(
                 metrics.get("latency_cv", float("nan")),
             )
         )
-    return QuietCheck([c.ratio for c in checked], tuple(checked))
+    return QuietCheck(tuple(checked))

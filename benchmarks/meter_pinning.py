@@ -92,10 +92,9 @@ def time_file(path: str, width: int, plan: LatencyPlan) -> float:
     return LatencySession(Path(path), threads=1).time(example, plan).median_ms
 
 
-def _plain(cores: list[int] | None, inbox: Any, outbox: Any) -> None:
-    """A plain process: pinned to ``cores`` (None: not pinned), it times what it is sent."""
-    if cores is not None:
-        os.sched_setaffinity(0, cores)
+def _plain(cores: list[int], inbox: Any, outbox: Any) -> None:
+    """A plain process on ``cores``: it times what it is sent."""
+    os.sched_setaffinity(0, cores)
     while (job := inbox.get()) is not None:
         outbox.put(time_file(*job))
 
@@ -103,7 +102,7 @@ def _plain(cores: list[int] | None, inbox: Any, outbox: Any) -> None:
 class PlainProcess:
     """A fresh process (not a Ray worker) kept for every timing of one setup."""
 
-    def __init__(self, cores: list[int] | None) -> None:
+    def __init__(self, cores: list[int]) -> None:
         ctx = mp.get_context("spawn")
         self._inbox, self._outbox = ctx.Queue(), ctx.Queue()
         self._proc = ctx.Process(target=_plain, args=(cores, self._inbox, self._outbox))

@@ -66,11 +66,11 @@ def test_the_quiet_check_says_each_trial_and_the_verdict() -> None:
 
     held = Checked("3", 1.01, 1.0, "true", 0.0, 0.12)
     off = Checked("5", 1.5, 1.0, "false", 2.0, 0.4)
-    check = QuietCheck([held.ratio, off.ratio], (held, off))
+    check = QuietCheck((held, off))
     assert held.ratio == pytest.approx(1.01) and off.ratio == pytest.approx(1.5)
     assert "median recorded/quiet 1.255" in check.line() and "50% within 3%" in check.line()
     assert check.line().endswith("MISSED")
-    assert QuietCheck([1.0, 1.02, 0.99]).line().endswith("MET")
+    assert QuietCheck.of_ratios([1.0, 1.02, 0.99]).line().endswith("MET")
     assert off.line() == (
         "trial 5: recorded 1.5000 ms, quiet 1.0000 ms (1.500); search's measurement: "
         "converged false, remeasured 2, CV 0.400"

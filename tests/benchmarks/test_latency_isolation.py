@@ -41,8 +41,8 @@ def test_the_summary_gives_each_mode_its_ratio_verdict_and_throughput() -> None:
 
 
 def test_the_quiet_check_judges_the_median_against_three_percent() -> None:
-    held = QuietCheck([1.01, 0.98, 1.02, 1.10])
+    held = QuietCheck.of_ratios([1.01, 0.98, 1.02, 1.10])
     assert held.median == pytest.approx(1.015) and held.worst == pytest.approx(0.10)
     assert held.within == 0.75 and held.line().endswith("MET")
-    assert QuietCheck([1.05, 1.06]).line().endswith("MISSED")
-    assert QuietCheck([]).line() == "no trial checked"
+    assert QuietCheck.of_ratios([1.05, 1.06]).line().endswith("MISSED")
+    assert QuietCheck.of_ratios([]).line() == "no trial checked"

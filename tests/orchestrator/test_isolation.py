@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -133,9 +134,9 @@ stop.set(); before.join()
 """
 
 
-@two_cores
-def test_a_trial_pins_every_thread_of_its_process_off_the_meter_cores() -> None:
-    code = _PIN_ALL_THREADS.format(reserved=CORES[-1])
+def _python_json(code: str) -> Any:
+    """What ``code``, run in a fresh Python process (affinities changed there stay there),
+    prints as JSON."""
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -145,7 +146,12 @@ def test_a_trial_pins_every_thread_of_its_process_off_the_meter_cores() -> None:
         text=True,
         check=True,
     ).stdout
-    free, union, later, again = json.loads(out)
+    return json.loads(out)
+
+
+@two_cores
+def test_a_trial_pins_every_thread_of_its_process_off_the_meter_cores() -> None:
+    free, union, later, again = _python_json(_PIN_ALL_THREADS.format(reserved=CORES[-1]))
     others = CORES[:-1]
     assert free == others and union == others and later == others
     assert again == others  # pinning again (a reused worker) changes nothing
@@ -233,17 +239,7 @@ print(json.dumps([node.choice.mode, list(node.cores), inside, later[0], after]))
 
 
 def _driver_keeps_off(section: str) -> list:
-    root = Path(__file__).resolve().parents[2]
-    code = _DRIVER_KEEPS_OFF.format(section=section, first=CORES[0])
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return json.loads(out)
+    return _python_json(_DRIVER_KEEPS_OFF.format(section=section, first=CORES[0]))
 
 
 @two_cores
