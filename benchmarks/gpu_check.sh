@@ -5,20 +5,24 @@
 #      the recorded latency medians (benchmarks/gpu_packing.py);
 #   2. if time is left, 8 per GPU (2 rounds) with the gate off (isolation: none) and its quiet
 #      re-check, to show what the isolation keeps out of the figures.
-# PARTS="pinning fixed" bash benchmarks/gpu_check.sh runs the two diagnostics instead (below).
+# PARTS="start fixed" bash benchmarks/gpu_check.sh runs two diagnostics instead (below).
 # From the project's root, after ../shared/tools/gpu-bundle.sh built .gpu-bundle:
 #   bash benchmarks/gpu_check.sh            (reports go to $OUT, else /tmp/gpu-check)
 #   SMOKE=1 PY=.venv/bin/python bash benchmarks/gpu_check.sh   (checks this script on CPUs)
 # DEADLINE_S (default 560) bounds the whole run, so that a call's time limit is never hit.
 set -u
 # PARTS (default "packing none"): which checks, in order, each only if the deadline leaves it
-# the seconds it needs. "pinning" (benchmarks/meter_pinning.py, ~2 min) and "fixed" (the fixed
-# cost's profile, benchmarks/search_fixed_cost.py, ~3 min) suit a second call.
+# the seconds it needs. "pinning" (benchmarks/meter_pinning.py, ~2 min), "start" (the command's
+# start, this checkout against the one in .ab-before/, benchmarks/search_start.py, ~2 min) and
+# "fixed" (the fixed cost's stages, benchmarks/search_fixed_cost.py; ~1.5 min in the packing's
+# warm work directory, ~3 min without) suit a second call. For "start", first:
+#   mkdir .ab-before && git archive <commit> orchestrator trials searchspace reports | tar -x -C .ab-before
+# (ignored through .git/info/exclude) and carry .ab-before too.
 parts=${PARTS:-packing none}
 for part in $parts; do
   case $part in
-    packing | none | pinning | fixed) ;;
-    *) echo "PARTS: unknown part '$part'; use packing, none, pinning or fixed" >&2; exit 2 ;;
+    packing | none | pinning | start | fixed) ;;
+    *) echo "PARTS: unknown part '$part'; use packing, none, pinning, start or fixed" >&2; exit 2 ;;
   esac
 done
 out=${OUT:-/tmp/gpu-check}
@@ -49,6 +53,19 @@ py=${PY:-python3}
   $py -c 'import torch, ray, optuna, mlflow, onnxruntime as ort; print("torch", torch.__version__,
 "cuda", torch.cuda.is_available(), "ray", ray.__version__, "optuna", optuna.__version__,
 "mlflow", mlflow.__version__, "onnxruntime", ort.__version__)'
+  # What the trial code and ray.init both import on this machine (run side by side by the
+  # search's start; orchestrator/_ray_session.py): must be none.
+  $py - <<'PY'
+import json, subprocess, sys, tempfile
+pre = "import sys, json, argparse, searchspace, ray, gzip, pkgutil, timeit; b = set(sys.modules)\n"
+end = "\nprint(json.dumps(sorted(set(sys.modules) - b)))"
+d = tempfile.mkdtemp(prefix="slimtune-ray-")
+def mods(code):
+    out = subprocess.run([sys.executable, "-c", pre + code + end], capture_output=True, text=True)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+both = mods(f"ray.init(num_cpus=1, include_dashboard=False, _temp_dir={d!r}); ray.shutdown()") & mods("import trials")
+print("modules imported by both the trial code and ray.init:", sorted(both) or "none")
+PY
 } 2>&1 | tee "$out/env.txt"
 
 for part in $parts; do
@@ -74,14 +91,28 @@ for part in $parts; do
       timeout "$(( $(left) - 10 ))" "$py" benchmarks/meter_pinning.py "${pin_args[@]}" \
         --out "$out/meter-pinning.txt" 2>&1 | tee "$out/log-pinning.txt"
       ;;
+    start)
+      if [ ! -f .ab-before/orchestrator/cli.py ]; then echo "== start skipped: no .ab-before"; continue; fi
+      if [ "$(left)" -lt 150 ]; then echo "== start skipped: $(left) s left"; continue; fi
+      echo "== start ($(left) s left)"
+      start_args=(--repeats 2)
+      [ -n "${SMOKE:-}" ] && start_args=(--smoke)
+      timeout "$(( $(left) - 10 ))" "$py" benchmarks/search_start.py --before .ab-before \
+        "${start_args[@]}" --workdir /tmp/ss --out "$out/search-start.txt" 2>&1 \
+        | tee "$out/log-start.txt"
+      ;;
     fixed)
-      if [ "$(left)" -lt 200 ]; then echo "== fixed skipped: $(left) s left"; continue; fi
+      # In the packing's work directory when it ran before (data, baseline, int8 choice cached).
+      fixed_args=(--config examples/mnist1d_large_gpu.yaml --runs 2 --workdir /tmp/fc)
+      needs=200
+      if [ -d /tmp/gp/.slimtune/cache ]; then
+        fixed_args=(--config examples/mnist1d_large_gpu.yaml --runs 1 --workdir /tmp/gp); needs=100
+      fi
+      [ -n "${SMOKE:-}" ] && fixed_args=(--smoke --runs 2 --workdir /tmp/fc)
+      if [ "$(left)" -lt "$needs" ]; then echo "== fixed skipped: $(left) s left"; continue; fi
       echo "== fixed ($(left) s left)"
-      fixed_args=(--config examples/mnist1d_large_gpu.yaml)
-      [ -n "${SMOKE:-}" ] && fixed_args=(--smoke)
       timeout "$(( $(left) - 10 ))" "$py" benchmarks/search_fixed_cost.py "${fixed_args[@]}" \
-        --trials 2 --runs 2 --workdir /tmp/fc --out "$out/search-fixed-cost.txt" 2>&1 \
-        | tee "$out/log-fixed.txt"
+        --trials 2 --out "$out/search-fixed-cost.txt" 2>&1 | tee "$out/log-fixed.txt"
       ;;
   esac
   echo "== $part ended: exit ${PIPESTATUS[0]}, $(( $(date +%s) - t0 )) s in"

@@ -182,7 +182,8 @@ def run_slimtune(
 ) -> SlimtuneRun:
     from mlflow.tracking import MlflowClient
 
-    from orchestrator._search import SearchOptions, run_search
+    from orchestrator._ray_session import SearchOptions
+    from orchestrator._search import run_search
     from searchspace import load_spec
 
     spec = load_spec(config).model_copy(

@@ -38,13 +38,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import orchestrator._ray_session as ray_mod  # noqa: E402
+import orchestrator._schemes as schemes_mod  # noqa: E402
 import orchestrator._search as search_mod  # noqa: E402
-from orchestrator._search import SearchOptions, run_search  # noqa: E402
+from orchestrator._ray_session import SearchOptions  # noqa: E402
+from orchestrator._search import run_search  # noqa: E402
 from searchspace import SearchSpec  # noqa: E402
 
 STAGES = {
     "check_task": "dry run (thread)",
-    "_start_ray": "Ray start",
+    "start_ray": "Ray start",
     "running_meter": "meter start",
     "measure_baseline": "baseline",
     "resolve_int8_format": "int8 choice",
@@ -107,15 +110,19 @@ def _timed_cm(fn: Callable[..., Any], name: str, line: Timeline) -> Callable[...
 
 @contextlib.contextmanager
 def instrumented(line: Timeline) -> Iterator[None]:
-    saved = {name: getattr(search_mod, name) for name in STAGES}
+    where = {name: search_mod for name in STAGES} | {
+        "start_ray": ray_mod,
+        "check_task": schemes_mod,
+    }
+    saved = {name: getattr(where[name], name) for name in STAGES}
     try:
         for name in STAGES:
             wrap = _timed_cm if name == "running_meter" else _timed
-            setattr(search_mod, name, wrap(saved[name], name, line))
+            setattr(where[name], name, wrap(saved[name], name, line))
         yield
     finally:
         for name, fn in saved.items():
-            setattr(search_mod, name, fn)
+            setattr(where[name], name, fn)
 
 
 def one_search(spec: SearchSpec, config: Path, workdir: Path) -> tuple[Timeline, float, float]:

@@ -10,14 +10,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from orchestrator._ray_session import SearchOptions
     from orchestrator._samplers import build_sampler
-    from orchestrator._search import SearchOptions, SearchOutcome, run_search
+    from orchestrator._search import SearchOutcome, run_search
     from orchestrator._searcher import OptunaAskTell
     from orchestrator._tracking import TrackingTarget, resolve_tracking_uri
 
 _WHERE = {
     "OptunaAskTell": "orchestrator._searcher",
-    "SearchOptions": "orchestrator._search",
+    "SearchOptions": "orchestrator._ray_session",
     "SearchOutcome": "orchestrator._search",
     "TrackingTarget": "orchestrator._tracking",
     "build_sampler": "orchestrator._samplers",

@@ -10,16 +10,35 @@ same search (or ``--resume``) does not export again. A refusal is never cached.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from pathlib import Path
 from typing import TextIO
 
 from searchspace import Choice, FloatRange, SearchSpec
-from trials import SchemeCheck, Task, check_schemes, library_versions, write_text_atomic
+from trials import (
+    SchemeCheck,
+    Task,
+    check_schemes,
+    check_task,
+    library_versions,
+    write_text_atomic,
+)
 
 # Bump when what check_schemes checks changes, so an older cached pass is not trusted.
 SCHEME_CHECK_VERSION = 1
+
+
+def preflight(spec: SearchSpec, task: Task, cache_dir: Path) -> str:
+    """The task's dry run, then every bits x pruning pair of the space exported and
+    export-checked (``check_space_schemes``; raises ``SchemeRefused``): the lines to print."""
+    check = check_task(task)
+    seconds = sum(t for _, t in check.steps)
+    lines = io.StringIO()
+    print(f"task {check.task!r} passed its dry run in {seconds:.1f} s", file=lines)
+    check_space_schemes(spec, task, out=lines, cache_dir=cache_dir)
+    return lines.getvalue()
 
 
 def space_schemes(spec: SearchSpec) -> tuple[tuple[int, ...], tuple[str, ...], float]:

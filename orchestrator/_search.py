@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import pandas as pd
 import torch
@@ -24,13 +19,13 @@ from ray.tune import Callback
 
 from orchestrator._baseline import BaselineFailed, measure_baseline
 from orchestrator._int8 import resolution_tags, resolve_int8_format
-from orchestrator._isolation import NodeCores, keep_off_meter_cores
 from orchestrator._latency import MeterRef, running_meter
 from orchestrator._progress import (
     cost_summary,
     pareto_table,
     table_knobs,
 )
+from orchestrator._ray_session import SearchOptions, SearchStart, local_env, start_search
 from orchestrator._records import (
     RecordsLost,
     RecordsWatch,
@@ -41,9 +36,7 @@ from orchestrator._records import (
     end_interrupted,
     records_unwritable,
 )
-from orchestrator._resources import check_resources
 from orchestrator._resume import check_resume_config
-from orchestrator._schemes import check_space_schemes
 from orchestrator._sigint import remembered_sigint
 from orchestrator._state import check_resume_state
 from orchestrator._tracking import (
@@ -67,20 +60,8 @@ from reports import publish_front
 from searchspace import SearchSpec, SlimtuneError, to_distributions
 from trials import (
     Task,
-    check_task,
-    load_task,
     run_trial,
 )
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    """How to run a spec, from the command line: where, and with which paths."""
-
-    config_path: Path
-    workdir: Path
-    address: str | None = None
-    resume: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,27 +75,6 @@ class SearchOutcome:
     wall_seconds: float
 
 
-def _local_env() -> None:
-    # Local Ray workers inherit the driver's environment: set what every process needs once.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    # Save the search's state (trials, the sampler's study) every second, so that a driver
-    # killed mid-search loses at most a second of bookkeeping; --resume restores from it.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    # Ray Tune's default per-trial loggers (CSV, JSON, TensorBoard) run in its loop at every
-    # trial's start, result and end (~5 ms per trial, a TensorBoard writer thread each) and
-    # duplicate what MLflow records; the search adds back only the JSON one (see _tune.run_tune).
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    # A trial stopped early ends its thread inside tune.report; Ray waits this long (default
-    # 2 s) for it before reusing the actor, and fails the next trial if it has not ended (on a
-    # loaded machine the unwinding, e.g. leaving the latency gate, can take longer).
-    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
-    # torch configures its loggers when imported (by now): keep the exporter's notices quiet.
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-
-
 def run_search(
     spec: SearchSpec,
     opts: SearchOptions,
@@ -122,113 +82,71 @@ def run_search(
     out: TextIO | None = None,
     trial_body: TrialBody = run_trial,
     tune_callbacks: Sequence[Callback] = (),
+    started: SearchStart | None = None,
 ) -> SearchOutcome:
     """Run ``spec`` to the end and return where its records are.
 
     ``trial_body`` is what each trial does inside its MLflow run (``trials.run_trial``) and
     ``tune_callbacks`` are Ray Tune callbacks added to the search's own; only the orchestration
     benchmark sets them (a fixed workload, and a timeline of the driver's trial events).
+    ``started``: Ray up and the task dry-run for this search (``start_search``, which
+    ``slimtune search`` enters before it imports this module); None: started here.
 
     Order matters: the task's dry run and the cluster's resources are checked before anything
     is written to MLflow, so a search that cannot run leaves no half-made records.
     """
     out = out or sys.stdout
     t0 = time.perf_counter()
-    _local_env()
+    local_env()  # before MLflow and Ray are touched (start_search sets it again: no change)
     workdir = opts.workdir.resolve()
-    task = load_task(spec.task)
     uri = resolve_tracking_uri(spec.tracking.uri, workdir)
+    if started is None:
+        probe_tracking(uri)
+        if opts.resume:
+            _check_resume(spec, uri, workdir, out)
+        with start_search(spec, opts) as started:
+            return _started(spec, opts, started, uri, t0, out, trial_body, tune_callbacks)
     probe_tracking(uri)
-    if opts.resume:
-        # Before Ray and before MLflow is written: a config other than the one the search
-        # started with is refused with nothing recorded altered.
-        check_resume_config(MlflowClient(tracking_uri=uri), spec, out=out)
-        # A damaged state would make Ray hang, a planted one run code: checked first (exit 2).
-        space = to_distributions(spec.space)
-        check_resume_state(MlflowClient(tracking_uri=uri), spec, workdir, space)
-    # The task's dry run, then the export check of every bits x pruning pair of the space on
-    # the untrained model, run in a thread while Ray and the latency meter start (seconds each,
-    # mostly waiting for processes): the search's fixed cost is the longest, not the sum.
-    # A failed dry run or a refused pair still stops the search before anything is written to
-    # MLflow or to Ray's storage.
-    cache_dir = workdir / ".slimtune" / "cache"
-    with ThreadPoolExecutor(1, thread_name_prefix="slimtune-dry-run") as pool:
-        dry_run = pool.submit(_preflight, spec, task, cache_dir)
-        with _meter_node(spec, opts) as node:
-            try:
-                _start_ray(spec, opts)
-            except BaseException:
-                dry_run.cancel()
-                raise
-            try:
-                # Before MLflow: a latency meter that cannot start leaves no half-made records.
-                with running_meter(spec.latency, trial_cpus=spec.resources.cpu, node=node) as meter:
-                    print(dry_run.result(), file=out, end="", flush=True)
-                    with remembered_sigint() as interrupted:
-                        return _run(
-                            spec,
-                            opts,
-                            task,
-                            workdir,
-                            uri,
-                            t0,
-                            out,
-                            meter,
-                            trial_body,
-                            tune_callbacks,
-                            interrupted,
-                        )
-            finally:
-                import ray
-
-                ray.shutdown()
+    return _started(spec, opts, started, uri, t0, out, trial_body, tune_callbacks)
 
 
-def _preflight(spec: SearchSpec, task: Task, cache_dir: Path) -> str:
-    """The task's dry run, then every bits x pruning pair of the space exported and
-    export-checked (``check_space_schemes``; raises ``SchemeRefused``): the lines to print."""
-    check = check_task(task)
-    seconds = sum(t for _, t in check.steps)
-    lines = io.StringIO()
-    print(f"task {check.task!r} passed its dry run in {seconds:.1f} s", file=lines)
-    check_space_schemes(spec, task, out=lines, cache_dir=cache_dir)
-    return lines.getvalue()
+def _check_resume(spec: SearchSpec, uri: str, workdir: Path, out: TextIO) -> None:
+    """Before Ray and before MLflow is written: a config other than the one the search started
+    with is refused with nothing recorded altered; a damaged state (which would make Ray hang)
+    or a planted one (which would run code) is refused (exit 2)."""
+    check_resume_config(MlflowClient(tracking_uri=uri), spec, out=out)
+    space = to_distributions(spec.space)
+    check_resume_state(MlflowClient(tracking_uri=uri), spec, workdir, space)
 
 
-def _ray_address(opts: SearchOptions) -> str | None:
-    """The cluster to join; None: start one on this machine. Inside `ray job submit`,
-    RAY_ADDRESS names the cluster: join it rather than start one."""
-    return opts.address or os.environ.get("RAY_ADDRESS") or None
-
-
-def _meter_node(
-    spec: SearchSpec, opts: SearchOptions
-) -> contextlib.AbstractContextManager[NodeCores | None]:
-    """Where this process starts Ray itself: under ``isolation: cores``, it and so all that
-    Ray starts keeps off the meter's cores (``keep_off_meter_cores``); joining a cluster, the
-    meter resolves its isolation on the node where it lands."""
-    if _ray_address(opts) is not None:
-        return contextlib.nullcontext()
-    return keep_off_meter_cores(spec.latency, trial_cpus=spec.resources.cpu)
-
-
-def _start_ray(spec: SearchSpec, opts: SearchOptions) -> None:
-    import ray
-
-    init_kwargs: dict[str, Any] = {
-        "include_dashboard": False,
-        "log_to_driver": False,
-        "logging_level": logging.WARNING,
-    }
-    address = _ray_address(opts)
-    if address is None:
-        init_kwargs["_temp_dir"] = tempfile.mkdtemp(prefix="slimtune-ray-")
-    ray.init(address=address, **init_kwargs)
-    try:
-        check_resources(spec, ray.nodes())
-    except BaseException:
-        ray.shutdown()
-        raise
+def _started(
+    spec: SearchSpec,
+    opts: SearchOptions,
+    started: SearchStart,
+    uri: str,
+    t0: float,
+    out: TextIO,
+    trial_body: TrialBody,
+    tune_callbacks: Sequence[Callback],
+) -> SearchOutcome:
+    # Before MLflow: a latency meter that cannot start leaves no half-made records.
+    with running_meter(spec.latency, trial_cpus=spec.resources.cpu, node=started.ray.node) as meter:
+        task, lines = started.checked()  # the dry run went on while the meter started
+        print(lines, file=out, end="", flush=True)
+        with remembered_sigint() as interrupted:
+            return _run(
+                spec,
+                opts,
+                task,
+                opts.workdir.resolve(),
+                uri,
+                t0,
+                out,
+                meter,
+                trial_body,
+                tune_callbacks,
+                interrupted,
+            )
 
 
 def _run(

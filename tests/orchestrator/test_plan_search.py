@@ -20,13 +20,17 @@ from trials import CompressionPlan
 pytestmark = pytest.mark.e2e
 
 TINY = Path(__file__).resolve().parents[1] / "trials"  # holds trials_tiny_task.py
-# The random sampler with seed 0 draws each plan kind once (checked below).
+# The random sampler with seed 0 draws each plan kind once (checked below). One trial at a
+# time: the mixed trial's latency table is timed inline, in its own process, and beside the
+# other trial's training on 2 cores its timings were noisy enough for a plan to meet the
+# budget with one fp16 layer by their noise (one run in four); what this test checks is the
+# plan chosen from a table timed on a quiet machine.
 CONFIG = """
 experiment: plans
 task: trials_tiny_task:TinyDigits
 seed: 3
 trials: 2
-concurrency: 2
+concurrency: 1
 space:
   lr: 2.0e-3
   batch_size: {choices: [64]}

@@ -1,0 +1,117 @@
+"""The search's start (orchestrator._ray_session.start_search): Ray starts while a thread
+imports the trial code, loads the task and runs its dry run, where the machine has the cores
+(``starts_beside_ray``); on fewer, the task is loaded first and only the dry run runs beside
+Ray's start. Either way a task that cannot run stops the search with its reason, exit 2,
+nothing written to MLflow. The 2-core CI machine takes the second path by itself: the first is
+forced by lowering ``BESIDE_RAY_MIN_CORES`` in the command's own process (``cli(...,
+beside_ray=True)``; the suite's shared search runs that way)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import orchestrator._ray_session as session
+from orchestrator._ray_session import SearchOptions, start_search
+from searchspace import SlimtuneError, parse_spec
+from tests.orchestrator.conftest import E2E_TRIALS, E2ESearch, cli, cli_env, small_config
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = Path(__file__).resolve().parents[1] / "trials"
+BROKEN = """
+from torch import nn
+from trials_tiny_task import TinyDigits
+
+
+class Boom(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("boom in forward")
+
+
+class BrokenForward(TinyDigits):
+    name = "broken-forward"
+
+    def build_model(self):
+        return Boom()
+"""
+
+
+def _modules_after(prefix: str, code: str) -> set[str]:
+    """The modules a fresh interpreter imports running ``code`` after ``prefix``."""
+    script = (
+        f"import sys, json\n{prefix}\nbefore = set(sys.modules)\n{code}\n"
+        "print(json.dumps(sorted(set(sys.modules) - before)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=cli_env(PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    return set(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def test_the_trial_code_and_ray_init_share_no_module_while_side_by_side() -> None:
+    # What the command has imported when the two start (its config types, Ray, the shared few).
+    prefix = "import argparse, searchspace, ray\n" + "".join(
+        f"import {name}\n" for name in session._SHARED_WITH_RAY_INIT
+    )
+    ray_dir = tempfile.mkdtemp(prefix="slimtune-ray-")  # short: Ray's socket paths are limited
+    ray_init = (
+        "ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, "
+        f"_temp_dir={ray_dir!r}); ray.shutdown()"
+    )
+    by_ray = _modules_after(prefix, ray_init)
+    by_trials = _modules_after(prefix, "import trials")
+    assert by_ray and "torch" in by_trials  # each measured something
+    assert not by_ray & by_trials, sorted(by_ray & by_trials)
+
+
+def test_on_a_small_machine_a_task_that_fails_to_load_stops_before_ray_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def no_ray(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Ray was started for a task that does not load")
+
+    monkeypatch.setattr(session, "BESIDE_RAY_MIN_CORES", 10_000)
+    monkeypatch.setattr(session, "search_ray", no_ray)
+    spec = parse_spec("experiment: x\ntask: no_such_module_anywhere:Task\n")
+    opts = SearchOptions(config_path=tmp_path / "c.yaml", workdir=tmp_path)
+    with pytest.raises(SlimtuneError, match="no_such_module_anywhere"), start_search(spec, opts):
+        pass
+
+
+@pytest.mark.e2e
+def test_the_shared_search_loaded_its_task_beside_ray_start_and_ran(e2e_search: E2ESearch) -> None:
+    _, done = e2e_search  # conftest.py: the suite's one search started that way
+    out = done.stdout
+    assert out.index("passed its dry run") < out.index("search run ") < out.index("trials finished")
+    assert f"{E2E_TRIALS} trials finished, 0 failed" in out
+    assert "torchvision is not installed" not in done.stderr  # the exporter's notices quiet
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("broken", ["forward", "import"])
+def test_a_task_that_fails_beside_ray_start_stops_the_search_and_writes_nothing(
+    tmp_path: Path, broken: str
+) -> None:
+    body = BROKEN if broken == "forward" else "import no_such_module_anywhere\n"
+    (tmp_path / "broken_task.py").write_text(body)
+    config = small_config("broken", trials=2, task="broken_task:BrokenForward")
+    (tmp_path / "c.yaml").write_text(config)
+    path = os.pathsep.join(str(p) for p in (tmp_path, TINY, ROOT))
+    done = cli("search", "c.yaml", cwd=tmp_path, env={"PYTHONPATH": path}, beside_ray=True)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
+    reason = "boom in forward" if broken == "forward" else "no_such_module_anywhere"
+    assert reason in done.stderr and "Traceback" not in done.stderr
+    assert "passed its dry run" not in done.stdout
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
