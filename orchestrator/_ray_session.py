@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ class SearchStart:
     ray: SearchRay
     loading: Future[Task]
     checking: Future[str]
+    began: float  # time.perf_counter() when the start began: the search's wall time counts it
 
     def checked(self) -> tuple[Task, str]:
         """The task and the lines its dry run and scheme check printed, once they ended;
@@ -69,6 +71,7 @@ def start_search(spec: SearchSpec, opts: SearchOptions) -> Iterator[SearchStart]
     ``spec.task`` and runs its dry run and the space's scheme check, which go on in the block
     (``SearchStart.checked``: the latency meter starts beside them). Nothing of the saved
     state of a ``--resume`` is read here: check it before (``run_search`` does)."""
+    began = time.perf_counter()
     local_env()
     cache_dir = opts.workdir.resolve() / ".slimtune" / "cache"
     for name in ("ray", *_SHARED_WITH_RAY_INIT):
@@ -84,7 +87,7 @@ def start_search(spec: SearchSpec, opts: SearchOptions) -> Iterator[SearchStart]
             except BaseException:
                 checking.cancel()
                 raise
-            yield SearchStart(ray_up, loading, checking)
+            yield SearchStart(ray_up, loading, checking, began)
 
 
 # What both the trial code (torch, ONNX, ONNX Runtime) and ``ray.init`` import (measured with Ray

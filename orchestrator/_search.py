@@ -107,7 +107,7 @@ def run_search(
         with start_search(spec, opts) as started:
             return _started(spec, opts, started, uri, t0, out, trial_body, tune_callbacks)
     probe_tracking(uri)
-    return _started(spec, opts, started, uri, t0, out, trial_body, tune_callbacks)
+    return _started(spec, opts, started, uri, started.began, out, trial_body, tune_callbacks)
 
 
 def _check_resume(spec: SearchSpec, uri: str, workdir: Path, out: TextIO) -> None:

@@ -23,7 +23,8 @@ elements (``outputs``). What layers alone do not show (a ReLU no
 longer fused into an int8 convolution, a float op between two int8 layers that keeps their
 quantization apart) is calibrated on the whole-model timings: each layer's time at a format is
 multiplied by ``1 + context[f]``, where ``context[f]`` is the whole model's measured latency at
-that format less the prediction, over the layers' summed time at it. What is left is what each
+that format less the prediction, over the layers' summed time at it (at least -1: no layer's
+time goes below zero, ``context_ratio``). What is left is what each
 trial reports as the prediction's error (tag ``plan_latency_error``): the float ops
 (activations, norms, attention's softmax) that per-layer widths also shrink, the meter's noise.
 """
@@ -282,9 +283,18 @@ def measure_latency_table(
     context: dict[str, float] = {}
     for fmt in MIXED_FORMATS[1:]:
         whole = timed(exported(model, names, fmt, example, calibration), x)
-        summed = sum(first.compute_ms(n, fmt) for n in names) or 1.0
-        context[fmt] = (whole - first.isolated(dict.fromkeys(names, fmt))) / summed
+        summed = sum(first.compute_ms(n, fmt) for n in names)
+        context[fmt] = context_ratio(whole, first.isolated(dict.fromkeys(names, fmt)), summed)
     return LatencyTable(dense, overhead, table, context, node=job.node, threads=job.plan.threads)
+
+
+def context_ratio(whole_ms: float, isolated_ms: float, layers_ms: float) -> float:
+    """``context[f]``: the whole model's measured latency at a format less the layers-alone
+    prediction, over the layers' summed time at it; never below -1, where it would give a
+    layer a negative time. A whole-model timing far below its layers' own (a noisy table:
+    e.g. timed inline beside another trial's training) would otherwise credit a plan with
+    more time than its layers take, and meet a latency budget by noise."""
+    return max(-1.0, (whole_ms - isolated_ms) / (layers_ms or 1.0))
 
 
 def _export(

@@ -27,7 +27,7 @@ from trials import (
     run_trial,
 )
 from trials._plan_allocate import Choice, allocate_joint
-from trials._plan_latency import ROUND_TRIP, LatencyTable
+from trials._plan_latency import ROUND_TRIP, LatencyTable, context_ratio
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -64,6 +64,17 @@ def test_the_latency_prediction_composes_the_measured_layer_times() -> None:
     expected = TABLE.predict(plan) + 0.1 * 0.05 - 0.05 * 0.08
     assert CALIBRATED.predict(plan) == pytest.approx(expected)
     assert CALIBRATED.isolated(plan) == pytest.approx(TABLE.predict(plan))
+
+
+def test_a_whole_model_timing_below_its_layers_never_gives_a_layer_negative_time() -> None:
+    # The layers at int8 take 0.10 ms between them; alone they predict 0.85 ms for the model.
+    assert context_ratio(0.86, 0.85, 0.10) == pytest.approx(0.1)  # measured: kept as it is
+    # A whole-model timing of 0.50 ms (e.g. a noisy one) would make the layers' time -2.5x:
+    # capped at -1, a layer's calibrated time is zero at the least, never negative.
+    assert context_ratio(0.50, 0.85, 0.10) == -1.0
+    noisy = dataclasses.replace(TABLE, context={"int8": context_ratio(0.50, 0.85, 0.10)})
+    # a at int8 saves at most its whole fp32 time (0.20 ms less one empty run), not more.
+    assert noisy.predict({"a": "int8", "b": "fp32"}) == pytest.approx(1.0 - 0.20)
 
 
 def test_narrower_layers_cost_a_fixed_part_and_a_part_per_multiply_add() -> None:
