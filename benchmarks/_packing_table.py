@@ -63,6 +63,11 @@ def summarize(p: Packing, start: StartCost) -> dict[str, float]:
         "overhead_fraction": (starts + setup) / busy,
         "overhead_vs_train": (starts + setup) / max(sum(train), 1e-9),
         "slot_idle_fraction": 1 - busy / (p.per_gpu * window) if window > 0 else float("nan"),
+        # The fixed cost, split: launch to the line naming the search's run; that line to the
+        # first trial's run; the last trial's end to the command's exit (nan where unknown).
+        "to_run_line_s": p.run_line_s,
+        "run_line_to_first_s": first - p.began - p.run_line_s,
+        "after_last_s": p.began + p.wall_s - last,
         "first_trial_setup_s": statistics.fmean(
             _m(r, "device_init_seconds") + _m(r, "data_seconds")
             for r in done
@@ -166,6 +171,18 @@ def render(
             f"{r['setup_s_per_trial']:>12.2f}  {r['first_trial_setup_s']:>23.2f}  "
             f"{r['later_trial_setup_s']:>12.3f}  {r['overhead_fraction']:>21.1%}  "
             f"{r['overhead_vs_train']:>21.1%}  {r['slot_idle_fraction']:>9.1%}"
+        )
+    out += [
+        "",
+        "fixed s, split: launch to the line naming the search's run (imports, Ray, the meter, "
+        "dry run); that line to the first trial's run (baseline, int8 choice, Ray Tune, the first "
+        "worker's start); the last trial's end to the exit (report, Ray's shut-down, exit)",
+        "per GPU isolation  to the run line  run line to first trial  last trial to exit",
+    ]
+    for r, p in zip(rows, packings, strict=True):
+        out.append(
+            f"{p.label:>16}  {r['to_run_line_s']:>15.1f}  {r['run_line_to_first_s']:>23.1f}  "
+            f"{r['after_last_s']:>18.1f}"
         )
     best = max(range(len(rows)), key=lambda i: rows[i]["trials_per_hour"])
     gain = gains[best]

@@ -38,11 +38,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,6 +63,9 @@ from benchmarks._packing_table import render, summarize, task_of  # noqa: E402
 from benchmarks._quiet_check import QuietCheck, quiet_check  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "examples" / "mnist1d_large_gpu.yaml"
+# The command's line naming the search's MLflow run ("slimtune: experiment 'x', search run ..."),
+# printed once Ray, the latency meter, the dry run and the scheme check are done.
+RUN_LINE = "search run "
 
 
 @dataclass
@@ -117,6 +122,8 @@ class Packing:
     gpu_source: str = "none"
     isolation: str = "?"  # as the search resolved it (its run's latency_isolation tag)
     quiet: QuietCheck | None = None
+    began: float = float("nan")  # epoch seconds when the command was launched
+    run_line_s: float = float("nan")  # seconds to its line naming the search's MLflow run
 
     @property
     def label(self) -> str:
@@ -177,22 +184,13 @@ def run_packing(
         "RAY_AUTH_MODE": "disabled",
     }
     with GpuSampler(sample_s) as sampler:
-        t0 = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", "search", path.name],
-            cwd=workdir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-        wall = time.perf_counter() - t0
-    if proc.returncode != 0:
+        began = time.time()
+        code, stdout, stderr, run_line_s, wall = _stamped_search(path.name, workdir, env, timeout_s)
+    if code != 0:
         raise SystemExit(
-            f"the search with {per_gpu} trials per GPU failed (exit {proc.returncode}):\n"
-            + proc.stdout[-3000:]
-            + proc.stderr[-3000:]
+            f"the search with {per_gpu} trials per GPU failed (exit {code}):\n"
+            + stdout[-3000:]
+            + stderr[-3000:]
         )
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     exp = client.get_experiment_by_name(cfg["experiment"])
@@ -219,7 +217,41 @@ def run_packing(
         sampler.samples,
         sampler.source,
         isolation=isolation,
+        began=began,
+        run_line_s=run_line_s,
     )
+
+
+def _stamped_search(
+    config: str, workdir: Path, env: dict[str, str], timeout_s: float
+) -> tuple[int, str, str, float, float]:
+    """Run `slimtune search CONFIG`; return its exit code, output, error output, the seconds
+    to the line naming its MLflow run (nan if none) and its wall seconds."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "search", config],
+            cwd=workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+        assert proc.stdout is not None
+        lines, run_line = [], float("nan")
+        timer = threading.Timer(timeout_s, proc.kill)
+        timer.start()
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if math.isnan(run_line) and RUN_LINE in line:
+                    run_line = time.perf_counter() - t0
+            code = proc.wait()
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - t0
+        err.seek(0)
+        return code, "".join(lines), err.read(), run_line, wall
 
 
 def plan_runs(

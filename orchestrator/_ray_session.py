@@ -1,10 +1,13 @@
-"""The start of a search: Ray started (or joined) while another thread imports torch and the
-trial code, loads the task and runs its dry run; both ended before anything is written.
+"""The start of a search: Ray started (or joined) while another thread runs the task's dry run
+and, on a machine with the cores for it, first imports torch and the trial code and loads the
+task; all of it ended before anything is written to MLflow.
 
 Light on purpose (Ray and the config types only; torch and the trial code are imported in the
 thread): ``slimtune search`` calls ``start_search`` before it imports the rest of the search,
 so that the command pays the longer of Ray's start and the task's import and dry run, not their
-sum. ``run_search`` calls it too when it is given no start (a library caller).
+sum. ``run_search`` calls it too when it is given no start (a library caller). The task's own
+module is imported beside ``ray.init`` then, as its dry run (which may import lazily) always
+was.
 """
 
 from __future__ import annotations

@@ -75,3 +75,25 @@ def test_the_quiet_check_says_each_trial_and_the_verdict() -> None:
         "trial 5: recorded 1.5000 ms, quiet 1.0000 ms (1.500); search's measurement: "
         "converged false, remeasured 2, CV 0.400"
     )
+
+
+def test_the_fixed_cost_splits_at_the_run_line_and_the_trial_window() -> None:
+    from types import SimpleNamespace
+
+    from benchmarks._packing_table import summarize
+    from benchmarks.gpu_packing import Packing, StartCost
+
+    def run(start: float, end: float, index: int) -> SimpleNamespace:
+        info = SimpleNamespace(status="FINISHED", start_time=start * 1e3, end_time=end * 1e3)
+        metrics = {"trial_seconds": end - start, "train_seconds": 5.0, "worker_trial_index": index}
+        return SimpleNamespace(info=info, data=SimpleNamespace(metrics=metrics, tags={}))
+
+    # Launched at 1000 s; the run line 12 s in; trials 1030-1040 and 1040-1050; exit at 1060.
+    runs = [run(1030.0, 1040.0, 1), run(1040.0, 1050.0, 2)]
+    packing = Packing(1, 2, 60.0, runs, began=1000.0, run_line_s=12.0)  # type: ignore[arg-type]
+    row = summarize(packing, StartCost(3.0, 2.0, 0.5))
+    assert row["to_run_line_s"] == 12.0
+    assert row["run_line_to_first_s"] == pytest.approx(18.0)
+    assert row["after_last_s"] == pytest.approx(10.0)
+    parts = row["to_run_line_s"] + row["run_line_to_first_s"] + row["after_last_s"]
+    assert parts == pytest.approx(row["wall_s"] - row["window_s"])  # the fixed cost, whole

@@ -90,6 +90,49 @@ def test_on_a_small_machine_a_task_that_fails_to_load_stops_before_ray_starts(
         pass
 
 
+_CORES_BESIDE = """
+import json, os, tempfile, threading
+from pathlib import Path
+import orchestrator._ray_session as s
+from orchestrator._ray_session import SearchOptions, start_search
+from searchspace import parse_spec
+s.BESIDE_RAY_MIN_CORES = 1
+spec = parse_spec("experiment: x\\ntask: digits\\nlatency: {isolation: cores}\\n")
+work = Path(tempfile.mkdtemp())
+def masks():
+    return {t: sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")}
+with start_search(spec, SearchOptions(config_path=work / "c.yaml", workdir=work)) as started:
+    task, lines = started.checked()
+    names = {str(t.native_id): t.name for t in threading.enumerate()}
+    inside = masks()
+    cores = list(started.ray.node.cores)
+after = masks()
+dry = [t for t, n in names.items() if n.startswith("slimtune-dry-run")]
+print(json.dumps([cores, task.name, "passed its dry run" in lines, dry, inside, after]))
+"""
+
+
+def test_loaded_beside_ray_under_cores_the_thread_keeps_off_the_meter_core_too() -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("pinning needs two usable cores")
+    done = subprocess.run(
+        [sys.executable, "-c", _CORES_BESIDE],
+        cwd=ROOT,
+        env=cli_env(PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    meter, task, dry_ran, dry, inside, after = json.loads(done.stdout.strip().splitlines()[-1])
+    assert meter == cores[-1:] and task == "digits" and dry_ran
+    assert dry and all(t in inside for t in dry)  # the thread that loaded the task, alive
+    assert all(meter[0] not in mask for mask in inside.values())  # every thread, that one too
+    assert all(mask == cores for t, mask in after.items() if t in inside)  # masks given back
+
+
 @pytest.mark.e2e
 def test_the_shared_search_loaded_its_task_beside_ray_start_and_ran(e2e_search: E2ESearch) -> None:
     _, done = e2e_search  # conftest.py: the suite's one search started that way
