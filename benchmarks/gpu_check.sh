@@ -57,7 +57,7 @@ py=${PY:-python3}
   # search's start; orchestrator/_ray_session.py): must be none.
   $py - <<'PY'
 import json, subprocess, sys, tempfile
-pre = "import sys, json, argparse, searchspace, ray, gzip, pkgutil, timeit; b = set(sys.modules)\n"
+pre = "import sys, json, argparse, searchspace, ray, gzip, pkgutil, timeit, ctypes.util; b = set(sys.modules)\n"
 end = "\nprint(json.dumps(sorted(set(sys.modules) - b)))"
 d = tempfile.mkdtemp(prefix="slimtune-ray-")
 def mods(code):

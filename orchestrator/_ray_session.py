@@ -93,12 +93,13 @@ def start_search(spec: SearchSpec, opts: SearchOptions) -> Iterator[SearchStart]
             yield SearchStart(ray_up, loading, checking, began)
 
 
-# What both the trial code (torch, ONNX, ONNX Runtime) and ``ray.init`` import (measured with Ray
-# 2.60 and torch 2.13; tests/orchestrator/test_search_start.py checks it): imported before the
-# two run side by side, so that no module is imported by both threads at once (two threads
-# entering a circular import from two ends can see a half-made module). MLflow is imported
-# after Ray's start for that reason: it shares click and OpenTelemetry with ``ray.init``.
-_SHARED_WITH_RAY_INIT = ("gzip", "pkgutil", "timeit")
+# What both the trial code (torch, ONNX, ONNX Runtime) or the dry run (whose export imports
+# more, lazily) and ``ray.init`` import (measured with Ray 2.60 and torch 2.13;
+# tests/orchestrator/test_search_start.py checks it): imported before the two run side by side,
+# so that no module is imported by both threads at once (two threads entering a circular import
+# from two ends can see a half-made module). The rest of the search (MLflow, which shares click
+# and OpenTelemetry with ``ray.init``) is imported once both are done (``slimtune search``).
+_SHARED_WITH_RAY_INIT = ("gzip", "pkgutil", "timeit", "ctypes.util")
 
 
 # Below this many usable cores, the search's code is imported and the task loaded before Ray

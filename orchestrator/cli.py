@@ -166,8 +166,12 @@ def _search(args: argparse.Namespace) -> int:
         return EXIT_OK if run_search(spec, opts).finished > 0 else EXIT_FAILED
     # Ray starts while a thread imports torch and the trial code, loads the task and runs its
     # dry run (seconds each): the command pays the longer, not the sum. The rest of the search
-    # (MLflow, Ray Tune) is imported after; nothing is written to MLflow before run_search.
+    # (MLflow, Ray Tune, pandas) is imported once that thread is done: the dry run's export
+    # imports some of the same modules (pandas, scipy) lazily, and two threads importing one
+    # module's circular imports at once can see it half-made. Nothing is written to MLflow
+    # before run_search.
     with start_search(spec, opts) as started:
+        started.checked()  # a task that fails stops here, Ray shut down
         from orchestrator._search import run_search
 
         outcome = run_search(spec, opts, started=started)
