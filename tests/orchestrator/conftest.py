@@ -6,11 +6,13 @@ reads a finished search (tests/orchestrator/test_e2e_search.py, test_ui_browser.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,6 +39,25 @@ latency: {{warmup: 5, repeats: 30, threads: 1}}
 """
 
 E2ESearch = tuple[Path, subprocess.CompletedProcess[str]]
+ROOT = Path(__file__).resolve().parents[2]
+QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "RAY_AUTH_MODE": "disabled"}
+# A task (put beside trials_tiny_task.py on the path) whose model fails in its forward pass.
+BROKEN_FORWARD_TASK = """
+from torch import nn
+from trials_tiny_task import TinyDigits
+
+
+class Boom(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("boom in forward")
+
+
+class BrokenForward(TinyDigits):
+    name = "broken-forward"
+
+    def build_model(self):
+        return Boom()
+"""
 # `slimtune` with orchestrator._ray_session's core threshold lowered in its own process.
 BESIDE_RAY = (
     "import sys, orchestrator._ray_session as s; s.BESIDE_RAY_MIN_CORES = 1; "
@@ -74,7 +95,7 @@ latency: {latency}
 
 def cli_env(**extra: str) -> dict[str, str]:
     """The environment a test runs `slimtune` in: this one, quiet, plus ``extra``."""
-    return {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_AUTH_MODE": "disabled", **extra}
+    return {**os.environ, **QUIET_ENV, **extra}
 
 
 def cli(
@@ -109,3 +130,20 @@ def e2e_search(tmp_path_factory: pytest.TempPathFactory) -> E2ESearch:
     proc = cli("search", "c.yaml", cwd=work, beside_ray=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return work, proc
+
+
+def python_json(code: str, **env: str) -> Any:
+    """What ``code``, run in a fresh Python process at the repository's root (affinities set
+    and modules imported there stay there), prints on its last line, as JSON; ``env`` is added
+    to this environment. A non-zero exit fails with the process's error output."""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

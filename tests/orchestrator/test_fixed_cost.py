@@ -8,34 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.orchestrator.conftest import cli, small_config
+from tests.orchestrator.conftest import BROKEN_FORWARD_TASK, cli, small_config
 
 TINY = Path(__file__).resolve().parents[1] / "trials"
 ROOT = Path(__file__).resolve().parents[2]
-
-BROKEN = """
-from torch import nn
-from trials_tiny_task import TinyDigits
-
-
-class Boom(nn.Module):
-    def forward(self, x):
-        raise RuntimeError("boom in forward")
-
-
-class BrokenForward(TinyDigits):
-    name = "broken-forward"
-
-    def build_model(self):
-        return Boom()
-"""
 
 
 @pytest.mark.e2e
 def test_a_dry_run_that_fails_beside_ray_start_stops_the_search_and_writes_nothing(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "broken_task.py").write_text(BROKEN)
+    (tmp_path / "broken_task.py").write_text(BROKEN_FORWARD_TASK)
     config = small_config("broken", trials=2, task="broken_task:BrokenForward")
     (tmp_path / "c.yaml").write_text(config)
     path = os.pathsep.join(str(p) for p in (tmp_path, TINY, ROOT))

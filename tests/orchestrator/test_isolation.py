@@ -5,14 +5,10 @@ it."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -29,6 +25,7 @@ from orchestrator._isolation import (
 )
 from orchestrator._latency import MeterRef, Pinning, running_meter
 from searchspace import ConfigError, Latency, parse_spec
+from tests.orchestrator.conftest import python_json
 from trials import LatencyPlan, TrialRecord
 
 CORES = sorted(os.sched_getaffinity(0))
@@ -134,24 +131,9 @@ stop.set(); before.join()
 """
 
 
-def _python_json(code: str) -> Any:
-    """What ``code``, run in a fresh Python process (affinities changed there stay there),
-    prints as JSON."""
-    root = Path(__file__).resolve().parents[2]
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return json.loads(out)
-
-
 @two_cores
 def test_a_trial_pins_every_thread_of_its_process_off_the_meter_cores() -> None:
-    free, union, later, again = _python_json(_PIN_ALL_THREADS.format(reserved=CORES[-1]))
+    free, union, later, again = python_json(_PIN_ALL_THREADS.format(reserved=CORES[-1]))
     others = CORES[:-1]
     assert free == others and union == others and later == others
     assert again == others  # pinning again (a reused worker) changes nothing
@@ -239,7 +221,7 @@ print(json.dumps([node.choice.mode, list(node.cores), inside, later[0], after]))
 
 
 def _driver_keeps_off(section: str) -> list:
-    return _python_json(_DRIVER_KEEPS_OFF.format(section=section, first=CORES[0]))
+    return python_json(_DRIVER_KEEPS_OFF.format(section=section, first=CORES[0]))
 
 
 @two_cores

@@ -8,10 +8,7 @@ beside_ray=True)``; the suite's shared search runs that way)."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,26 +17,18 @@ import pytest
 import orchestrator._ray_session as session
 from orchestrator._ray_session import SearchOptions, start_search
 from searchspace import SlimtuneError, parse_spec
-from tests.orchestrator.conftest import E2E_TRIALS, E2ESearch, cli, cli_env, small_config
+from tests.orchestrator.conftest import (
+    BROKEN_FORWARD_TASK,
+    E2E_TRIALS,
+    QUIET_ENV,
+    E2ESearch,
+    cli,
+    python_json,
+    small_config,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).resolve().parents[1] / "trials"
-BROKEN = """
-from torch import nn
-from trials_tiny_task import TinyDigits
-
-
-class Boom(nn.Module):
-    def forward(self, x):
-        raise RuntimeError("boom in forward")
-
-
-class BrokenForward(TinyDigits):
-    name = "broken-forward"
-
-    def build_model(self):
-        return Boom()
-"""
 
 
 def _modules_after(prefix: str, code: str) -> set[str]:
@@ -48,16 +37,7 @@ def _modules_after(prefix: str, code: str) -> set[str]:
         f"import sys, json\n{prefix}\nbefore = set(sys.modules)\n{code}\n"
         "print(json.dumps(sorted(set(sys.modules) - before)))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=cli_env(PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=True,
-    )
-    return set(json.loads(done.stdout.strip().splitlines()[-1]))
+    return set(python_json(script, **QUIET_ENV))
 
 
 def test_the_trial_code_and_ray_init_share_no_module_while_side_by_side() -> None:
@@ -126,17 +106,7 @@ def test_loaded_beside_ray_under_cores_the_thread_keeps_off_the_meter_core_too()
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         pytest.skip("pinning needs two usable cores")
-    done = subprocess.run(
-        [sys.executable, "-c", _CORES_BESIDE],
-        cwd=ROOT,
-        env=cli_env(PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    meter, task, dry_ran, dry, inside, after = json.loads(done.stdout.strip().splitlines()[-1])
+    meter, task, dry_ran, dry, inside, after = python_json(_CORES_BESIDE, **QUIET_ENV)
     assert meter == cores[-1:] and task == "digits" and dry_ran
     assert dry and all(t in inside for t in dry)  # the thread that loaded the task, alive
     assert all(meter[0] not in mask for mask in inside.values())  # every thread, that one too
@@ -157,7 +127,7 @@ def test_the_shared_search_loaded_its_task_beside_ray_start_and_ran(e2e_search: 
 def test_a_task_that_fails_beside_ray_start_stops_the_search_and_writes_nothing(
     tmp_path: Path, broken: str
 ) -> None:
-    body = BROKEN if broken == "forward" else "import no_such_module_anywhere\n"
+    body = BROKEN_FORWARD_TASK if broken == "forward" else "import no_such_module_anywhere\n"
     (tmp_path / "broken_task.py").write_text(body)
     config = small_config("broken", trials=2, task="broken_task:BrokenForward")
     (tmp_path / "c.yaml").write_text(config)
