@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 from searchspace import TrialParams
@@ -33,3 +34,25 @@ def settings(cache_dir: Path, work_dir: Path) -> TrialSettings:
         calibration_samples=64,
         int8_format="u8s8-per-channel",
     )
+
+
+# CPU features that change a trial's bytes: the float kernels torch and ONNX Runtime dispatch to
+# (AVX2 or AVX-512 code paths, VNNI int8 kernels; the vendor for MKL's and oneDNN's paths).
+_ISA = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "sve")
+
+
+def cpu_key() -> str:
+    """The CPU a fingerprint holds for: architecture, vendor and the ISA features above."""
+    vendor, flags = "", set()
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        if name == "vendor_id" and not vendor:
+            vendor = value.strip()
+        elif name in ("flags", "features"):
+            flags.update(value.split())
+    return " ".join([platform.machine(), vendor or "unknown", *sorted(flags & set(_ISA))])
