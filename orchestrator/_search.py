@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +24,13 @@ from orchestrator._progress import (
     pareto_table,
     table_knobs,
 )
-from orchestrator._ray_session import SearchOptions, SearchStart, local_env, start_search
+from orchestrator._ray_session import (
+    SearchOptions,
+    SearchStart,
+    local_env,
+    ray_address,
+    start_search,
+)
 from orchestrator._records import (
     RecordsLost,
     RecordsWatch,
@@ -167,7 +172,7 @@ def _run(
     exp_id = open_experiment(
         client, spec.experiment, artifact_root=workdir / "mlruns" if local_store else None
     )
-    if local_store and opts.address is None and not os.environ.get("RAY_ADDRESS"):
+    if local_store and ray_address(opts) is None:
         use_wal(uri)  # every writer is on this machine; see use_wal for what it saves
     if opts.resume:
         parent = resumable_search_run(client, exp_id, spec.experiment)

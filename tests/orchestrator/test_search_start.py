@@ -138,3 +138,26 @@ def test_a_task_that_fails_beside_ray_start_stops_the_search_and_writes_nothing(
     assert reason in done.stderr and "Traceback" not in done.stderr
     assert "passed its dry run" not in done.stdout
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.parametrize(
+    ("address", "env", "expected"),
+    [
+        (None, None, None),
+        ("", None, None),  # an empty --address starts Ray here, as no --address does
+        (None, "ray://head:10001", "ray://head:10001"),  # inside `ray job submit`
+        ("", "10.0.0.1:6379", "10.0.0.1:6379"),
+        ("10.0.0.2:6379", "10.0.0.1:6379", "10.0.0.2:6379"),  # the option wins
+    ],
+)
+def test_the_cluster_to_join_is_decided_in_one_place(
+    monkeypatch: pytest.MonkeyPatch, address: str | None, env: str | None, expected: str | None
+) -> None:
+    """Ray's start and the store's write-ahead log (every writer on this machine) both read
+    ``ray_address``: a search that starts its own Ray is one whose writers are all local."""
+    if env is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    opts = SearchOptions(config_path=Path("c.yaml"), workdir=Path("."), address=address)
+    assert session.ray_address(opts) == expected
