@@ -25,6 +25,7 @@ from trials import (
     Int8Timing,
     Task,
     TrialSettings,
+    faithful_int8_formats,
     int8_resolution,
     int8_subject,
     resolved_choice,
@@ -90,8 +91,8 @@ def _resolve(
                 f"{timed.cpu.node}): its node was lost. Fix: run the search again; pin the meter "
                 "to one kind of node with latency.resources, or name quantization.int8_format."
             )
-        cache.write(timed.latencies_ms, timing)
-    return int8_resolution(timed.latencies_ms, "measured", node=timed.cpu.node)
+        cache.write(timed.figures, timing)
+    return int8_resolution(timed.figures, "measured", node=timed.cpu.node)
 
 
 def resolution_tags(resolution: Int8Resolution) -> dict[str, str]:
@@ -102,7 +103,14 @@ def resolution_tags(resolution: Int8Resolution) -> dict[str, str]:
 def _describe(resolution: Int8Resolution) -> str:
     how = "timed by the search meter" if resolution.source == "measured" else "cached timing"
     latencies = json.dumps({k: round(v, 4) for k, v in resolution.latencies_ms.items()})
-    return (
+    text = (
         f"int8 format (auto): {resolution.format} ({how} on node {resolution.node[:12]}; "
         f"median ms {latencies})"
     )
+    refused = sorted(set(resolution.deviations) - faithful_int8_formats(resolution.deviations))
+    if refused:
+        text += (
+            f"; not chosen, as this CPU's int8 kernels depart from their quantized math "
+            f"(saturating without VNNI): {', '.join(refused)}"
+        )
+    return text

@@ -129,12 +129,13 @@ class SearchMeter(abc.ABC):
         return self._cpu()
 
     def time_candidates(
-        self, models: dict[str, bytes], example: np.ndarray, timing: Int8Timing
+        self, models: dict[str, bytes], feed: np.ndarray, timing: Int8Timing
     ) -> CandidateTiming:
-        """Have the meter time the int8 candidates of ``int8_format: auto``, on its machine and
-        under its gate (see ``timed_candidates``)."""
+        """Have the meter time and check the int8 candidates of ``int8_format: auto`` (``feed``:
+        the example row first, then calibration rows), on its machine and under its gate (see
+        ``timed_candidates``)."""
         with self._aside():
-            return self._time_candidates(models, np.ascontiguousarray(example), timing)
+            return self._time_candidates(models, np.ascontiguousarray(feed), timing)
 
     def _aside(self) -> contextlib.AbstractContextManager[None]:
         return self._gate.stepped_aside() if self._gate else contextlib.nullcontext()
@@ -149,7 +150,7 @@ class SearchMeter(abc.ABC):
 
     @abc.abstractmethod
     def _time_candidates(
-        self, models: dict[str, bytes], example: np.ndarray, timing: Int8Timing
+        self, models: dict[str, bytes], feed: np.ndarray, timing: Int8Timing
     ) -> CandidateTiming:
         """Time the candidates (the gate is not held by this process)."""
 
@@ -165,9 +166,9 @@ class InlineSearchMeter(SearchMeter):
         return meter_cpu(self._tags())
 
     def _time_candidates(
-        self, models: dict[str, bytes], example: np.ndarray, timing: Int8Timing
+        self, models: dict[str, bytes], feed: np.ndarray, timing: Int8Timing
     ) -> CandidateTiming:
-        return timed_candidates(models, example, timing, gate=self._gate, tags=self._tags())
+        return timed_candidates(models, feed, timing, gate=self._gate, tags=self._tags())
 
     def _tags(self) -> dict[str, str]:
         mode = "pause" if self._gate is not None else "none"
@@ -191,9 +192,9 @@ class ActorSearchMeter(SearchMeter):
         return cast(MeterCpu, self._call("cpu"))
 
     def _time_candidates(
-        self, models: dict[str, bytes], example: np.ndarray, timing: Int8Timing
+        self, models: dict[str, bytes], feed: np.ndarray, timing: Int8Timing
     ) -> CandidateTiming:
-        return cast(CandidateTiming, self._call("time_candidates", models, example, timing))
+        return cast(CandidateTiming, self._call("time_candidates", models, feed, timing))
 
     def _call(self, method: str, *args: Any) -> Any:
         """``method`` of the meter actor, asked again while the actor restarts."""

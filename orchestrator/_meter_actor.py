@@ -24,12 +24,13 @@ from orchestrator._isolation import (
 )
 from searchspace import Latency
 from trials import (
+    Int8Figures,
     Int8Timing,
     LatencyPlan,
     LatencyReading,
     LatencySession,
     cpu_identity,
-    time_int8_candidates,
+    measure_int8_candidates,
 )
 
 
@@ -82,10 +83,11 @@ class MeterCpu:
 
 @dataclass(frozen=True)
 class CandidateTiming:
-    """The meter's timing of the int8 candidates: median batch-1 ms per format, the machine
-    they ran on, and the gate (``exclusive``, ``timeout`` or ``off``) and its wait."""
+    """The meter's figures of the int8 candidates (median batch-1 ms and kernel deviation per
+    format), the machine they ran on, and the gate (``exclusive``, ``timeout`` or ``off``) and
+    its wait."""
 
-    latencies_ms: dict[str, float]
+    figures: Int8Figures
     cpu: MeterCpu
     gate: str
     gate_wait_ms: float = 0.0
@@ -97,21 +99,22 @@ def meter_cpu(tags: dict[str, str]) -> MeterCpu:
 
 def timed_candidates(
     models: dict[str, bytes],
-    example: np.ndarray,
+    feed: np.ndarray,
     timing: Int8Timing,
     *,
     gate: MeasureGate | None,
     tags: dict[str, str],
 ) -> CandidateTiming:
-    """Time every candidate in interleaved rounds, holding ``gate`` exclusive once for the
-    whole comparison (the formats are compared under the same conditions)."""
+    """Time every candidate in interleaved rounds on ``feed``'s first row and check its
+    kernels on every row, holding ``gate`` exclusive once for the whole comparison (the
+    formats are compared under the same conditions)."""
     if gate is None:
-        latencies = time_int8_candidates(models, example, timing)
-        return CandidateTiming(latencies, meter_cpu(tags), "off")
+        figures = measure_int8_candidates(models, feed, timing)
+        return CandidateTiming(figures, meter_cpu(tags), "off")
     with gate.exclusive() as claim:
-        latencies = time_int8_candidates(models, example, timing)
+        figures = measure_int8_candidates(models, feed, timing)
     return CandidateTiming(
-        latencies,
+        figures,
         meter_cpu(tags),
         "exclusive" if claim.quiet else "timeout",
         claim.wait_s * 1e3,
@@ -163,12 +166,12 @@ class LatencyMeterActor:
         return meter_cpu(self._tags)
 
     def time_candidates(
-        self, models: dict[str, bytes], example: np.ndarray, timing: Int8Timing
+        self, models: dict[str, bytes], feed: np.ndarray, timing: Int8Timing
     ) -> CandidateTiming:
-        """Time the int8 candidates of ``int8_format: auto`` against each other (see
+        """Time and check the int8 candidates of ``int8_format: auto`` against each other (see
         ``timed_candidates``)."""
         self._hold_cores()
-        return timed_candidates(models, example, timing, gate=self._gate, tags=self._tags)
+        return timed_candidates(models, feed, timing, gate=self._gate, tags=self._tags)
 
     def _hold_cores(self) -> None:
         """Under ``cores``: this thread, the one that times (and the ONNX Runtime threads that

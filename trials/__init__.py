@@ -19,6 +19,7 @@ from trials._errors import (
 from trials._export_check import ExportClaim, check_export
 from trials._files import write_text_atomic
 from trials._fingerprints import VersionDrift, file_sha256, library_versions, weights_sha256
+from trials._int8_fidelity import faithful as faithful_int8_formats
 from trials._measure import (
     InlineMeter,
     LatencyMeter,
@@ -37,9 +38,11 @@ from trials._plan_tags import PLAN_JSON
 from trials._probe import SchemeCheck, SchemeRefused, check_schemes
 from trials._quantize_auto import (
     Int8Cache,
+    Int8Figures,
     Int8Subject,
     cpu_identity,
     int8_resolution,
+    measure_int8_candidates,
     resolved_choice,
     time_int8_candidates,
 )
@@ -74,6 +77,7 @@ __all__ = [
     "ExportError",
     "InlineMeter",
     "Int8Cache",
+    "Int8Figures",
     "Int8Resolution",
     "Int8Subject",
     "Int8Timing",
@@ -117,12 +121,14 @@ __all__ = [
     "check_task",
     "cpu_identity",
     "ensure_baseline",
+    "faithful_int8_formats",
     "file_sha256",
     "int8_resolution",
     "int8_subject",
     "latency_plan",
     "library_versions",
     "load_task",
+    "measure_int8_candidates",
     "measure_onnx",
     "onnx_accuracy",
     "resolved_choice",

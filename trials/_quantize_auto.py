@@ -2,10 +2,12 @@
 
 ONNX Runtime's int8 formats can differ by up to ~2x in latency from one CPU to the next (U8S8 with
 reduce_range vs S8S8 without VNNI, per-tensor vs per-channel). ``auto`` quantizes the task's
-dense fp32 model in every candidate format, times each at batch 1 on one thread, and takes the
-fastest (the most precise one among those within 5 % of it, see ``pick``). The result is
-cached in the trial cache directory, keyed by task, model shapes, CPU and ONNX Runtime version,
-under a file lock.
+dense fp32 model in every candidate format, times each at batch 1 on one thread, checks on a few
+calibration rows that the CPU's int8 kernels compute each format's own math
+(``trials._int8_fidelity``: without VNNI, the full-range formats can saturate), and takes the
+fastest faithful one (the most precise among those within 5 % of it, see ``pick``). The result
+is cached in the trial cache directory, keyed by task, model shapes, CPU and ONNX Runtime
+version, under a file lock.
 
 In a search the driver resolves ``auto`` once, before any trial starts: the search's latency
 meter times the candidates (``int8_candidates``, ``time_int8_candidates``) on its own node under
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import platform
 import re
 import statistics
@@ -34,6 +37,7 @@ from torch import Tensor, nn
 
 from trials._export import INPUT_NAME, export_onnx, quantize_int8
 from trials._files import write_text_atomic
+from trials._int8_fidelity import ROWS, faithful, kernel_deviations
 from trials._quantize import Int8Format, int8_format, int8_formats
 from trials._settings import Int8Resolution
 
@@ -69,6 +73,7 @@ class Int8Choice:
     source: Literal["config", "measured", "cached"]
     latencies_ms: dict[str, float] = field(default_factory=dict)
     node: str = ""
+    deviations: dict[str, float] = field(default_factory=dict)
 
     def tags(self) -> dict[str, str]:
         tags = {"int8_format": self.fmt.name, "int8_format_source": self.source}
@@ -76,6 +81,13 @@ class Int8Choice:
             tags["int8_format_latencies_ms"] = json.dumps(
                 {k: round(v, 4) for k, v in self.latencies_ms.items()}
             )
+        if self.deviations:
+            tags["int8_format_kernel_deviation"] = json.dumps(
+                {k: _rounded(v) for k, v in self.deviations.items()}
+            )
+            refused = sorted(set(self.deviations) - faithful(self.deviations))
+            if refused:
+                tags["int8_format_refused"] = ",".join(refused)
         if self.node:
             tags["int8_format_node"] = self.node
         return tags
@@ -112,15 +124,37 @@ class Int8Subject:
         return int8_candidates(self.dense, self.example, self.calibration, scratch, what=what)
 
     def feed(self) -> np.ndarray:
-        """The batch-1 input the candidates are timed on."""
-        return np.ascontiguousarray(self.example[:1].float().numpy())
+        """The rows the candidates are run on: the example input first (the candidates are
+        timed on it, at batch 1), then calibration rows (their kernels are checked on all)."""
+        example = self.example[:1].float().numpy()
+        rows = np.asarray(self.calibration[: ROWS - 1], dtype=np.float32)
+        return np.ascontiguousarray(np.concatenate([example, rows.reshape(-1, *example.shape[1:])]))
+
+
+@dataclass(frozen=True)
+class Int8Figures:
+    """What ``auto`` measured of the candidates on one CPU: median batch-1 ms and the kernels'
+    departure from each format's own math (``trials._int8_fidelity``), by format name."""
+
+    latencies_ms: dict[str, float]
+    deviations: dict[str, float]
+
+    def chosen(self) -> str:
+        """The format ``auto`` takes: the fastest faithful one (see ``pick``)."""
+        return pick(self.latencies_ms, faithful(self.deviations))
 
 
 def int8_resolution(
-    latencies_ms: dict[str, float], source: Literal["measured", "cached"], *, node: str = ""
+    figures: Int8Figures, source: Literal["measured", "cached"], *, node: str = ""
 ) -> Int8Resolution:
-    """A search's resolution of ``auto`` from its meter's timing (``pick`` chooses)."""
-    return Int8Resolution(pick(latencies_ms), source, dict(latencies_ms), node=node)
+    """A search's resolution of ``auto`` from its meter's figures (``Int8Figures.chosen``)."""
+    return Int8Resolution(
+        figures.chosen(),
+        source,
+        dict(figures.latencies_ms),
+        node=node,
+        deviations=dict(figures.deviations),
+    )
 
 
 def resolved_choice(resolution: Int8Resolution) -> Int8Choice:
@@ -130,6 +164,7 @@ def resolved_choice(resolution: Int8Resolution) -> Int8Choice:
         resolution.source,
         dict(resolution.latencies_ms),
         node=resolution.node,
+        deviations=dict(resolution.deviations),
     )
 
 
@@ -144,34 +179,38 @@ def choose_int8_format(
     what: str,
     timing: Timing = Timing(),
 ) -> Int8Choice:
-    """The format named by ``setting``, or for ``auto`` the fastest candidate on ``dense``,
-    timed here, in this process (once per machine and task; see the module docstring)."""
+    """The format named by ``setting``, or for ``auto`` the fastest faithful candidate on
+    ``dense``, measured here, in this process (once per machine and task; see the module
+    docstring)."""
     if setting != "auto":
         return Int8Choice(int8_format(setting), "config")
     cache = Int8Cache(cache_dir, machine_key(task_name, dense))
     with cache.locked():
-        cached = cache.read()
-        if cached is not None:
-            return Int8Choice(int8_format(pick(cached)), "cached", cached)
-        latencies = measure_int8_formats(
-            dense, example, calibration, cache.folder, what=what, timing=timing
-        )
-        cache.write(latencies, timing)
-    return Int8Choice(int8_format(pick(latencies)), "measured", latencies)
+        figures = cache.read()
+        source: Literal["measured", "cached"] = "cached"
+        if figures is None:
+            subject = Int8Subject(task_name, dense, example, calibration)
+            figures = measure_int8_candidates(
+                subject.candidates(cache.folder), subject.feed(), timing
+            )
+            cache.write(figures, timing)
+            source = "measured"
+    return Int8Choice(
+        int8_format(figures.chosen()),
+        source,
+        dict(figures.latencies_ms),
+        deviations=dict(figures.deviations),
+    )
 
 
-def measure_int8_formats(
-    dense: nn.Module,
-    example: Tensor,
-    calibration: np.ndarray,
-    scratch: Path,
-    *,
-    what: str,
-    timing: Timing = Timing(),
-) -> dict[str, float]:
-    """Median batch-1 latency (ms, one thread) of ``dense`` quantized in each int8 format."""
-    models = int8_candidates(dense, example, calibration, scratch, what=what)
-    return time_int8_candidates(models, example[:1].float().numpy(), timing)
+def measure_int8_candidates(
+    models: dict[str, bytes], feed: np.ndarray, timing: Timing = Timing()
+) -> Int8Figures:
+    """Time each candidate on ``feed``'s first row and check its kernels on every row (the
+    caller keeps other work off the machine meanwhile)."""
+    return Int8Figures(
+        time_int8_candidates(models, feed[:1], timing), kernel_deviations(models, feed)
+    )
 
 
 def int8_candidates(
@@ -268,14 +307,16 @@ def _median_ms(session: ort.InferenceSession, x: np.ndarray, timing: Timing) -> 
     return statistics.median(times)
 
 
-def pick(latencies: dict[str, float]) -> str:
+def pick(latencies: dict[str, float], allowed: set[str] | None = None) -> str:
     """The most precise format (first in ``searchspace.INT8_FORMATS``) whose latency is within
     ``TIE`` (or ``TIE_MS``) of the fastest: smaller differences are within the noise of a shared
-    machine and do not pay for coarser weights (reduce-range 7-bit, per-tensor)."""
-    bound = min(latencies.values())
+    machine and do not pay for coarser weights (reduce-range 7-bit, per-tensor). ``allowed``:
+    the formats that may be chosen (the faithful ones); None or empty: every timed one."""
+    eligible = {k: v for k, v in latencies.items() if not allowed or k in allowed} or latencies
+    bound = min(eligible.values())
     bound = max(bound * (1 + TIE), bound + TIE_MS)
     return next(
-        fmt.name for fmt in int8_formats() if fmt.name in latencies and latencies[fmt.name] <= bound
+        fmt.name for fmt in int8_formats() if fmt.name in eligible and eligible[fmt.name] <= bound
     )
 
 
@@ -296,24 +337,27 @@ class Int8Cache:
         with _locked(self.folder / f"{self.path.stem}.lock"):
             yield
 
-    def read(self) -> dict[str, float] | None:
-        """The cached latencies for the key, or None when absent, for another key, or
-        unreadable (then the caller measures again and overwrites it)."""
+    def read(self) -> Int8Figures | None:
+        """The cached figures for the key, or None when absent, for another key, unreadable or
+        made before the kernels were checked (then the caller measures again and overwrites
+        it)."""
         try:
             data = json.loads(self.path.read_text())
             latencies = {str(k): float(v) for k, v in data["latencies_ms"].items()}
+            deviations = {str(k): float(v) for k, v in data["kernel_deviations"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
         names = {fmt.name for fmt in int8_formats()}
-        if data.get("key") != self.key or set(latencies) != names:
+        if data.get("key") != self.key or not set(latencies) == set(deviations) == names:
             return None
-        return latencies
+        return Int8Figures(latencies, deviations)
 
-    def write(self, latencies: dict[str, float], timing: Timing) -> None:
+    def write(self, figures: Int8Figures, timing: Timing) -> None:
         record = {
             "key": self.key,
-            "latencies_ms": latencies,
-            "chosen": pick(latencies),
+            "latencies_ms": figures.latencies_ms,
+            "kernel_deviations": {k: _rounded(v) for k, v in figures.deviations.items()},
+            "chosen": figures.chosen(),
             "timing": {"rounds": timing.rounds, "warmup": timing.warmup, "runs": timing.runs},
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -335,6 +379,11 @@ def _locked(lock_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _rounded(deviation: float) -> float | str:
+    """A deviation as JSON can hold it: 6 significant digits, ``"inf"`` when not finite."""
+    return float(f"{deviation:.6g}") if math.isfinite(deviation) else "inf"
 
 
 def _slug(name: str) -> str:

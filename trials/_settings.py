@@ -15,13 +15,15 @@ class Int8Resolution:
     """How a search resolved ``int8_format: auto`` before its trials started: ``format`` is the
     int8 format every 8-bit trial uses, timed by the search's latency meter on its node
     (``node``) against the other candidates (``latencies_ms``, median batch-1 ms on the dense
-    model); ``source`` is ``measured`` (timed for this search) or ``cached`` (timed earlier on a
-    machine with the same CPU)."""
+    model; ``deviations``, how far each one's int8 kernels depart there from its own math, see
+    ``trials._int8_fidelity``); ``source`` is ``measured`` (timed for this search) or ``cached``
+    (timed earlier on a machine with the same CPU)."""
 
     format: str
     source: Literal["measured", "cached"]
     latencies_ms: dict[str, float] = field(default_factory=dict)
     node: str = ""
+    deviations: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.format not in INT8_FORMATS:
@@ -36,6 +38,12 @@ class Int8Resolution:
                 self._fail(f"latencies_ms.{name}", ms, "it must be a positive number of ms")
         if not isinstance(self.node, str):
             self._fail("node", self.node, "it must be a string (the meter's node id)")
+        deviations = self.deviations
+        if not isinstance(deviations, dict) or set(deviations) != set(INT8_FORMATS):
+            self._fail("deviations", deviations, f"it must check each of {list(INT8_FORMATS)}")
+        for name, d in deviations.items():
+            if isinstance(d, bool) or not isinstance(d, int | float) or not d >= 0:
+                self._fail(f"deviations.{name}", d, "it must be a number >= 0 (inf: unusable)")
 
     @staticmethod
     def _fail(name: str, value: object, rule: str) -> None:

@@ -24,6 +24,7 @@ from trials import (
     Task,
     TrialSettings,
     cpu_identity,
+    faithful_int8_formats,
     int8_subject,
     load_task,
     run_trial,
@@ -86,6 +87,10 @@ def test_the_inline_meter_times_once_then_the_cache_answers(digits: Task, tmp_pa
     assert data["key"]["timed_by"] == TIMED_BY and data["key"]["task"] == "digits"
     assert {k: data["key"][k] for k in cpu_identity()} == cpu_identity()
     assert data["chosen"] == first.format and data["latencies_ms"] == first.latencies_ms
+    # The kernels were checked too, and the choice is one that computes its own math here.
+    assert set(first.deviations) == set(INT8_FORMATS)
+    assert data["kernel_deviations"] == {k: float(f"{v:.6g}") for k, v in first.deviations.items()}
+    assert first.format in faithful_int8_formats(first.deviations)
 
     again = resolve_int8_format(spec, digits, meter, cache_dir=tmp_path, timing=FAST)
     assert again is not None and again.source == "cached"
@@ -116,8 +121,10 @@ def test_the_meter_times_the_candidates_with_the_machine_to_itself(
         with MeasureGate(own_gate).exclusive(timeout_s=0.1) as claim:
             assert not claim.quiet
     assert timed.gate == "exclusive" and timed.gate_wait_ms >= 0
-    assert set(timed.latencies_ms) == set(INT8_FORMATS)
-    assert all(ms > 0 for ms in timed.latencies_ms.values())
+    assert set(timed.figures.latencies_ms) == set(INT8_FORMATS)
+    assert all(ms > 0 for ms in timed.figures.latencies_ms.values())
+    assert set(timed.figures.deviations) == set(INT8_FORMATS)
+    assert all(0 <= d < 1 for d in timed.figures.deviations.values())
     assert timed.cpu.identity == cpu_identity()
 
 
@@ -164,6 +171,7 @@ def test_an_8bit_trial_uses_the_search_choice_and_times_nothing(
         "cached",
         {name: 1.0 + i for i, name in enumerate(INT8_FORMATS)},
         node="meter-node",
+        deviations={**dict.fromkeys(INT8_FORMATS, 0.001), "u8s8-per-channel": 0.2},
     )
     settings = TrialSettings.for_search(
         _spec(), seed=1, cache_dir=cache_dir, work_dir=tmp_path / "trial", int8_auto=choice
@@ -176,6 +184,8 @@ def test_an_8bit_trial_uses_the_search_choice_and_times_nothing(
     assert result.tags["int8_format_source"] == "cached"
     assert result.tags["int8_format_node"] == "meter-node"
     assert json.loads(result.tags["int8_format_latencies_ms"]) == choice.latencies_ms
+    assert json.loads(result.tags["int8_format_kernel_deviation"]) == choice.deviations
+    assert result.tags["int8_format_refused"] == "u8s8-per-channel"
     assert result.lineage is not None and result.lineage.int8_format == "s8s8-per-tensor"
     assert _cache_files(cache_dir) == before  # the trial timed nothing itself
 
@@ -187,6 +197,8 @@ def test_an_8bit_trial_uses_the_search_choice_and_times_nothing(
         ({"source": "config"}, "int8_auto.source"),
         ({"latencies_ms": {"u8s8-per-channel": 1.0}}, "int8_auto.latencies_ms"),
         ({"latencies_ms": dict.fromkeys(INT8_FORMATS, -1.0)}, "int8_auto.latencies_ms."),
+        ({"deviations": {}}, "int8_auto.deviations"),
+        ({"deviations": dict.fromkeys(INT8_FORMATS, float("nan"))}, "int8_auto.deviations."),
     ],
 )
 def test_a_bad_resolution_names_its_field(kwargs: dict[str, object], field: str) -> None:
@@ -194,6 +206,7 @@ def test_a_bad_resolution_names_its_field(kwargs: dict[str, object], field: str)
         "format": INT8_FORMATS[0],
         "source": "measured",
         "latencies_ms": dict.fromkeys(INT8_FORMATS, 1.0),
+        "deviations": dict.fromkeys(INT8_FORMATS, 0.0),
         **kwargs,
     }
     with pytest.raises(ConfigError) as info:
@@ -202,7 +215,12 @@ def test_a_bad_resolution_names_its_field(kwargs: dict[str, object], field: str)
 
 
 def test_a_resolution_goes_only_with_auto() -> None:
-    choice = Int8Resolution(INT8_FORMATS[0], "measured", dict.fromkeys(INT8_FORMATS, 1.0))
+    choice = Int8Resolution(
+        INT8_FORMATS[0],
+        "measured",
+        dict.fromkeys(INT8_FORMATS, 1.0),
+        deviations=dict.fromkeys(INT8_FORMATS, 0.0),
+    )
     with pytest.raises(ConfigError) as info:
         TrialSettings(
             epochs=0,
@@ -213,3 +231,24 @@ def test_a_resolution_goes_only_with_auto() -> None:
             int8_auto=choice,
         )
     assert info.value.field == "int8_auto"
+
+
+def test_the_driver_says_which_formats_the_kernel_check_refused() -> None:
+    from orchestrator._int8 import _describe
+
+    deviations = {**dict.fromkeys(INT8_FORMATS, 0.2), "u8s8-per-channel-reduce-range": 0.0}
+    resolution = Int8Resolution(
+        "u8s8-per-channel-reduce-range",
+        "measured",
+        dict.fromkeys(INT8_FORMATS, 1.0),
+        node="n",
+        deviations=deviations,
+    )
+    text = _describe(resolution)
+    assert text.startswith("int8 format (auto): u8s8-per-channel-reduce-range")
+    refused = sorted(set(INT8_FORMATS) - {"u8s8-per-channel-reduce-range"})
+    assert f"depart from their quantized math (saturating without VNNI): {', '.join(refused)}" in (
+        text
+    )
+    passing = dataclasses.replace(resolution, deviations=dict.fromkeys(INT8_FORMATS, 0.0))
+    assert "depart" not in _describe(passing)

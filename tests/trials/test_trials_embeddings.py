@@ -16,6 +16,7 @@ from torch import nn
 
 from trials import ExportClaim, ExportClaimError, check_export
 from trials._export import export_onnx, quantize_int4, quantize_int8
+from trials._int8_fidelity import FLOOR, kernel_deviation
 from trials._quantize import INT4_GRID, int8_format
 from trials._structured import output_units
 from trials._tables import TABLE_INT8_GRID, row_codes
@@ -36,8 +37,12 @@ class _Tied(nn.Module):
         return self.head(self.emb(x.long()).mean(1))
 
 
-def _run(path: Path, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def _run(path: Path, x: np.ndarray, *, optimized: bool = True) -> np.ndarray:
+    """``path``'s output for ``x``; ``optimized=False``: its QDQ math in float (no int8 kernels)."""
+    options = ort.SessionOptions()
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     out: np.ndarray = session.run(None, {session.get_inputs()[0].name: x})[0]
     return out
 
@@ -85,10 +90,16 @@ def test_int8_tables_are_per_row_int8_and_outputs_stay_close(
         example=x[:1],
     )
     assert "fp32" not in tags["weight_bytes_share"].split(",")[0]
-    # The int8 file (tables and every MatMul int8, activations quantized) agrees with fp32.
-    ref, got = _run(fp32, x), _run(int8, x)
-    assert np.mean(ref.argmax(1) == got.argmax(1)) >= 0.9
-    assert np.abs(ref - got).max() <= 0.1 * np.abs(ref).max()
+    # The int8 file's math (tables and every MatMul int8, activations quantized) agrees with
+    # fp32, on every CPU.
+    ref, math_ = _run(fp32, x), _run(int8, x, optimized=False)
+    assert np.mean(ref.argmax(1) == math_.argmax(1)) >= 0.9
+    assert np.abs(ref - math_).max() <= 0.1 * np.abs(ref).max()
+    # So do this CPU's int8 kernels, unless they do not compute that math (full-range formats
+    # saturate on x86 without VNNI), which the check of int8_format: auto must then find.
+    got = _run(int8, x)
+    close = np.abs(ref - got).max() <= 0.1 * np.abs(ref).max()
+    assert close or kernel_deviation(int8.read_bytes(), x[:16]) > FLOOR
 
 
 def test_int4_tables_are_gather_block_quantized(

@@ -38,6 +38,7 @@ from trials import (
 )
 from trials._compress import prunable_layers, round_to_grid
 from trials._export import export_onnx, quantize_int4, quantize_int8
+from trials._int8_fidelity import faithful as faithful_int8_formats
 from trials._quantize import INT4_GRID, int8_format, int8_formats, weight_grid
 from trials._quantize_auto import Int8Choice, Timing, choose_int8_format, pick
 from trials._quantize_int4 import Int4Export, unpack_matmulnbits
@@ -165,6 +166,13 @@ def test_pick_prefers_the_precise_format_among_ties() -> None:
     assert pick({**dict.fromkeys(INT8_FORMATS, 0.010), "u8s8-per-tensor": 0.008}) == (
         "u8s8-per-channel"  # 2 us apart on a 10 us model: overhead, a tie
     )
+    # Only the allowed (faithful) formats are chosen from, the fastest of them as the bound.
+    slow_safe = {**base, "u8s8-per-channel-reduce-range": 1.3}
+    assert pick(slow_safe, {"u8s8-per-channel-reduce-range"}) == "u8s8-per-channel-reduce-range"
+    assert pick(slow_safe, {"u8s8-per-channel-reduce-range", "s8s8-per-tensor"}) == (
+        "s8s8-per-tensor"
+    )
+    assert pick(base, set()) == "u8s8-per-channel"  # none known faithful: every one
 
 
 def _choose(setting: str, cache_dir: Path) -> Int8Choice:
@@ -199,6 +207,13 @@ def test_auto_measures_once_per_machine_under_a_lock(tmp_path: Path) -> None:
     tags = choices[0].tags()
     assert tags["int8_format"] == choices[0].fmt.name
     assert set(json.loads(tags["int8_format_latencies_ms"])) == set(INT8_FORMATS)
+    assert set(json.loads(tags["int8_format_kernel_deviation"])) == set(INT8_FORMATS)
+    assert choices[0].fmt.name in faithful_int8_formats(choices[0].deviations)
+    # A cache written before the kernels were checked is measured again.
+    data.pop("kernel_deviations")
+    record.write_text(json.dumps(data))
+    assert _choose("auto", tmp_path).source == "measured"
+    assert "kernel_deviations" in json.loads(record.read_text())
     # A damaged cache is measured again, not trusted; another task has its own entry.
     record.write_text("{not json")
     again = _choose("auto", tmp_path)
