@@ -1,8 +1,8 @@
 """Per-layer plans in a real search (real Ray, real MLflow SQLite): a uniform and a mixed
-trial with structured pruning (the mixed one with per-layer kept widths under a latency budget,
-its latency table measured by the search's meter), each logging ``trial/plan.json`` and the
-plan tags; `slimtune rebuild` reproduces the mixed trial from its record bit for bit (from the
-recorded latency table, not one measured again)."""
+trial with structured pruning (the mixed one chosen among per-layer formats and kept widths
+under a latency budget, its latency table measured by the search's meter), each logging
+``trial/plan.json`` and the plan tags; `slimtune rebuild` reproduces the mixed trial from its
+record bit for bit (from the recorded latency table, not one measured again)."""
 
 from __future__ import annotations
 
@@ -70,8 +70,19 @@ def test_both_plan_kinds_run_log_their_plan_and_the_mixed_one_rebuilds(
         assert tags["plan_formats"] == plan.histogram()
         assert tags["export_check"] == "ok"
     mixed = trials["mixed"].data.tags
-    assert "@" in mixed["plan_layers"], mixed["plan_layers"]  # a layer keeps less than its width
-    assert mixed["plan_keeps"] != f"1:{len(mixed['plan_layers'].split(','))}"
+    # The allocator was offered kept widths below 1 for the layers that can narrow (the table
+    # holds their narrow timings); which option wins depends on a table of a ~20 us model's
+    # layers, timed on a shared machine (one CI run met the budget at full width): what the
+    # tags must say is the plan that was logged, cuts included.
+    path = client.download_artifacts(trials["mixed"].info.run_id, "trial/plan.json", str(tmp_path))
+    logged = json.loads(Path(path).read_text())
+    narrow = [n for n, row in logged["latency_table"]["layers"].items() if "fp32@narrow" in row]
+    assert narrow, logged["latency_table"]
+    plan = CompressionPlan.from_dict(logged)
+    assert mixed["plan_layers"] == ",".join(
+        f"{n}={s.format}" + (f"@{s.keep:.3g}" if s.keep < 1 else "") for n, s in plan.layers
+    )
+    assert mixed["plan_keeps"] == plan.keep_histogram()
     size = trials["mixed"].data.metrics["size_bytes"]
     assert int(mixed["plan_measured_bytes"]) == int(size)
     assert abs(int(mixed["plan_predicted_bytes"]) - size) / size <= 0.10
