@@ -25,9 +25,9 @@ from trials import (
     Int8Timing,
     Task,
     TrialSettings,
-    faithful_int8_formats,
     int8_resolution,
     int8_subject,
+    refused_int8_formats,
     resolved_choice,
 )
 
@@ -107,7 +107,7 @@ def _describe(resolution: Int8Resolution) -> str:
         f"int8 format (auto): {resolution.format} ({how} on node {resolution.node[:12]}; "
         f"median ms {latencies})"
     )
-    refused = sorted(set(resolution.deviations) - faithful_int8_formats(resolution.deviations))
+    refused = refused_int8_formats(resolution.deviations)
     if refused:
         text += (
             f"; not chosen, as this CPU's int8 kernels depart from their quantized math "

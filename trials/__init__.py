@@ -20,6 +20,7 @@ from trials._export_check import ExportClaim, check_export
 from trials._files import write_text_atomic
 from trials._fingerprints import VersionDrift, file_sha256, library_versions, weights_sha256
 from trials._int8_fidelity import faithful as faithful_int8_formats
+from trials._int8_fidelity import refused as refused_int8_formats
 from trials._measure import (
     InlineMeter,
     LatencyMeter,
@@ -131,6 +132,7 @@ __all__ = [
     "measure_int8_candidates",
     "measure_onnx",
     "onnx_accuracy",
+    "refused_int8_formats",
     "resolved_choice",
     "run_baseline",
     "run_trial",

@@ -23,6 +23,8 @@ import math
 import numpy as np
 import onnxruntime as ort
 
+from trials._measure import cpu_session
+
 # A format whose kernels depart from its math by more than twice the best candidate's
 # departure (rounding differences compound through the layers; the built-in transformer's
 # formats depart by 2-4 %), and by more than 1 % of the output, is not faithful.
@@ -42,8 +44,8 @@ def kernel_deviations(models: dict[str, bytes], rows: np.ndarray) -> dict[str, f
 def kernel_deviation(model: bytes, rows: np.ndarray) -> float:
     """How far the int8 kernels' output for ``rows`` (run one at a time) is from the model's
     QDQ math: the norm of the difference over the norm of the math's output (0: the same)."""
-    kernels = _outputs(_session(model, optimized=True), rows)
-    math_ = _outputs(_session(model, optimized=False), rows)
+    kernels = _outputs(cpu_session(model, threads=1), rows)
+    math_ = _outputs(cpu_session(model, threads=1, optimized=False), rows)
     scale = float(np.linalg.norm(math_))
     diff = float(np.linalg.norm(kernels - math_))
     if not (math.isfinite(diff) and math.isfinite(scale)):
@@ -60,13 +62,9 @@ def faithful(deviations: dict[str, float]) -> set[str]:
     return {name for name, d in deviations.items() if d <= bound}
 
 
-def _session(model: bytes, *, optimized: bool) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    if not optimized:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+def refused(deviations: dict[str, float]) -> list[str]:
+    """The formats ``faithful`` leaves out, sorted."""
+    return sorted(set(deviations) - faithful(deviations))
 
 
 def _outputs(session: ort.InferenceSession, rows: np.ndarray) -> np.ndarray:

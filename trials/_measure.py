@@ -188,7 +188,7 @@ class LatencySession:
     ``time`` so that a caller can build it before it claims the machine."""
 
     def __init__(self, model: Path | bytes, *, threads: int) -> None:
-        self._session = _session(model, threads=threads)
+        self._session = cpu_session(model, threads=threads)
 
     def time(self, example: np.ndarray, plan: LatencyPlan) -> LatencyStats:
         """Warm up, then time batch-1 runs on ``example`` as ``plan`` says."""
@@ -254,7 +254,7 @@ def measure_onnx(
     measured (``latency_where``, ``latency_node``, ...) and ``latency_converged``.
     """
     meter = meter or InlineMeter()
-    session = _session(onnx_path, threads=settings.latency_threads)
+    session = cpu_session(onnx_path, threads=settings.latency_threads)
     accuracy, n_val = _accuracy_and_count(session, task)
     # val_samples: how many validation samples the accuracy counts (one is its resolution).
     metrics: dict[str, float] = {"accuracy": accuracy, "val_samples": float(n_val)}
@@ -295,15 +295,24 @@ def measure_onnx(
 
 def onnx_accuracy(onnx_path: Path, task: Task) -> float:
     """``task.metric`` of an ONNX file run in ONNX Runtime on the task's validation data."""
-    return _accuracy(_session(onnx_path, threads=1), task)
+    return _accuracy(cpu_session(onnx_path, threads=1), task)
 
 
-def _session(model: Path | bytes, *, threads: int) -> ort.InferenceSession:
+def cpu_session(
+    model: Path | bytes, *, threads: int, optimized: bool = True
+) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session as the meter runs artifacts: ``threads`` intra-op threads,
+    sequential. ``optimized=False``: graph optimizations off, so a QDQ file runs its own math in
+    float instead of fused int8 kernels (``trials._int8_fidelity``)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimized
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 

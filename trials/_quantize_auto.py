@@ -37,7 +37,8 @@ from torch import Tensor, nn
 
 from trials._export import INPUT_NAME, export_onnx, quantize_int8
 from trials._files import write_text_atomic
-from trials._int8_fidelity import ROWS, faithful, kernel_deviations
+from trials._int8_fidelity import ROWS, faithful, kernel_deviations, refused
+from trials._measure import cpu_session
 from trials._quantize import Int8Format, int8_format, int8_formats
 from trials._settings import Int8Resolution
 
@@ -85,9 +86,8 @@ class Int8Choice:
             tags["int8_format_kernel_deviation"] = json.dumps(
                 {k: _rounded(v) for k, v in self.deviations.items()}
             )
-            refused = sorted(set(self.deviations) - faithful(self.deviations))
-            if refused:
-                tags["int8_format_refused"] = ",".join(refused)
+            if refused(self.deviations):
+                tags["int8_format_refused"] = ",".join(refused(self.deviations))
         if self.node:
             tags["int8_format_node"] = self.node
         return tags
@@ -238,7 +238,7 @@ def time_int8_candidates(
     if not models:
         raise ValueError("time_int8_candidates needs at least one candidate model")
     x = np.ascontiguousarray(example[:1], dtype=np.float32)
-    sessions = {name: _session(model) for name, model in models.items()}
+    sessions = {name: cpu_session(model, threads=1) for name, model in models.items()}
     rounds: dict[str, list[float]] = {name: [] for name in sessions}
     for _ in range(timing.rounds):
         for name, session in sessions.items():
@@ -284,15 +284,6 @@ def _cpu() -> tuple[str, list[str]]:
             elif name in ("flags", "features"):
                 flags.update(value.split())
     return model, sorted(flags & set(_ISA_FLAGS))
-
-
-def _session(model: Path | bytes) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def _median_ms(session: ort.InferenceSession, x: np.ndarray, timing: Timing) -> float:
