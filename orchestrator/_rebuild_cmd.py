@@ -91,6 +91,7 @@ def run_rebuild(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
         run = _trial_run(client, args.run_id, redact_uri(uri))
         record = _read_record(client, run)
     _warn_drift(record.version_drift(), args.run_id)
+    _warn_cpu(record, args.run_id)
     device = _device(args.device, record, args.run_id)
     print(
         f"rebuilding trial {record.number} (run {args.run_id}) of task {record.spec.task!r}: "
@@ -162,6 +163,25 @@ def _warn_drift(drift: list[VersionDrift], run_id: str) -> None:
     print(
         f"slimtune: warning: run {run_id} was recorded with {lines}; the rebuild may differ "
         f"bit for bit. Fix: {fix}.",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _warn_cpu(record: TrialRecord, run_id: str) -> None:
+    """Say so when the trial ran on another kind of CPU: torch and ONNX Runtime choose their
+    kernels by instruction set, so the weights' last bits and an int8 file's outputs can differ
+    (records written before the CPU was recorded say nothing)."""
+    from trials import cpu_kind
+
+    here = cpu_kind()
+    if record.cpu is None or record.cpu.key == here.key:
+        return
+    print(
+        f"slimtune: warning: run {run_id} ran on {record.cpu}; this machine is {here}. Torch "
+        "and ONNX Runtime pick their kernels by instruction set, so the rebuild may differ bit "
+        "for bit (and in accuracy by a few rows). Fix: rebuild on a machine of the recorded "
+        "kind to check the trial exactly.",
         file=sys.stderr,
         flush=True,
     )
@@ -315,8 +335,9 @@ def _verdict(checks: list[Check], onnx_path: Path, out: TextIO) -> int:
     cause = f" (the {', '.join(differs)} differ first)" if differs else ""
     print(
         f"slimtune: NOT reproduced: {', '.join(failed)} differ{cause}. Causes: other library "
-        "versions (see any warning above), another dense baseline (pass --cache-dir with the "
-        "search's .slimtune/cache), or a task whose data changed. Rebuilt file: "
+        "versions or another kind of CPU (see any warning above), another dense baseline (pass "
+        "--cache-dir with the search's .slimtune/cache), or a task whose data changed. Rebuilt "
+        "file: "
         f"{onnx_path}",
         file=sys.stderr,
     )

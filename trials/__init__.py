@@ -6,6 +6,7 @@ Importing this package has no process-wide side effects (thread counts are the c
 
 from trials._baseline import ensure_baseline
 from trials._check import TaskCheck, TaskCheckError, check_task
+from trials._cpu import CpuKind, cpu_kind
 from trials._early import EarlyMeasurement, RungReport, RungReporter
 from trials._errors import (
     BaselineCacheError,
@@ -71,6 +72,7 @@ __all__ = [
     "Baseline",
     "BaselineCacheError",
     "CompressionPlan",
+    "CpuKind",
     "DigitsTask",
     "EarlyMeasurement",
     "ExportClaim",
@@ -121,6 +123,7 @@ __all__ = [
     "check_schemes",
     "check_task",
     "cpu_identity",
+    "cpu_kind",
     "ensure_baseline",
     "faithful_int8_formats",
     "file_sha256",

@@ -35,6 +35,7 @@ import numpy as np
 import onnxruntime as ort
 from torch import Tensor, nn
 
+from trials._cpu import cpu_info
 from trials._export import INPUT_NAME, export_onnx, quantize_int8
 from trials._files import write_text_atomic
 from trials._int8_fidelity import ROWS, faithful, kernel_deviations, refused
@@ -48,18 +49,6 @@ CACHE_SUBDIR = "int8-format"
 # within a few %; a model that runs in tens of microseconds is all overhead.
 TIE = 0.05
 TIE_MS = 0.005
-# ISA features that change which int8 kernel ONNX Runtime's MLAS picks.
-_ISA_FLAGS = (
-    "avx2",
-    "avx512f",
-    "avx512bw",
-    "avx512_vnni",
-    "avx_vnni",
-    "amx_int8",
-    "asimddp",
-    "i8mm",
-    "sve",
-)
 
 
 @dataclass(frozen=True)
@@ -249,11 +238,11 @@ def time_int8_candidates(
 def cpu_identity() -> dict[str, Any]:
     """This machine's CPU as an int8 timing depends on it: model name, int8-relevant ISA
     features, architecture and the ONNX Runtime version."""
-    model, flags = _cpu()
+    cpu = cpu_info()
     return {
-        "cpu": model,
-        "cpu_isa": flags,
-        "machine": platform.machine(),
+        "cpu": cpu.model or platform.processor() or cpu.machine,
+        "cpu_isa": list(cpu.isa),
+        "machine": cpu.machine,
         "onnxruntime": ort.__version__,
     }
 
@@ -270,20 +259,6 @@ def machine_key(
     """What a measurement depends on: the task and its model's layer shapes, and the CPU that
     times it (``cpu``, as ``cpu_identity()`` returns it; None: this machine's)."""
     return {"task": task_name, "model_shapes": model_shapes(dense), **(cpu or cpu_identity())}
-
-
-def _cpu() -> tuple[str, list[str]]:
-    model = platform.processor() or platform.machine()
-    flags: set[str] = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            name, _, value = line.partition(":")
-            name = name.strip().lower()
-            if name in ("model name", "cpu model", "hardware") and value.strip():
-                model = value.strip()
-            elif name in ("flags", "features"):
-                flags.update(value.split())
-    return model, sorted(flags & set(_ISA_FLAGS))
 
 
 def _median_ms(session: ort.InferenceSession, x: np.ndarray, timing: Timing) -> float:

@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from searchspace import ConfigError, SearchSpec, SlimtuneError, TrialParams
+from trials._cpu import CpuKind, cpu_kind
 from trials._fingerprints import VersionDrift, file_sha256, library_versions
 from trials._plan import CompressionPlan
 from trials._settings import Lineage, PruningLog, TrialResult, TrialSettings
@@ -59,7 +60,8 @@ class TrialRecord:
     ``torch_threads`` is the intra-op thread count the trial trained with; ``baseline_threads``
     that of the process that trained the dense baseline (the search's driver), used only if a
     rebuild must train the baseline again. ``onnx_sha256`` and ``size_bytes`` fingerprint the
-    logged ONNX file.
+    logged ONNX file. ``cpu`` is the kind of CPU the trial ran on (``None`` in records written
+    before slimtune recorded it): a rebuild on another kind may differ bit for bit.
     """
 
     spec: SearchSpec
@@ -74,6 +76,7 @@ class TrialRecord:
     size_bytes: int
     versions: dict[str, str]
     schema_version: int = RECORD_SCHEMA_VERSION
+    cpu: CpuKind | None = None
 
     @classmethod
     def of(
@@ -109,6 +112,7 @@ class TrialRecord:
             onnx_sha256=file_sha256(result.onnx_path),
             size_bytes=result.onnx_path.stat().st_size,
             versions=library_versions(),
+            cpu=cpu_kind(),
         )
 
     @property
@@ -149,6 +153,7 @@ class TrialRecord:
             "kind": RECORD_KIND,
             "slimtune_version": self.slimtune_version,
             "versions": dict(self.versions),
+            "machine": None if self.cpu is None else dataclasses.asdict(self.cpu),
             "search": self.spec.model_dump(mode="json"),
             "trial": {
                 "number": self.number,
@@ -223,6 +228,7 @@ class TrialRecord:
             size_bytes=r.integer(outcome, "outcome.size_bytes"),
             versions={str(k): str(v) for k, v in versions.items()},
             schema_version=RECORD_SCHEMA_VERSION,
+            cpu=r.cpu(),
         )
 
 
@@ -311,6 +317,18 @@ class _Reader:
 
     def optional_text(self, where: Mapping[str, Any], field: str) -> str | None:
         return None if where.get(field.rsplit(".", 1)[-1]) is None else self.text(where, field)
+
+    def cpu(self) -> CpuKind | None:
+        """The CPU the trial ran on; ``None`` for records written before it was recorded (an
+        older reader ignores the field, so it needs no new schema)."""
+        machine = self.data.get("machine")
+        if machine is None:
+            return None
+        if not isinstance(machine, dict):
+            self.fail("machine", machine, "it must be a JSON object", _REDO)
+        return CpuKind(
+            key=self.text(machine, "machine.key"), model=self.text(machine, "machine.model")
+        )
 
     def plan(self, outcome: Mapping[str, Any]) -> dict[str, Any] | None:
         """A mixed trial's plan (absent in records of uniform trials), checked to be one."""

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.cli import main
 from searchspace import load_spec
 from tests.orchestrator.conftest import cli
-from trials import RECORD_SCHEMA_VERSION, TrialRecord
+from trials import RECORD_SCHEMA_VERSION, TrialRecord, cpu_kind
 
 pytestmark = pytest.mark.e2e
 
@@ -100,6 +100,7 @@ def test_each_trial_logs_a_small_complete_record(
             k: run.data.params[k] for k in record.params.to_dict()
         }
         assert record.version_drift() == []
+        assert record.cpu == cpu_kind()  # the kind of CPU it ran on: kernels depend on it
         assert record.size_bytes == run.data.metrics["size_bytes"]
         lineage = record.lineage
         assert lineage is not None and lineage.pruning.scheme == run.data.params["pruning"]
@@ -219,6 +220,29 @@ def test_other_library_versions_warn_with_the_pin(
     code, text = _rebuild(uri, run_id, tmp_path / "o", capsys)
     assert "warning" in text and "torch 2.0.0" in text and "pip install 'torch==2.0.0'" in text
     assert code == 0, text  # the versions here are the real ones: it still reproduces
+
+
+def test_another_kind_of_cpu_warns_and_is_named_as_a_cause(
+    search: tuple[Path, str, list[Any]],
+    tmp_path: Path,
+    tiny_importable: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, uri, trials = search
+    data = json.loads(_record(uri, trials[0].info.run_id, tmp_path))
+    data["machine"] = {"key": "x86_64 OtherVendor avx2", "model": "Other CPU 9000"}
+    data["outcome"]["onnx_sha256"] = "0" * 64  # as if that CPU's kernels made other bytes
+    run_id = _fake_trial(uri, trials[0], json.dumps(data))
+    code, text = _rebuild(uri, run_id, tmp_path / "o", capsys)
+    assert "ran on Other CPU 9000 (x86_64 OtherVendor avx2)" in text
+    assert f"this machine is {cpu_kind()}" in text and "may differ bit for bit" in text
+    # The onnx fingerprint is not a required check: accuracy and size still decide.
+    assert code == 0 and "some fingerprints differ" in text, text
+    # A record written before the CPU was recorded says nothing of it.
+    del data["machine"]
+    run_id = _fake_trial(uri, trials[0], json.dumps(data))
+    code, text = _rebuild(uri, run_id, tmp_path / "p", capsys)
+    assert "ran on" not in text and code == 0, text
 
 
 def test_runs_without_a_record_are_refused(

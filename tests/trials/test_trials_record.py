@@ -22,6 +22,7 @@ from trials import (
     TrialRecord,
     TrialResult,
     TrialSettings,
+    cpu_kind,
     library_versions,
     run_trial,
 )
@@ -110,6 +111,10 @@ def test_record_round_trips_and_rebuilds_the_same_settings(
     assert data["outcome"]["size_bytes"] == result.metrics["size_bytes"]
     assert {"python", "torch", "onnx", "onnxruntime", "slimtune"} <= set(data["versions"])
     assert back.version_drift() == []
+    assert data["machine"] == dataclasses.asdict(cpu_kind()) and back.cpu == cpu_kind()
+    # A record written before the CPU was recorded reads as "not known", not as this CPU.
+    del data["machine"]
+    assert TrialRecord.from_dict(data, source="test").cpu is None
 
 
 def test_version_drift_names_the_library_and_the_pin(
@@ -150,6 +155,9 @@ _DELETE = object()
         ("baseline", _DELETE, "baseline", "JSON object"),
         ("outcome.onnx_sha256", "", "outcome.onnx_sha256", "non-empty"),
         ("pruning.target", "lots", "pruning", "numbers"),
+        ("machine", "x86_64", "machine", "JSON object"),
+        ("machine.key", "", "machine.key", "non-empty"),
+        ("machine.model", _DELETE, "machine.model", "non-empty"),
     ],
 )
 def test_a_damaged_or_newer_record_is_refused_naming_field_and_fix(

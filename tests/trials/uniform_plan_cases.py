@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-import platform
+import importlib.util
+import sys
 from pathlib import Path
 
 from searchspace import TrialParams
@@ -36,23 +37,15 @@ def settings(cache_dir: Path, work_dir: Path) -> TrialSettings:
     )
 
 
-# CPU features that change a trial's bytes: the float kernels torch and ONNX Runtime dispatch to
-# (AVX2 or AVX-512 code paths, VNNI int8 kernels; the vendor for MKL's and oneDNN's paths).
-_ISA = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "sve")
-
-
 def cpu_key() -> str:
-    """The CPU a fingerprint holds for: architecture, vendor and the ISA features above."""
-    vendor, flags = "", set()
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        name, _, value = line.partition(":")
-        name = name.strip().lower()
-        if name == "vendor_id" and not vendor:
-            vendor = value.strip()
-        elif name in ("flags", "features"):
-            flags.update(value.split())
-    return " ".join([platform.machine(), vendor or "unknown", *sorted(flags & set(_ISA))])
+    """The CPU a fingerprint holds for (``trials._cpu``: architecture, vendor, kernel ISA).
+
+    The file is loaded by path: ``record_uniform_plan.py`` runs these cases with the code before
+    per-layer plans on ``PYTHONPATH``, whose ``trials`` has no ``_cpu`` module."""
+    path = Path(__file__).resolve().parents[2] / "trials" / "_cpu.py"
+    spec = importlib.util.spec_from_file_location("slimtune_cpu", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return str(module.cpu_kind().key)
