@@ -66,6 +66,26 @@ def mods(code):
 both = mods(f"ray.init(num_cpus=1, include_dashboard=False, _temp_dir={d!r}); ray.shutdown()") & mods("import trials")
 print("modules imported by both the trial code and ray.init:", sorted(both) or "none")
 PY
+  # Where a trial worker's imports go on this machine (the 8.75 s of 2026-11-30 were never
+  # profiled there): top-level packages by cumulative import time, the second of two runs (the
+  # first may still write bytecode).
+  for _ in 1 2; do $py -X importtime -c "import orchestrator._trainable" 2> "$out/importtime-worker.txt"; done
+  $py - "$out/importtime-worker.txt" <<'PY'
+import sys
+best, total = {}, 0.0
+for line in open(sys.argv[1]):
+    parts = line.split("|")
+    if len(parts) != 3 or not parts[1].strip().isdigit():
+        continue
+    name = parts[2].strip()
+    if name == "orchestrator._trainable":
+        total = int(parts[1]) / 1e6
+    if "." not in name:  # a top-level package, wherever it was first imported
+        best[name] = max(best.get(name, 0), int(parts[1]))
+top = sorted(best.items(), key=lambda kv: -kv[1])[:12]
+print(f"worker imports (import orchestrator._trainable): {total:.2f} s; largest packages:",
+      ", ".join(f"{n} {us / 1e6:.2f} s" for n, us in top))
+PY
 } 2>&1 | tee "$out/env.txt"
 
 for part in $parts; do
