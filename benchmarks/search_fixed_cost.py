@@ -51,6 +51,7 @@ STAGES = {
     "running_meter": "meter start",
     "measure_baseline": "baseline",
     "resolve_int8_format": "int8 choice",
+    "check_named_int8_format": "int8 kernel check",
     "run_tune": "Ray Tune (trials)",
     "publish_front": "report",
 }

@@ -8,18 +8,26 @@ every candidate format, has the meter time them against each other, and hands th
 every trial in ``TrialSettings.int8_auto``. The timing is cached in the search's cache
 directory, keyed by task, the dense model's layer shapes and the meter's CPU; a cached timing
 is used without timing again.
+
+A format *named* in the config is used as named, but the same figures (the same cache) say
+whether this CPU's int8 kernels compute that format's own math (``check_named_int8_format``):
+where they do not (full-range formats on x86 without VNNI saturate), the driver warns and the
+search run is tagged, since its 8-bit trials' accuracy is then that of these kernels, which a
+CPU with VNNI would not reproduce.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TextIO
+from typing import Literal, TextIO
 
 from orchestrator._latency import MeterRef, SearchMeter
 from searchspace import SearchSpec, SlimtuneError
 from trials import (
     Int8Cache,
+    Int8Choice,
+    Int8Figures,
     Int8Resolution,
     Int8Subject,
     Int8Timing,
@@ -27,6 +35,7 @@ from trials import (
     TrialSettings,
     int8_resolution,
     int8_subject,
+    named_choice,
     refused_int8_formats,
     resolved_choice,
 )
@@ -43,6 +52,11 @@ class Int8ResolutionError(SlimtuneError):
 def needs_int8_resolution(spec: SearchSpec) -> bool:
     """Whether the search has ``int8_format: auto`` and trials that can draw 8 bits."""
     return spec.quantization.int8_format == "auto" and 8 in spec.space.bit_widths()
+
+
+def needs_kernel_check(spec: SearchSpec) -> bool:
+    """Whether the search names an int8 format and has trials that can draw 8 bits."""
+    return spec.quantization.int8_format != "auto" and 8 in spec.space.bit_widths()
 
 
 def resolve_int8_format(
@@ -62,27 +76,64 @@ def resolve_int8_format(
     candidates are timed (None: ``Int8Timing()``)."""
     if not needs_int8_resolution(spec):
         return None
+    figures, source, node = _figures(spec, task, meter, cache_dir, device, timing)
+    resolution = int8_resolution(figures, source, node=node)
+    if out is not None:
+        print(_describe(resolution), file=out, flush=True)
+    return resolution
+
+
+def check_named_int8_format(
+    spec: SearchSpec,
+    task: Task,
+    meter: MeterRef,
+    *,
+    cache_dir: Path,
+    device: str = "cpu",
+    timing: Int8Timing | None = None,
+    out: TextIO | None = None,
+) -> Int8Choice | None:
+    """For a config that names its int8 format (and trials that draw 8 bits): that format with
+    the meter's figures of every candidate (the ones ``auto`` uses, from the same cache), so
+    that the search run states whether this CPU's kernels compute the named format's own math.
+    Where they do not, a warning goes to ``out``. None when the config says ``auto`` or no
+    trial draws 8 bits."""
+    if not needs_kernel_check(spec):
+        return None
+    figures, _, node = _figures(spec, task, meter, cache_dir, device, timing)
+    choice = named_choice(spec.quantization.int8_format, figures, node=node)
+    if out is not None and choice.fmt.name in refused_int8_formats(figures.deviations):
+        print(_departs(choice), file=out, flush=True)
+    return choice
+
+
+def _figures(
+    spec: SearchSpec,
+    task: Task,
+    meter: MeterRef,
+    cache_dir: Path,
+    device: str,
+    timing: Int8Timing | None,
+) -> tuple[Int8Figures, Literal["measured", "cached"], str]:
     settings = TrialSettings.for_search(
         spec, seed=spec.seed, cache_dir=cache_dir, work_dir=cache_dir, device=device
     )
     subject = int8_subject(task, settings)
     search_meter = meter.connect()
     with search_meter.working():
-        resolution = _resolve(subject, search_meter, cache_dir, timing or Int8Timing())
-    if out is not None:
-        print(_describe(resolution), file=out, flush=True)
-    return resolution
+        return _measure(subject, search_meter, cache_dir, timing or Int8Timing())
 
 
-def _resolve(
+def _measure(
     subject: Int8Subject, meter: SearchMeter, cache_dir: Path, timing: Int8Timing
-) -> Int8Resolution:
+) -> tuple[Int8Figures, Literal["measured", "cached"], str]:
+    """The candidates' figures on the meter's CPU: from the cache, else timed and cached."""
     cpu = meter.cpu()
     cache = Int8Cache(cache_dir, {**subject.key(cpu.identity), "timed_by": TIMED_BY})
     with cache.locked():
         cached = cache.read()
         if cached is not None:
-            return int8_resolution(cached, "cached", node=cpu.node)
+            return cached, "cached", cpu.node
         timed = meter.time_candidates(subject.candidates(cache.folder), subject.feed(), timing)
         if timed.cpu.identity != cpu.identity:
             raise Int8ResolutionError(
@@ -92,12 +143,27 @@ def _resolve(
                 "to one kind of node with latency.resources, or name quantization.int8_format."
             )
         cache.write(timed.figures, timing)
-    return int8_resolution(timed.figures, "measured", node=timed.cpu.node)
+    return timed.figures, "measured", timed.cpu.node
 
 
 def resolution_tags(resolution: Int8Resolution) -> dict[str, str]:
     """The search's choice as run tags: the same ``int8_format*`` tags its 8-bit trials get."""
     return resolved_choice(resolution).tags()
+
+
+def _departs(choice: Int8Choice) -> str:
+    name = choice.fmt.name
+    refused = refused_int8_formats(choice.deviations)
+    faithful = ", ".join(sorted(set(choice.deviations) - set(refused)))
+    others = f"where {faithful} compute their own" if faithful else "as every format's do here"
+    fix = f"name one of {faithful}" if faithful else "run the search on a CPU with VNNI"
+    return (
+        f"slimtune: warning: int8 format {name} (named in quantization.int8_format): this "
+        f"CPU's int8 kernels depart from its quantized math by {choice.deviations[name]:.1%} "
+        f"of the output (they saturate without VNNI), {others}. The search uses it as named: "
+        "its 8-bit trials are measured as these kernels run them, accuracy included, which a "
+        f"CPU with VNNI would not reproduce. Fix: quantization.int8_format: auto, or {fix}."
+    )
 
 
 def _describe(resolution: Int8Resolution) -> str:

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from orchestrator._baseline import BaselineFailed, measure_baseline
-from orchestrator._int8 import resolution_tags, resolve_int8_format
+from orchestrator._int8 import check_named_int8_format, resolution_tags, resolve_int8_format
 from orchestrator._latency import MeterRef, running_meter
 from orchestrator._progress import (
     cost_summary,
@@ -215,9 +215,14 @@ def _run(
         int8_auto = resolve_int8_format(
             spec, task, meter, cache_dir=cache_dir, device="cuda" if gpu else "cpu", out=out
         )
-        if int8_auto is not None:  # on the search run too: how the search chose its int8 format
-            tags = resolution_tags(int8_auto)
-            client.log_batch(parent, tags=[RunTag(k, v) for k, v in tags.items()])
+        # On the search run too: how the search chose its int8 format, or whether the named
+        # one's kernels compute its math on the meter's CPU.
+        named = check_named_int8_format(
+            spec, task, meter, cache_dir=cache_dir, device="cuda" if gpu else "cpu", out=out
+        )
+        int8_tags = resolution_tags(int8_auto) if int8_auto else named.tags() if named else {}
+        if int8_tags:
+            client.log_batch(parent, tags=[RunTag(k, v) for k, v in int8_tags.items()])
         isolation = {"latency_isolation": meter.isolation, "latency_isolation_rule": meter.rule}
         client.log_batch(parent, tags=[RunTag(k, v) for k, v in isolation.items()])
         ctx = TrialContext(

@@ -40,11 +40,13 @@ from trials._plan_tags import PLAN_JSON
 from trials._probe import SchemeCheck, SchemeRefused, check_schemes
 from trials._quantize_auto import (
     Int8Cache,
+    Int8Choice,
     Int8Figures,
     Int8Subject,
     cpu_identity,
     int8_resolution,
     measure_int8_candidates,
+    named_choice,
     resolved_choice,
     time_int8_candidates,
 )
@@ -80,6 +82,7 @@ __all__ = [
     "ExportError",
     "InlineMeter",
     "Int8Cache",
+    "Int8Choice",
     "Int8Figures",
     "Int8Resolution",
     "Int8Subject",
@@ -134,6 +137,7 @@ __all__ = [
     "load_task",
     "measure_int8_candidates",
     "measure_onnx",
+    "named_choice",
     "onnx_accuracy",
     "refused_int8_formats",
     "resolved_choice",

@@ -55,9 +55,11 @@ TIE_MS = 0.005
 class Int8Choice:
     """The int8 format a trial uses and how it was chosen: ``config`` (named in the config),
     ``measured`` (for this search or trial) or ``cached`` (measured earlier on that machine).
-    ``latencies_ms``: each candidate's median batch-1 latency on the dense model (empty for
-    ``config``); ``node``: where they were timed (the search meter's node; empty when the trial
-    timed them in its own process)."""
+    ``latencies_ms``: each candidate's median batch-1 latency on the dense model, and
+    ``deviations`` their kernels' departure from their own math (both empty for ``config``
+    in a trial; a search that names its format has its meter check them, ``named_choice``);
+    ``node``: where they were timed (the search meter's node; empty when the trial timed them
+    in its own process)."""
 
     fmt: Int8Format
     source: Literal["config", "measured", "cached"]
@@ -140,6 +142,19 @@ def int8_resolution(
     return Int8Resolution(
         figures.chosen(),
         source,
+        dict(figures.latencies_ms),
+        node=node,
+        deviations=dict(figures.deviations),
+    )
+
+
+def named_choice(name: str, figures: Int8Figures, *, node: str = "") -> Int8Choice:
+    """A format named in the config, with the search meter's figures of every candidate: its
+    trials use it as named; the figures state whether this CPU's kernels compute its math
+    (``int8_format_kernel_deviation``, ``int8_format_refused``)."""
+    return Int8Choice(
+        int8_format(name),
+        "config",
         dict(figures.latencies_ms),
         node=node,
         deviations=dict(figures.deviations),

@@ -5,20 +5,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from orchestrator._int8 import TIMED_BY, resolve_int8_format
+from orchestrator._int8 import (
+    TIMED_BY,
+    _departs,
+    check_named_int8_format,
+    resolve_int8_format,
+)
 from orchestrator._latency import GATE_DIR_ENV, MeasureGate, MeterRef, running_meter
 from orchestrator._tracking import TrackingTarget
 from orchestrator._trainable import TrialContext
 from searchspace import INT8_FORMATS, ConfigError, SearchSpec, TrialParams, parse_spec
 from trials import (
+    Int8Figures,
     Int8Resolution,
     Int8Timing,
     Task,
@@ -27,6 +35,8 @@ from trials import (
     faithful_int8_formats,
     int8_subject,
     load_task,
+    named_choice,
+    refused_int8_formats,
     run_trial,
 )
 
@@ -106,7 +116,52 @@ def test_nothing_is_timed_without_8_bits_or_with_a_named_format(
     spec = _spec(bits=bits, int8=int8)
     meter = MeterRef(where="inline", pause_trials=True)
     assert resolve_int8_format(spec, digits, meter, cache_dir=tmp_path, timing=FAST) is None
+    if int8 == "auto":  # and a search without 8 bits checks no named format's kernels either
+        assert check_named_int8_format(spec, digits, meter, cache_dir=tmp_path) is None
     assert not (tmp_path / "int8-format").exists()
+
+
+@pytest.mark.parametrize("named", ["u8s8-per-channel", "u8s8-per-channel-reduce-range"])
+def test_a_named_format_is_used_as_named_and_its_kernels_are_checked(
+    digits: Task, tmp_path: Path, named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The search's meter checks the candidates as for ``auto`` (the same cache: auto's
+    figures answer, and the other way round); the format stays the named one, and the driver
+    warns exactly when this CPU's kernels depart from its math (on x86 without VNNI, the
+    full-range formats of the digits MLP do; with VNNI none)."""
+    meter = MeterRef(where="inline", pause_trials=True)
+    auto = resolve_int8_format(_spec(), digits, meter, cache_dir=tmp_path, timing=FAST)
+    choice = check_named_int8_format(
+        _spec(int8=named), digits, meter, cache_dir=tmp_path, timing=FAST, out=sys.stdout
+    )
+    printed = capsys.readouterr().out
+    assert auto is not None and choice is not None
+    assert (choice.fmt.name, choice.source) == (named, "config")
+    assert choice.deviations == auto.deviations and choice.latencies_ms == auto.latencies_ms
+    tags = choice.tags()
+    assert tags["int8_format"] == named and tags["int8_format_source"] == "config"
+    assert set(json.loads(tags["int8_format_kernel_deviation"])) == set(INT8_FORMATS)
+    departs = named in refused_int8_formats(choice.deviations)
+    assert ("warning: int8 format " + named in printed) == departs, printed
+    assert tags.get("int8_format_refused", "") == ",".join(refused_int8_formats(auto.deviations))
+    # Reduce-range weights (7 bits) do not saturate: that format computes its math everywhere.
+    if named.endswith("reduce-range"):
+        assert not departs
+
+
+def test_the_named_format_warning_names_the_deviation_and_the_formats_that_hold() -> None:
+    latencies = {name: 0.1 for name in INT8_FORMATS}
+    deviations = {name: 0.0 for name in INT8_FORMATS} | {"u8s8-per-channel": 0.257}
+    choice = named_choice("u8s8-per-channel", Int8Figures(latencies, deviations))
+    text = _departs(choice)
+    assert "int8 format u8s8-per-channel (named in quantization.int8_format)" in text
+    assert "by 25.7% of the output" in text
+    assert "u8s8-per-channel-reduce-range" in text and "Fix: quantization.int8_format: auto" in text
+    assert choice.tags()["int8_format_refused"] == "u8s8-per-channel"
+    # Where no format's kernels give a usable output, the fix says where they would.
+    everywhere = {name: math.inf for name in INT8_FORMATS}
+    text = _departs(named_choice("u8s8-per-channel", Int8Figures(latencies, everywhere)))
+    assert "as every format's do here" in text and "on a CPU with VNNI" in text
 
 
 def test_the_meter_times_the_candidates_with_the_machine_to_itself(

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
-from searchspace import load_spec
+from searchspace import INT8_FORMATS, load_spec
 from tests.orchestrator.conftest import cli
 from trials import RECORD_SCHEMA_VERSION, TrialRecord, cpu_kind
 
@@ -37,6 +37,7 @@ space:
   pruning: {choices: [unstructured, structured]}
 sampler: {name: random, seed: 0}
 training: {epochs: 1}
+quantization: {int8_format: u8s8-per-channel}  # named: used as named, its kernels checked
 latency: {warmup: 2, repeats: 10, where: inline}  # latency is informational in a rebuild
 """
 
@@ -52,6 +53,7 @@ def search(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, list[An
         env={"PYTHONPATH": os.pathsep.join([str(TINY), os.environ.get("PYTHONPATH", "")])},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    (work / "search.out").write_text(proc.stdout)
     uri = f"sqlite:///{work / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("rebuild")
@@ -114,6 +116,26 @@ def test_each_trial_logs_a_small_complete_record(
     schemes = {t.data.params["pruning"] for t in trials}
     assert schemes == {"unstructured", "structured"}, "the sampler seed no longer draws both"
     assert len(baselines) == 1  # every trial compressed the search's one dense baseline
+
+
+def test_a_named_int8_format_is_used_and_its_kernels_checked_on_the_search_run(
+    search: tuple[Path, str, list[Any]],
+) -> None:
+    """The config names u8s8-per-channel: every 8-bit trial uses it; the search run states
+    whether the meter's CPU computes its math (its kernels saturate on x86 without VNNI), and
+    the driver warned exactly when they do not."""
+    work, uri, trials = search
+    client = MlflowClient(uri)
+    parent = client.get_run(trials[0].data.tags["mlflow.parentRunId"]).data.tags
+    assert parent["int8_format"] == "u8s8-per-channel" and parent["int8_format_source"] == "config"
+    deviations = json.loads(parent["int8_format_kernel_deviation"])
+    assert set(deviations) == set(INT8_FORMATS)
+    departs = "u8s8-per-channel" in parent.get("int8_format_refused", "").split(",")
+    printed = (work / "search.out").read_text()
+    assert ("warning: int8 format u8s8-per-channel (named" in printed) == departs, printed
+    for run in trials:
+        assert run.data.tags["int8_format"] == "u8s8-per-channel"
+        assert run.data.tags["int8_format_source"] == "config"
 
 
 def test_rebuild_reproduces_each_trial_bit_for_bit(
