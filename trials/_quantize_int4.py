@@ -101,6 +101,9 @@ def unpack_matmulnbits(packed: np.ndarray, k: int) -> np.ndarray:
     return codes[:, :k].astype(np.int8) - _ZERO_CODE
 
 
+_LAYERS = ("Conv", "Gemm", "MatMul")
+
+
 def _rewrite(
     graph: onnx.GraphProto, *, matmulnbits: bool, only: Collection[str] | None = None
 ) -> Int4Export:
@@ -109,15 +112,26 @@ def _rewrite(
     for node in graph.node:
         for name in node.input:
             users[name] = users.get(name, 0) + 1
+    shared = _shared_weights(graph.node, inits, users, only)
     nodes: list[onnx.NodeProto] = []
     nbits = dq = 0
     for node in graph.node:
         weight = node.input[1] if len(node.input) > 1 else ""
         chosen = only is None or weight in only
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or weight not in inits or not chosen:
+        if node.op_type not in _LAYERS or (weight not in shared and weight not in inits):
             nodes.append(node)
             continue
-        if users[weight] != 1:  # a shared weight: leave it as it is (the export check says so)
+        if weight in shared:  # one int4 copy, dequantized once, read by every user
+            if weight in inits:
+                new_inits, dq_node = _dequantize(weight, inits[weight], shared[weight])
+                graph.initializer.remove(inits.pop(weight))
+                graph.initializer.extend(new_inits)
+                nodes.append(dq_node)
+            node.input[1] = _dequantized(weight)
+            nodes.append(node)
+            dq += 1
+            continue
+        if not chosen or users[weight] != 1:  # a weight shared otherwise stays (the check says)
             nodes.append(node)
             continue
         array = numpy_helper.to_array(inits[weight])
@@ -130,7 +144,8 @@ def _rewrite(
             nodes.append(node)
             continue
         else:
-            new_inits, dq_node = _as_dequantize(node, array, weight)
+            new_inits, dq_node = _dequantize(weight, inits[weight], _unit_axis(node))
+            node.input[1] = _dequantized(weight)
             nodes.extend([dq_node, node])
             dropped = [weight]
             dq += 1
@@ -141,6 +156,44 @@ def _rewrite(
     del graph.node[:]
     graph.node.extend(nodes)
     return Int4Export(matmulnbits=nbits, dequantize=dq)
+
+
+def _shared_weights(
+    nodes: Collection[onnx.NodeProto],
+    inits: dict[str, onnx.TensorProto],
+    users: dict[str, int],
+    only: Collection[str] | None,
+) -> dict[str, int]:
+    """The weights read by more than one layer (tied weights, or identical ones the exporter
+    merged, as the cloned layers of an untrained ``nn.TransformerEncoder``) that can be stored
+    once as int4: every use is a chosen Conv, Gemm or 2-D MatMul reading it as its weight along
+    the same output axis. By name, that axis."""
+    axes: dict[str, set[int]] = {}
+    unfit: set[str] = set()
+    for node in nodes:
+        for slot, name in enumerate(node.input):
+            if name not in inits or users.get(name, 0) < 2:
+                continue
+            ndim = len(inits[name].dims)
+            fits = slot == 1 and node.op_type in _LAYERS and (only is None or name in only)
+            if not fits or (node.op_type != "Conv" and ndim != 2):
+                unfit.add(name)
+            else:
+                axes.setdefault(name, set()).add(_unit_axis(node))
+    return {
+        name: min(found) for name, found in axes.items() if len(found) == 1 and name not in unfit
+    }
+
+
+def _unit_axis(node: onnx.NodeProto) -> int:
+    """The axis of ``node``'s weight that holds its output units: 0 for Conv and a transposed
+    Gemm weight ``[N, K]``, 1 for ``[K, N]`` (a MatMul, or a Gemm without transB)."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    return 1
 
 
 def _as_matmulnbits(
@@ -201,25 +254,23 @@ def _as_matmulnbits(
     return new_node, new_inits, dropped + ([bias] if bias is not None else [])
 
 
-def _as_dequantize(
-    node: onnx.NodeProto, array: np.ndarray, weight: str
+def _dequantized(weight: str) -> str:
+    return f"{weight}_dequantized"
+
+
+def _dequantize(
+    weight: str, tensor: onnx.TensorProto, axis: int
 ) -> tuple[list[onnx.TensorProto], onnx.NodeProto]:
-    """An INT4 initializer and the DequantizeLinear feeding ``node`` its weight, per output
-    unit: axis 0 for Conv and a transposed Gemm weight, axis 1 for ``[K, N]``."""
-    axis = 0
-    if node.op_type == "Gemm":
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        axis = 0 if trans_b else 1
-    moved = np.moveaxis(array, axis, 0)
-    q, scale = int4_codes(moved)
+    """An INT4 initializer of ``weight`` (one scale per index of ``axis``, the output units)
+    and the DequantizeLinear that gives it back as float, named ``_dequantized(weight)``."""
+    array = numpy_helper.to_array(tensor)
+    q, scale = int4_codes(np.moveaxis(array, axis, 0))
     q_t = numpy_helper.from_array(np.moveaxis(q, 0, axis).astype(ml_dtypes.int4), f"{weight}_int4")
     scale_t = numpy_helper.from_array(scale, f"{weight}_int4_scale")
-    out = f"{weight}_dequantized"
-    node.input[1] = out
     dq = helper.make_node(
         "DequantizeLinear",
         [q_t.name, scale_t.name],
-        [out],
+        [_dequantized(weight)],
         name=f"{weight}_DequantizeLinear",
         axis=axis,
     )

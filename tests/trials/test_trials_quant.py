@@ -158,6 +158,47 @@ def test_int4_artifact_is_exact_runs_in_ort_and_is_smallest(tmp_path: Path) -> N
     assert out.stat().st_size < int8.stat().st_size < fp32.stat().st_size
 
 
+class _Tied(nn.Module):
+    """One Linear read twice (tied weights), between two of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(64, 32), nn.Linear(32, 32), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x.flatten(1)).relu()
+        h = h + self.b(h).relu()
+        return self.out(h + self.b(h))
+
+
+def test_int4_stores_a_weight_that_two_layers_read_once(tmp_path: Path) -> None:
+    """A weight read by two layers (tied, or identical ones the exporter merged) is stored once
+    as int4, dequantized once and read by both; before, it stayed float and the export check
+    refused the artifact."""
+    torch.manual_seed(0)
+    model = _Tied().eval()
+    round_to_grid(prunable_layers(model), INT4_GRID)
+    fp32 = tmp_path / "fp32.onnx"
+    export_onnx(model, _example(), fp32, what="tied")
+    out = tmp_path / "int4.onnx"
+    written = quantize_int4(fp32, out, what="tied")
+    graph = onnx.load(str(out)).graph
+    assert (written.matmulnbits, written.dequantize) == (2, 2)  # a and out; b's two readers
+    names = {t.name for t in graph.initializer}
+    assert not names & {"a.weight", "b.weight", "out.weight"}, names  # no float weight left
+    [dq] = [n for n in graph.node if n.op_type == "DequantizeLinear"]
+    assert len([n for n in graph.node if dq.output[0] in n.input]) == 2
+    int4 = [t for t in graph.initializer if t.data_type == TensorProto.INT4]
+    assert [tuple(t.dims) for t in int4] == [(32, 32)]
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    # The weights are on the grid already: only MatMulNBits' int8 activations move the output.
+    assert np.abs(got - expected).max() <= 0.02 * np.abs(expected).max()
+
+
 def test_pick_prefers_the_precise_format_among_ties() -> None:
     base = dict.fromkeys(INT8_FORMATS, 1.0)
     assert pick(base) == "u8s8-per-channel"
