@@ -15,6 +15,7 @@ from searchspace import ConfigError
 from trials._device import check_device_name, device_data, prepare_device, training_device
 from trials._errors import BaselineCacheError
 from trials._files import atomic_write, safe_name
+from trials._plain import plain_weights
 from trials._settings import Baseline
 from trials._task import Task, checked_data
 from trials._train import fit, predict
@@ -85,10 +86,12 @@ def ensure_baseline(task: Task, *, seed: int, cache_dir: Path, device: str = "cp
 
 
 def load_baseline_model(task: Task, baseline: Baseline) -> nn.Module:
-    """A fresh ``task.build_model()`` holding the baseline's weights, in eval mode."""
+    """A fresh ``task.build_model()`` holding the baseline's weights, in eval mode, its
+    reparametrized weights (weight norm, ...) made plain (``trials._plain``)."""
     model = task.build_model()
     state = torch.load(baseline.state_path, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
+    plain_weights(model)
     return model.eval()
 
 

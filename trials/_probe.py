@@ -27,6 +27,7 @@ from trials._compress import global_magnitude_masks, prunable_layers, round_to_g
 from trials._errors import TaskError
 from trials._export import convert_fp16, export_onnx, quantize_int4, quantize_int8
 from trials._export_check import ExportClaim, check_export
+from trials._plain import plain_weights
 from trials._quantize import DEFAULT_INT8_FORMAT, weight_grid
 from trials._structured import output_units, prune_structured
 from trials._tables import embedding_layers
@@ -79,6 +80,7 @@ def check_schemes(
     with tempfile.TemporaryDirectory(prefix="slimtune-schemes-", dir=work_dir) as tmp:
         for pruning in dict.fromkeys(prunings):
             base = task.build_model()
+            plain_weights(base)  # as a trial makes its dense model (load_baseline_model)
             base.eval()
             for b, seconds, reason in _probe_pruning(
                 base,

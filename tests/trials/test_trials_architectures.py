@@ -21,6 +21,7 @@ from torch import nn
 from searchspace import TrialParams
 from trials import SchemeRefused, Task, TrialSettings, check_schemes, run_trial
 from trials._export import export_onnx
+from trials._plain import plain_weights
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning")
 
@@ -37,7 +38,7 @@ def _task(kind: str) -> Task:
     return task
 
 
-@pytest.mark.parametrize("kind", ["TinyResNet", "TinyMobileNet"])
+@pytest.mark.parametrize("kind", ["TinyResNet", "TinyMobileNet", "TinyWeightNorm"])
 def test_every_bit_width_and_pruning_scheme_exports_and_passes_the_check(kind: str) -> None:
     checks = check_schemes(_task(kind), BITS, SCHEMES, sparsity=0.5)
     assert sorted((c.bits, c.pruning) for c in checks) == sorted(
@@ -125,3 +126,36 @@ def test_a_recurrent_layer_opted_out_by_name_takes_the_quantized_widths() -> Non
         _task("TinyGRU"), (8, 4, 3), ("unstructured",), sparsity=0.5, keep_float=("rnn",)
     )
     assert sorted(c.bits for c in checks) == [3, 4, 8]
+
+
+def test_reparametrized_weights_are_made_plain_with_the_same_values() -> None:
+    """Weight norm and spectral norm compute a layer's weight at every forward; slimtune stores
+    the weight they give as a plain parameter before it compresses (before, the scheme check
+    refused every pair but fp32 unstructured: torch-pruning found ``weight`` taken, ORT's int8
+    quantizer found no weight initializer, the int4 export left float weights)."""
+    torch.manual_seed(0)
+    model = _task("TinyWeightNorm").build_model().eval()
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        before = model(x)
+    made = plain_weights(model)
+    assert made == ["0.weight", "2.weight", "5.weight"]
+    assert plain_weights(model) == []  # nothing left to make plain
+    names = {name for name, _ in model.named_parameters()}
+    assert names == {f"{i}.{p}" for i in (0, 2, 5, 7) for p in ("weight", "bias")}
+    assert not model[2]._forward_pre_hooks and not model[5]._forward_pre_hooks
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x).numpy(), before.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_a_trial_of_a_weight_norm_model_prunes_and_quantizes_it(
+    tmp_path: Path, make_settings: Callable[..., TrialSettings]
+) -> None:
+    settings = dataclasses.replace(
+        make_settings(tmp_path / "cache", tmp_path / "work", epochs=1),
+        int8_format="u8s8-per-channel-reduce-range",
+    )
+    params = TrialParams(lr=1e-3, batch_size=32, sparsity=0.5, bits=8, pruning="structured")
+    result = run_trial(_task("TinyWeightNorm"), params, settings)
+    assert result.metrics["output_units"] < result.metrics["dense_output_units"]
+    assert result.tags["export_check"] == "ok" and result.metrics["accuracy"] > 0

@@ -1,11 +1,15 @@
 """Tiny models of the architecture families users bring, on the digits images (1 x 8 x 8):
 a ResNet-style network (BatchNorm, residual adds, a projection shortcut), a MobileNetV2-style
-network (depthwise convolutions, inverted residuals, ReLU6) and GRU / LSTM classifiers that read
-the image as a sequence of 8 rows."""
+network (depthwise convolutions, inverted residuals, ReLU6), GRU / LSTM classifiers that read
+the image as a sequence of 8 rows, and a network whose weights are reparametrized (weight norm,
+spectral norm), as audio and GAN-style models have them."""
 
 from __future__ import annotations
 
+import warnings
+
 from torch import Tensor, nn
+from torch.nn.utils import parametrizations, spectral_norm, weight_norm
 
 from trials import DigitsTask, Task
 
@@ -123,3 +127,24 @@ class TinyLSTM(_Digits):
 
     def build_model(self) -> nn.Module:
         return RecurrentClassifier(nn.LSTM)
+
+
+class TinyWeightNorm(_Digits):
+    """Weight norm as a parametrization (``parametrizations.weight_norm``) and in the older
+    hook form (``weight_norm``), and spectral norm (hook form)."""
+
+    name = "tiny-weight-norm"
+
+    def build_model(self) -> nn.Module:
+        with warnings.catch_warnings():  # the hook forms are deprecated, and still in use
+            warnings.simplefilter("ignore", FutureWarning)
+            return nn.Sequential(
+                parametrizations.weight_norm(nn.Conv2d(1, 16, 3, padding=1)),
+                nn.ReLU(),
+                weight_norm(nn.Conv2d(16, 16, 3, padding=1)),
+                nn.ReLU(),
+                nn.Flatten(),
+                spectral_norm(nn.Linear(16 * 64, 32)),
+                nn.ReLU(),
+                nn.Linear(32, 10),
+            )
