@@ -203,13 +203,22 @@ def _prune_per_layer(
 
 def _unprunable_layers(model: nn.Module) -> str:
     """``rnn (GRU), emb (Embedding)``: the modules holding weights of their own that are not
-    Conv/Linear layers (structured pruning never removes their units)."""
+    Conv/Linear layers, and the model's own matrices (``w (a Parameter of Net)``): structured
+    pruning never removes their units."""
     prunable = set(map(id, prunable_layers(model)))
-    return ", ".join(
-        f"{name} ({type(m).__name__})"
-        for name, m in model.named_modules()
-        if name and id(m) not in prunable and any(p.dim() >= 2 for p in m.parameters(recurse=False))
-    )
+    found = []
+    for name, m in model.named_modules():
+        if id(m) in prunable:
+            continue
+        if name and any(p.dim() >= 2 for p in m.parameters(recurse=False)):
+            found.append(f"{name} ({type(m).__name__})")
+        elif not name:  # the model's own matrices (e.g. x @ self.w): named by parameter
+            found += [
+                f"{p} (a Parameter of {type(m).__name__})"
+                for p, t in m.named_parameters(recurse=False)
+                if t.dim() >= 2
+            ]
+    return ", ".join(found)
 
 
 def _width(layer: nn.Module) -> int:

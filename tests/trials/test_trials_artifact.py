@@ -356,6 +356,24 @@ def test_structured_pruning_that_can_remove_nothing_is_refused() -> None:
         prune_structured(GruNet(), SEQ, 0.5, what="gru")
 
 
+class _OwnMatrix(nn.Module):
+    """A matrix of the model's own (``x @ self.w``), then the output layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(72, 16))
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.flatten(1) @ self.w)
+
+
+def test_a_refusal_names_the_models_own_matrices() -> None:
+    # Before, the message fell back to a generic list (GRU, LSTM, ...) for them.
+    with pytest.raises(PruningError, match=r"other layers \(w \(a Parameter of _OwnMatrix\)\)"):
+        prune_structured(_OwnMatrix(), SEQ, 0.5, what="own")
+
+
 # End to end: run_trial on a GRU task and on the tiny CNN with the layer scope.
 
 
