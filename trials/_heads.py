@@ -63,6 +63,28 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
     ]
 
 
+def inside_attention(model: nn.Module) -> list[nn.Module]:
+    """Every module inside an attention module (``attention_modules``), itself included."""
+    return [m for a in attention_modules(model) for m in a.modules()]
+
+
+def held_by_attention(model: nn.Module) -> list[nn.Module]:
+    """The modules that attention uses by head, which structured pruning must not prune as
+    neurons (whole heads are cut instead, ``prune_heads``): the ``nn.Linear`` children of a
+    recognised attention module (``attention_sites``: its q/k/v or qkv and out, and any other
+    Linear beside them), and everything inside one whose projections are not recognised. A
+    recognised module's other submodules, such as the MLP of a block that keeps its head count
+    itself, are not in it."""
+    recognised = {id(site.module) for site in attention_sites(model)[0]}
+    held: list[nn.Module] = []
+    for module in attention_modules(model):
+        if id(module) in recognised:
+            held += [c for c in module.children() if isinstance(c, nn.Linear)]
+        else:
+            held += list(module.modules())
+    return held
+
+
 def attention_sites(model: nn.Module) -> tuple[list[AttentionSite], list[HeadPruning]]:
     """The attention modules whose projections are recognised by name, and those that are not
     (as ``HeadPruning`` records with the reason)."""

@@ -26,7 +26,7 @@ from torch import nn
 
 from trials._compress import Prunable, prunable_layers
 from trials._errors import PruningError
-from trials._heads import attention_modules, attention_sites
+from trials._heads import attention_sites, inside_attention
 from trials._quantize_int4 import _block_size
 from trials._structured import prune_structured
 
@@ -156,7 +156,7 @@ def measure_widths(
     model.eval()
     layers = prunable_layers(model)
     names = {id(m): n for n, m in model.named_modules()}
-    inside = {id(m) for a in attention_modules(model) for m in a.modules()}
+    inside = {id(m) for m in inside_attention(model)}
     candidates = [("neurons", names[id(x)]) for x in layers[:-1] if id(x) not in inside]
     candidates += [("heads", site.name) for site in attention_sites(model)[0]]
     dense_shapes = _shapes(model)

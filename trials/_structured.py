@@ -3,6 +3,7 @@ torch-pruning's dependency graph, so the exported model is smaller and faster.""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 
 from trials._compress import prunable_layers
 from trials._errors import PruningError
-from trials._heads import HeadPruning, attention_modules, prune_heads
+from trials._heads import HeadPruning, held_by_attention, inside_attention, prune_heads
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,9 @@ def prune_structured(
     Attention (any module with a head count and q/k/v/out ``nn.Linear`` children,
     ``trials._heads``) loses whole heads instead, ``floor(ratio * heads)`` per module, checked
     to compute what the model did with those heads zeroed; its Linear layers, and every layer
-    whose channels are tied to them (the residual stream), are never pruned as neurons.
+    whose channels are tied to them (the residual stream), are never pruned as neurons. Other
+    layers inside such a module (the MLP of a block that keeps the head count itself) are
+    pruned as any layer, where a copy shows that this works (``_beside_attention_prunes``).
 
     Uniform per layer rather than global: every layer keeps ``1 - ratio`` of its width, so no
     layer can be emptied and the latency gain is predictable; that width is rounded to a
@@ -95,7 +98,6 @@ def prune_structured(
     its heads removed), ``ratio`` is ignored and each named layer or module loses its own share
     (the same rounding, the same dependency graph); layers not named keep their width.
     """
-    import torch_pruning as tp
 
     if layer_ratios is not None or head_ratios is not None:
         return _prune_per_layer(
@@ -119,28 +121,10 @@ def prune_structured(
             "structured, for this model."
         )
     if ratio > 0:
-        # Per-layer ratios that make torch-pruning keep exactly kept_width(...) units: it keeps
-        # int(dense * (1 - r)), so r is set half a unit short of the exact ratio.
-        ratios: dict[nn.Module, float] = {}
-        for layer in layers[:-1]:
-            dense = _width(layer)
-            keep = kept_width(dense, ratio, round_to)
-            ratios[layer] = max(0.0, (dense - keep - 0.5) / dense)
         try:
             heads = prune_heads(model, example, ratio)
-            attention = [m for a in attention_modules(model) for m in a.modules()]
-            pruner = tp.pruner.MetaPruner(
-                model,
-                example,
-                importance=tp.importance.MagnitudeImportance(p=2),
-                pruning_ratio=ratio,
-                pruning_ratio_dict=ratios,  # type: ignore[arg-type]
-                global_pruning=False,
-                ignored_layers=[layers[-1], *attention],
-            )
-            pruner.step()
-            with torch.no_grad():
-                model(example)
+            beside = _beside_attention_prunes(model, example, ratio, round_to, expected)
+            _prune_neurons(model, example, ratio, round_to, beside_attention=beside)
         except Exception as exc:
             raise PruningError(
                 f"{what}: structured pruning must trace the model with torch-pruning's "
@@ -150,6 +134,58 @@ def prune_structured(
     with torch.no_grad():
         got = tuple(model(example).shape)
     return _pruned(model, what, expected, got, dense_units, heads)
+
+
+def _prune_neurons(
+    model: nn.Module, example: Tensor, ratio: float, round_to: int, *, beside_attention: bool
+) -> None:
+    """Remove ``ratio`` of every Conv/Linear layer's output units but the last (rounded, see
+    ``kept_width``) with torch-pruning, in place. Attention's projections are never pruned as
+    neurons; ``beside_attention`` says whether the other layers inside a recognised attention
+    module (a block's MLP beside its q/k/v/out) are (``held_by_attention``), or every layer
+    inside an attention module is left whole."""
+    import torch_pruning as tp
+
+    layers = prunable_layers(model)
+    # Per-layer ratios that make torch-pruning keep exactly kept_width(...) units: it keeps
+    # int(dense * (1 - r)), so r is set half a unit short of the exact ratio.
+    ratios: dict[nn.Module, float] = {}
+    for layer in layers[:-1]:
+        dense = _width(layer)
+        keep = kept_width(dense, ratio, round_to)
+        ratios[layer] = max(0.0, (dense - keep - 0.5) / dense)
+    held = held_by_attention(model) if beside_attention else inside_attention(model)
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example,
+        importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=ratio,
+        pruning_ratio_dict=ratios,  # type: ignore[arg-type]
+        global_pruning=False,
+        ignored_layers=[layers[-1], *held],
+    )
+    pruner.step()
+    with torch.no_grad():
+        model(example)
+
+
+def _beside_attention_prunes(
+    model: nn.Module, example: Tensor, ratio: float, round_to: int, expected: tuple[int, ...]
+) -> bool:
+    """Whether the layers beside a recognised attention's projections can be pruned: tried on
+    a copy, which must still run and give the output shape (if not, e.g. a layer that the
+    attention reads by head without being one of its projections, they are left whole, as
+    every layer inside attention was before). False when there are none."""
+    held = {id(m) for m in held_by_attention(model)}
+    if held == {id(m) for m in inside_attention(model)}:
+        return False
+    trial = copy.deepcopy(model)
+    try:
+        _prune_neurons(trial, example, ratio, round_to, beside_attention=True)
+        with torch.no_grad():
+            return tuple(trial(example).shape) == expected
+    except Exception:
+        return False
 
 
 def _prune_per_layer(
@@ -179,7 +215,7 @@ def _prune_per_layer(
     try:
         heads = prune_heads(model, example, head_ratios) if head_ratios else []
         if ratios:
-            attention = [m for a in attention_modules(model) for m in a.modules()]
+            attention = inside_attention(model)  # a plan names no layer inside attention
             pruner = tp.pruner.MetaPruner(
                 model,
                 example,

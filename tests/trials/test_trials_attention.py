@@ -91,6 +91,48 @@ def trial(
     return get
 
 
+@pytest.mark.parametrize("kind", ["TinyHeadsBlock", "TinyGatedHeadsBlock"])
+def test_a_block_that_keeps_its_head_count_loses_mlp_units_too(kind: str) -> None:
+    """A block holding ``n_heads`` with q/k/v/o children is the attention module; its MLP,
+    nested beside them, was never pruned (every layer inside attention was left whole). Now it
+    loses MLP units too. A nested per-head gate keeps its outputs (the dependency graph ties
+    them to the heads), and, as it breaks the head cut, the heads stay, as before."""
+    torch.manual_seed(0)
+    task = _tiny(kind)
+    model = task.build_model().eval()
+    pruned = prune_structured(model, task.example_input().float(), 0.5, what=kind)
+    gated = kind == "TinyGatedHeadsBlock"
+    for block in model.blocks:
+        assert block.mlp[0].out_features == 32  # of 64
+        assert (block.n_heads, block.q.out_features) == ((4, 32) if gated else (2, 16))
+        if gated:
+            assert block.gate[0].out_features == 4
+    assert ("left out" if gated else "heads 4->2") in pruned.attention_tag()
+
+
+def test_layers_beside_attention_stay_whole_where_pruning_them_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where pruning the layers beside attention's projections fails on the copy, every layer
+    inside attention is left whole (the rule before), and the rest is pruned as usual."""
+    import trials._structured as structured
+
+    prune = structured._prune_neurons
+
+    def beside_fails(*args: object, beside_attention: bool, **kwargs: object) -> None:
+        if beside_attention:
+            raise RuntimeError("a layer read by head")
+        prune(*args, beside_attention=beside_attention, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(structured, "_prune_neurons", beside_fails)
+    torch.manual_seed(0)
+    task = _tiny("TinyHeadsBlock")
+    model = task.build_model().eval()
+    prune_structured(model, task.example_input().float(), 0.5, what="fallback")
+    for block in model.blocks:
+        assert (block.n_heads, block.mlp[0].out_features) == (2, 64)
+
+
 def test_an_untrained_transformer_encoder_passes_the_search_scheme_check_at_every_width() -> None:
     """A search checks every bits x pruning pair on the untrained model before it starts. The
     cloned layers of an untrained ``nn.TransformerEncoder`` have identical weights, which the

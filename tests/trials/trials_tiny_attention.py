@@ -42,6 +42,32 @@ class FusedBlock(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+class HeadsBlock(nn.Module):
+    """A block that keeps the head count itself: q/k/v/o ``nn.Linear`` children, the MLP in an
+    ``nn.Sequential`` beside them; with ``gated``, also a per-head gate (a nested Linear whose
+    outputs are the heads) that the attention reads by head."""
+
+    def __init__(self, dim: int, n_heads: int, hidden: int, *, gated: bool = False) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.gate = nn.Sequential(nn.Linear(dim, n_heads), nn.Sigmoid()) if gated else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        h = self.norm1(x)
+        q, k, v = (
+            m(h).view(b, t, self.n_heads, -1).transpose(1, 2) for m in (self.q, self.k, self.v)
+        )
+        att = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1) @ v
+        if self.gate is not None:
+            att = att * self.gate(h).transpose(1, 2).unsqueeze(-1)
+        x = x + self.o(att.transpose(1, 2).reshape(b, t, -1))
+        return x + self.mlp(self.norm2(x))
+
+
 def tiny_sequences(n: int, seed: int) -> tuple[Tensor, Tensor]:
     """Random token sequences of the Transformer task's shape; the label is the class of the
     token at position 1 (``token % CLASSES``), read out at position 0: attention must move it."""
@@ -95,3 +121,23 @@ class TinyFusedAttention(_TinyAttention):
     def build_model(self) -> nn.Module:
         blocks = nn.Sequential(*(FusedBlock(self.dim, self.heads, self.hidden) for _ in range(2)))
         return SequenceClassifier(blocks, self.dim)
+
+
+class TinyHeadsBlock(_TinyAttention):
+    """2 blocks that keep their head count themselves, the MLP nested beside q/k/v/o."""
+
+    name = "tiny-heads-block"
+    gated = False
+
+    def build_model(self) -> nn.Module:
+        blocks = nn.Sequential(
+            *(HeadsBlock(self.dim, self.heads, self.hidden, gated=self.gated) for _ in range(2))
+        )
+        return SequenceClassifier(blocks, self.dim)
+
+
+class TinyGatedHeadsBlock(TinyHeadsBlock):
+    """As ``TinyHeadsBlock``, with a per-head gate nested in each block."""
+
+    name = "tiny-gated-heads-block"
+    gated = True
