@@ -212,13 +212,14 @@ def _run(
         # int8_format: auto is timed by the search's meter, before any trial trains beside it
         # (the dense model is cached by now; the device matters only if its cache was lost).
         gpu = spec.resources.gpu > 0 and torch.cuda.is_available()
+        device = "cuda" if gpu else "cpu"
         int8_auto = resolve_int8_format(
-            spec, task, meter, cache_dir=cache_dir, device="cuda" if gpu else "cpu", out=out
+            spec, task, meter, cache_dir=cache_dir, device=device, out=out
         )
         # On the search run too: how the search chose its int8 format, or whether the named
         # one's kernels compute its math on the meter's CPU.
         named = check_named_int8_format(
-            spec, task, meter, cache_dir=cache_dir, device="cuda" if gpu else "cpu", out=out
+            spec, task, meter, cache_dir=cache_dir, device=device, out=out
         )
         int8_tags = resolution_tags(int8_auto) if int8_auto else named.tags() if named else {}
         if int8_tags:

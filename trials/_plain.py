@@ -25,7 +25,7 @@ _REMOVE: dict[str, Callable[[nn.Module, str], nn.Module]] = {
 
 def plain_weights(model: nn.Module) -> list[str]:
     """Store every parametrized tensor of ``model`` as the plain parameter its parametrization
-    gives, in place; the names made plain (``layer.weight``), for the trial's record."""
+    gives, in place; returns the names made plain (``layer.weight``)."""
     made: list[str] = []
     for name, module in model.named_modules():
         if parametrize.is_parametrized(module):

@@ -98,7 +98,6 @@ def prune_structured(
     its heads removed), ``ratio`` is ignored and each named layer or module loses its own share
     (the same rounding, the same dependency graph); layers not named keep their width.
     """
-
     if layer_ratios is not None or head_ratios is not None:
         return _prune_per_layer(
             model, example, layer_ratios or {}, head_ratios or {}, what=what, round_to=round_to
@@ -144,29 +143,45 @@ def _prune_neurons(
     neurons; ``beside_attention`` says whether the other layers inside a recognised attention
     module (a block's MLP beside its q/k/v/out) are (``held_by_attention``), or every layer
     inside an attention module is left whole."""
+    layers = prunable_layers(model)
+    ratios: dict[nn.Module, float] = {
+        layer: _torch_pruning_ratio(layer, ratio, round_to) for layer in layers[:-1]
+    }
+    held = held_by_attention(model) if beside_attention else inside_attention(model)
+    _meta_prune(model, example, ratios, ignored=[layers[-1], *held], ratio=ratio)
+    with torch.no_grad():
+        model(example)
+
+
+def _torch_pruning_ratio(layer: nn.Module, share: float, round_to: int) -> float:
+    """The ratio that makes torch-pruning keep exactly ``kept_width(...)`` of ``layer``'s
+    units: it keeps ``int(dense * (1 - r))``, so r is set half a unit short of the exact one."""
+    dense = _width(layer)
+    return max(0.0, (dense - kept_width(dense, share, round_to) - 0.5) / dense)
+
+
+def _meta_prune(
+    model: nn.Module,
+    example: Tensor,
+    ratios: Mapping[nn.Module, float],
+    *,
+    ignored: Sequence[nn.Module],
+    ratio: float,
+) -> None:
+    """One step of torch-pruning's ``MetaPruner`` (L2 magnitude, per layer): ``ratios`` by
+    layer, ``ratio`` for any other, ``ignored`` layers' outputs kept whole."""
     import torch_pruning as tp
 
-    layers = prunable_layers(model)
-    # Per-layer ratios that make torch-pruning keep exactly kept_width(...) units: it keeps
-    # int(dense * (1 - r)), so r is set half a unit short of the exact ratio.
-    ratios: dict[nn.Module, float] = {}
-    for layer in layers[:-1]:
-        dense = _width(layer)
-        keep = kept_width(dense, ratio, round_to)
-        ratios[layer] = max(0.0, (dense - keep - 0.5) / dense)
-    held = held_by_attention(model) if beside_attention else inside_attention(model)
     pruner = tp.pruner.MetaPruner(
         model,
         example,
         importance=tp.importance.MagnitudeImportance(p=2),
         pruning_ratio=ratio,
-        pruning_ratio_dict=ratios,  # type: ignore[arg-type]
+        pruning_ratio_dict=dict(ratios),  # type: ignore[arg-type]
         global_pruning=False,
-        ignored_layers=[layers[-1], *held],
+        ignored_layers=list(ignored),
     )
     pruner.step()
-    with torch.no_grad():
-        model(example)
 
 
 def _beside_attention_prunes(
@@ -197,35 +212,22 @@ def _prune_per_layer(
     what: str,
     round_to: int,
 ) -> StructuredPruning:
-    import torch_pruning as tp
-
     layers = prunable_layers(model)
     dense_units = sum(_width(layer) for layer in layers)
     named = {id(m): n for n, m in model.named_modules()}
     model.eval()
     with torch.no_grad():
         expected = tuple(model(example).shape)
-    ratios: dict[nn.Module, float] = {}
-    for layer in layers[:-1]:
-        share = layer_ratios.get(named[id(layer)], 0.0)
-        if share > 0:
-            dense = _width(layer)
-            keep = kept_width(dense, share, round_to)
-            ratios[layer] = max(0.0, (dense - keep - 0.5) / dense)
+    ratios: dict[nn.Module, float] = {
+        layer: _torch_pruning_ratio(layer, share, round_to)
+        for layer in layers[:-1]
+        if (share := layer_ratios.get(named[id(layer)], 0.0)) > 0
+    }
     try:
         heads = prune_heads(model, example, head_ratios) if head_ratios else []
         if ratios:
             attention = inside_attention(model)  # a plan names no layer inside attention
-            pruner = tp.pruner.MetaPruner(
-                model,
-                example,
-                importance=tp.importance.MagnitudeImportance(p=2),
-                pruning_ratio=0.0,
-                pruning_ratio_dict=ratios,  # type: ignore[arg-type]
-                global_pruning=False,
-                ignored_layers=[layers[-1], *attention],
-            )
-            pruner.step()
+            _meta_prune(model, example, ratios, ignored=[layers[-1], *attention], ratio=0.0)
         with torch.no_grad():
             got = tuple(model(example).shape)
     except Exception as exc:
