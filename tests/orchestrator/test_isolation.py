@@ -203,19 +203,34 @@ from orchestrator._isolation import keep_off_meter_cores
 from searchspace import parse_spec
 latency = parse_spec("experiment: x\\ntask: digits\\nlatency: {section}\\n").latency
 stop = threading.Event()
-own = threading.Thread(target=lambda: (os.sched_setaffinity(0, {{{first}}}), stop.wait()))
+def pinned():
+    os.sched_setaffinity(0, {{{first}}})
+    stop.wait()
+own = threading.Thread(target=pinned, daemon=True)
 own.start()  # a thread with a mask of its own, before the block
-plain = threading.Thread(target=stop.wait)
+plain = threading.Thread(target=stop.wait, daemon=True)
 plain.start()
+gone = set()  # threads joined: the kernel may list one a moment after its join returned
 def masks():
-    return sorted(sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task"))
-with keep_off_meter_cores(latency, trial_cpus=1) as node:
-    inside = masks()
-    later = []
-    t = threading.Thread(target=lambda: later.append(sorted(os.sched_getaffinity(0))))
-    t.start(); t.join()
-after = masks()
-stop.set(); own.join(); plain.join()
+    found = []
+    for t in os.listdir("/proc/self/task"):
+        if int(t) in gone:
+            continue
+        try:
+            found.append(sorted(os.sched_getaffinity(int(t))))
+        except ProcessLookupError:  # a thread that ended meanwhile (not one of this script's)
+            continue
+    return sorted(found)
+try:
+    with keep_off_meter_cores(latency, trial_cpus=1) as node:
+        inside = masks()
+        later = []
+        t = threading.Thread(target=lambda: later.append(sorted(os.sched_getaffinity(0))))
+        t.start(); t.join(); gone.add(t.native_id)
+    after = masks()
+finally:  # an error above must end the script, not leave it waiting on its threads
+    stop.set()
+own.join(); plain.join()
 print(json.dumps([node.choice.mode, list(node.cores), inside, later[0], after]))
 """
 

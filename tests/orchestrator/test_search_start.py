@@ -90,7 +90,13 @@ s.BESIDE_RAY_MIN_CORES = 1
 spec = parse_spec("experiment: x\\ntask: digits\\nlatency: {isolation: cores}\\n")
 work = Path(tempfile.mkdtemp())
 def masks():
-    return {t: sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")}
+    found = {}
+    for t in os.listdir("/proc/self/task"):
+        try:
+            found[t] = sorted(os.sched_getaffinity(int(t)))
+        except ProcessLookupError:  # a thread (Ray's) that ended meanwhile
+            continue
+    return found
 with start_search(spec, SearchOptions(config_path=work / "c.yaml", workdir=work)) as started:
     task, lines = started.checked()
     names = {str(t.native_id): t.name for t in threading.enumerate()}
