@@ -135,8 +135,9 @@ def render(
         f"GPU samples: {packings[0].gpu_source}, every few tenths of a second (NVML utilisation: "
         "the share of time a kernel was running)",
         f"new worker process: {start.total_s:.2f} s = {start.imports_s:.2f} s imports "
-        f"+ {start.device_s:.2f} s device set-up + "
-        f"{start.total_s - start.imports_s - start.device_s:.2f} s interpreter (median of 3)",
+        f"+ {start.store_s:.2f} s opening the tracking store + {start.device_s:.2f} s device "
+        f"set-up + {start.total_s - start.imports_s - start.store_s - start.device_s:.2f} s "
+        "interpreter (median of 3; all but the device set-up count as the worker's start)",
         "warm-up search before the packings (1 trial: makes the data, trains the dense baseline "
         f"on the GPU, picks the int8 format; all cached, so no packing pays them): {warm_s:.0f} s",
         "",

@@ -41,6 +41,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,40 +71,59 @@ RUN_LINE = "search run "
 
 @dataclass
 class StartCost:
-    """A fresh Python process that imports the trainable and sets up the training device."""
+    """A fresh Python process that imports the trainable, opens the tracking store as a trial
+    worker does before its first trial's run starts, and sets up the training device."""
 
     total_s: float
     imports_s: float
     device_s: float
+    store_s: float = 0.0  # MlflowClient on an existing sqlite store (its SQLAlchemy set-up)
 
     @property
     def process_s(self) -> float:
-        """What a new worker pays that no trial logs: interpreter start and imports (its CUDA
-        set-up is logged by its first trial as ``device_init_seconds``)."""
+        """What a new worker pays that no trial logs: interpreter start, imports and the
+        store's opening (its CUDA set-up is logged by its first trial as
+        ``device_init_seconds``)."""
         return self.total_s - self.device_s
 
 
+# Run in a fresh process; argv[1]: the training device, argv[2]: a sqlite store's URI.
+_START_CODE = """
+import sys, time
+t0 = time.perf_counter()
+import orchestrator._trainable
+from mlflow.tracking import MlflowClient
+from trials._device import prepare_device, training_device
+t1 = time.perf_counter()
+MlflowClient(tracking_uri=sys.argv[2])
+t2 = time.perf_counter()
+d = prepare_device(training_device(sys.argv[1]))
+print(t1 - t0, t2 - t1, d)
+"""
+
+
 def measure_start_cost(device: str, repeats: int = 3) -> StartCost:
-    code = (
-        "import time; t0 = time.perf_counter(); import orchestrator._trainable; "
-        "from trials._device import prepare_device, training_device; "
-        "t1 = time.perf_counter(); "
-        f"d = prepare_device(training_device({device!r})); print(t1 - t0, d)"
-    )
+    store = Path(tempfile.mkdtemp(prefix="start-cost-")) / "mlflow.db"
+    uri = f"sqlite:///{store}"
+    env = {**os.environ, "PYTHONPATH": _pythonpath()}
+    # Untimed: makes the store (its schema) as a search's driver does before any worker starts.
+    make = "import sys, mlflow; mlflow.MlflowClient(sys.argv[1]).search_experiments()"
+    subprocess.run([sys.executable, "-c", make, uri], capture_output=True, check=True, env=env)
     runs = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = subprocess.run(
-            [sys.executable, "-c", code],
+            [sys.executable, "-c", _START_CODE, device, uri],
             cwd=ROOT,
             capture_output=True,
             text=True,
             check=True,
-            env={**os.environ, "PYTHONPATH": _pythonpath()},
+            env=env,
         ).stdout
         total = time.perf_counter() - t0
-        imports, dev = (float(v) for v in out.split()[-2:])
-        runs.append(StartCost(total, imports, dev))
+        imports, opened, dev = (float(v) for v in out.split()[-3:])
+        runs.append(StartCost(total, imports, dev, opened))
+    shutil.rmtree(store.parent, ignore_errors=True)
     runs.sort(key=lambda c: c.total_s)
     return runs[len(runs) // 2]
 

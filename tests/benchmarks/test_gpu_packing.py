@@ -97,3 +97,13 @@ def test_the_fixed_cost_splits_at_the_run_line_and_the_trial_window() -> None:
     assert row["after_last_s"] == pytest.approx(10.0)
     parts = row["to_run_line_s"] + row["run_line_to_first_s"] + row["after_last_s"]
     assert parts == pytest.approx(row["wall_s"] - row["window_s"])  # the fixed cost, whole
+
+
+def test_a_new_worker_start_counts_the_tracking_store_opening() -> None:
+    # A trial worker opens the search's sqlite store (MlflowClient: SQLAlchemy and its mappers)
+    # before its first trial's run starts, so no trial logs that second: it is start cost.
+    from benchmarks.gpu_packing import measure_start_cost
+
+    cost = measure_start_cost("cpu", repeats=1)
+    assert cost.imports_s > 0 and cost.store_s > 0
+    assert cost.process_s >= cost.imports_s + cost.store_s
