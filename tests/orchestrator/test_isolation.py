@@ -199,7 +199,7 @@ PLAN = LatencyPlan(warmup=2, repeats=10)
 
 _DRIVER_KEEPS_OFF = """
 import json, os, threading
-from orchestrator._isolation import keep_off_meter_cores
+from orchestrator._isolation import _mask, _threads, keep_off_meter_cores
 from searchspace import parse_spec
 latency = parse_spec("experiment: x\\ntask: digits\\nlatency: {section}\\n").latency
 stop = threading.Event()
@@ -211,16 +211,8 @@ own.start()  # a thread with a mask of its own, before the block
 plain = threading.Thread(target=stop.wait, daemon=True)
 plain.start()
 gone = set()  # threads joined: the kernel may list one a moment after its join returned
-def masks():
-    found = []
-    for t in os.listdir("/proc/self/task"):
-        if int(t) in gone:
-            continue
-        try:
-            found.append(sorted(os.sched_getaffinity(int(t))))
-        except ProcessLookupError:  # a thread that ended meanwhile (not one of this script's)
-            continue
-    return sorted(found)
+def masks():  # the product's reader: a thread that ended meanwhile gives None
+    return sorted(sorted(m) for t in _threads() if t not in gone and (m := _mask(t)) is not None)
 try:
     with keep_off_meter_cores(latency, trial_cpus=1) as node:
         inside = masks()

@@ -84,19 +84,14 @@ _CORES_BESIDE = """
 import json, os, tempfile, threading
 from pathlib import Path
 import orchestrator._ray_session as s
+from orchestrator._isolation import _mask, _threads
 from orchestrator._ray_session import SearchOptions, start_search
 from searchspace import parse_spec
 s.BESIDE_RAY_MIN_CORES = 1
 spec = parse_spec("experiment: x\\ntask: digits\\nlatency: {isolation: cores}\\n")
 work = Path(tempfile.mkdtemp())
-def masks():
-    found = {}
-    for t in os.listdir("/proc/self/task"):
-        try:
-            found[t] = sorted(os.sched_getaffinity(int(t)))
-        except ProcessLookupError:  # a thread (Ray's) that ended meanwhile
-            continue
-    return found
+def masks():  # the product's reader: a thread (Ray's) that ended meanwhile gives None
+    return {str(t): sorted(m) for t in _threads() if (m := _mask(t)) is not None}
 with start_search(spec, SearchOptions(config_path=work / "c.yaml", workdir=work)) as started:
     task, lines = started.checked()
     names = {str(t.native_id): t.name for t in threading.enumerate()}
