@@ -29,6 +29,7 @@ from trials._compress import (
     prunable_layers,
     round_to_grid,
 )
+from trials._matrices import NO_MATRICES, OwnMatrices
 from trials._measure import LatencyMeter, measure_onnx
 from trials._quantize import WeightGrid
 from trials._settings import TrialResult, TrialSettings
@@ -126,6 +127,7 @@ def measure_first(
     task: Task,
     settings: TrialSettings,
     meter: LatencyMeter | None,
+    matrices: OwnMatrices = NO_MATRICES,
 ) -> EarlyMeasurement:
     """Export and measure a copy of ``model`` as it would be deployed if it were not trained.
 
@@ -147,6 +149,7 @@ def measure_first(
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
     bake(layers, masks)
     _round(layers, ptq_grid)
+    matrices.bake(twin)
     path = settings.work_dir / EARLY_ONNX
     try:
         export(twin, path)
@@ -157,29 +160,29 @@ def measure_first(
 
 
 def _twin(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` with the same weight parametrizations (copies of them).
+    """A deep copy of ``model`` with the same parametrizations (copies of them): the layers'
+    weights and the model's own matrices (``trials._matrices``).
 
     A parametrized module cannot be deep-copied (its class is made on the fly), so each
     parametrization is taken off for the copy and put back: the same ``original`` parameter
     and the same parametrization object, so training and a pruning schedule that holds the
     layers see no difference."""
-    layers = prunable_layers(model)
-    taken: list[tuple[int, list[nn.Module]]] = []
+    held = [(n, m) for n, m in model.named_modules() if parametrize.is_parametrized(m)]
+    taken: list[tuple[str, nn.Module, str, list[nn.Module]]] = []
     try:
-        for i, layer in enumerate(layers):
-            if parametrize.is_parametrized(layer, "weight"):
-                chain = list(layer.parametrizations.weight)  # type: ignore[union-attr,arg-type]
-                parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
-                taken.append((i, chain))
+        for name, module in held:
+            for tensor in list(module.parametrizations):  # type: ignore[union-attr]
+                chain = list(module.parametrizations[tensor])  # type: ignore[index]
+                parametrize.remove_parametrizations(module, tensor, leave_parametrized=False)
+                taken.append((name, module, tensor, chain))
         twin = copy.deepcopy(model)
     finally:
-        for i, chain in taken:
+        for _, module, tensor, chain in taken:
             for p in chain:
-                parametrize.register_parametrization(layers[i], "weight", p)
-    twin_layers = prunable_layers(twin)
-    for i, chain in taken:
+                parametrize.register_parametrization(module, tensor, p)
+    for name, _, tensor, chain in taken:
         for p in chain:
-            parametrize.register_parametrization(twin_layers[i], "weight", copy.deepcopy(p))
+            parametrize.register_parametrization(twin.get_submodule(name), tensor, copy.deepcopy(p))
     return twin
 
 

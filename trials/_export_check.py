@@ -137,16 +137,7 @@ def check_export(
         elif n_fp16:
             raise fail(f"a {claim.bits}-bit artifact has no float16 initializers", slimtune_bug)
         if claim.bits < 8:
-            levels = 2**claim.bits - 1
-            for w in weights:
-                rows = w.array.reshape(w.array.shape[0], -1)
-                most = max(len(np.unique(row)) for row in rows)
-                if most > levels:
-                    raise fail(
-                        f"a simulated {claim.bits}-bit artifact holds at most {levels} weight "
-                        f"levels per output channel ({w.op} has {most})",
-                        slimtune_bug,
-                    )
+            _check_levels(weights, claim, fail)
     census = weight_census(model)
     _check_coverage(census, claim, fail)
     if claim.structured:
@@ -202,6 +193,30 @@ def _check_loads(path: Path, example: np.ndarray | None, *, what: str) -> None:
             f"{type(exc).__name__}: {reason}. Fix: report this as a slimtune bug with the "
             "model; meanwhile search other bit-widths for it (bits: [32, 8])."
         ) from exc
+
+
+def _check_levels(
+    weights: list[LayerWeight], claim: ExportClaim, fail: Callable[[str, str], ExportClaimError]
+) -> None:
+    """A simulated width's weights hold at most ``2**bits - 1`` levels per output channel,
+    except those ``keep_float`` lets stay float (the coverage rule bounds their share)."""
+    levels = 2**claim.bits - 1
+    for w in weights:
+        if w.name and opted_out(w.name, claim.keep_float):
+            continue
+        rows = w.array.reshape(w.array.shape[0], -1)
+        most = max(len(np.unique(row)) for row in rows)
+        if most > levels:
+            name = w.name or "(unnamed)"
+            raise fail(
+                f"a simulated {claim.bits}-bit artifact holds at most {levels} weight levels "
+                f"per output channel ({w.op} weight {name} has {most})",
+                f"if {name} is a matrix the model multiplies with in a way slimtune cannot map "
+                "to output units (a slice, einsum; x @ w, x @ w.t() and F.linear(x, w) are "
+                f"rounded), keep it float by name (quantization.keep_float: [{name}]) or use "
+                "an nn.Linear; otherwise report this as a slimtune bug, the trial's numbers are "
+                "not trustworthy",
+            )
 
 
 def _covered(weight: ArtifactWeight, bits: int) -> bool:

@@ -24,6 +24,7 @@ from trials._errors import TaskError
 from trials._export import export_onnx
 from trials._export_check import ExportClaim, check_export
 from trials._fingerprints import weights_sha256
+from trials._matrices import own_matrices
 from trials._measure import LatencyMeter
 from trials._plan_choose import PlanChooser
 from trials._plan_export import check_artifact
@@ -175,6 +176,7 @@ def run_trial(
         layers = prunable_layers(model)
         plan = chooser.choose(model, layers, dense_widths)
         tags.update(plan_tags(plan))
+        matrices = own_matrices(model, example, plan.uniform_bits or 32, settings.keep_float)
         grids = [layer_grid(setting, int8) for _, setting in plan.layers]
         qat = params.quant_scheme == "qat"
         train_grids = grids if qat else [None] * len(grids)  # ptq fine-tunes in float
@@ -188,6 +190,7 @@ def run_trial(
             )
         elif any(g is not None for g in train_grids):
             attach_grids(layers, masks, train_grids)
+        matrices.attach(model)  # simulated widths: the model's own matrices too
         # Embedding tables are stored per row at <= 8 bits in uniform plans (trials._tables);
         # a mixed plan leaves them float.
         tables = embedding_layers(model)
@@ -223,6 +226,7 @@ def run_trial(
                     task=task,
                     settings=settings,
                     meter=meter,
+                    matrices=matrices,
                 ),
                 schedule=schedule,
                 ptq_grid=ptq_grids,
@@ -258,6 +262,8 @@ def run_trial(
     if not qat:
         round_to_grids(layers, grids)  # ptq: the weight half of post-training quantization
         round_to_grids(tables, [rows] * len(tables))
+    matrices.bake(model)
+    tags.update(matrices.tag())
     check_sparsity(layers, masks, params.sparsity if schedule else 0.0, what=what)
     lineage = Lineage(
         baseline_seed=settings.dense_seed,
@@ -300,7 +306,7 @@ def run_trial(
         task,
         settings,
         onnx_path,
-        packed_bytes=plan_packed_bytes(model, layers, plan),
+        packed_bytes=plan_packed_bytes(model, layers, plan, matrices),
         tags=tags,
         train_seconds=train_seconds,
         export_seconds=export_seconds,

@@ -14,6 +14,7 @@ from torch.nn.utils import parametrize
 from searchspace import TrialParams
 from trials._compress import GradualPruning, MaskedFakeQuant, Prunable, Weighted, zero_weights
 from trials._errors import PruningError
+from trials._matrices import NO_MATRICES, OwnMatrices
 from trials._measure import LatencyMeter
 from trials._plan import CompressionPlan
 from trials._quantize import WeightGrid
@@ -85,12 +86,20 @@ def round_to_grids(layers: Sequence[Weighted], grids: Sequence[WeightGrid | None
                 layer.weight.copy_(grid.fake_quantize(layer.weight))
 
 
-def plan_packed_bytes(model: nn.Module, layers: Sequence[Prunable], plan: CompressionPlan) -> int:
+def plan_packed_bytes(
+    model: nn.Module,
+    layers: Sequence[Prunable],
+    plan: CompressionPlan,
+    matrices: OwnMatrices = NO_MATRICES,
+) -> int:
     """Analytic size of the weights packed as ``plan`` says: each Conv/Linear weight at its
-    bits / 8 bytes plus one fp32 scale per output channel (none at 16 and 32 bits); every other
-    parameter fp32. No credit for sparsity and no format overhead."""
+    bits / 8 bytes plus one fp32 scale per output channel (none at 16 and 32 bits), the own
+    ``matrices`` a simulated width rounds likewise; every other parameter fp32. No credit for
+    sparsity and no format overhead."""
+    named = matrices.names()
     quantized = {id(layer.weight) for layer in layers}
-    size = 0
+    quantized |= {id(p) for name, p in model.named_parameters() if name in named}
+    size = matrices.packed_bytes(model)
     for layer, bits in zip(layers, (s.bits for _, s in plan.layers), strict=True):
         size += math.ceil(layer.weight.numel() * bits / 8)
         if bits <= 8:

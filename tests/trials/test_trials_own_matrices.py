@@ -1,0 +1,200 @@
+"""A model's own matrices (``x @ self.w`` instead of an nn.Linear) at simulated widths: found
+with their output axis, rounded to the grid, and checked in the artifact; the ways they cannot
+be mapped are refused with a fix that names them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+from torch import nn
+
+from searchspace import TrialParams
+from trials import ExportClaimError, RungReport, Task, TrialSettings, check_schemes, run_trial
+from trials._matrices import OwnMatrix, find_matrices, own_matrices
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning")
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(6, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w.t()
+
+
+class _Many(nn.Module):
+    """Every way of multiplying with a parameter that the finder reads, and some it must not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.randn(4, 6))  # x @ a: its columns are the outputs
+        self.b = nn.Parameter(torch.randn(6, 6))  # F.linear(h, b): its rows
+        self.c = nn.Parameter(torch.randn(6, 6))  # torch.addmm(bias, h, c): its columns
+        self.block = _Block()  # h @ w.t(): the rows of block.w
+        self.sliced = nn.Parameter(torch.randn(6, 8))  # h @ sliced[:, :4]: no output unit map
+        self.both = nn.Parameter(torch.randn(6, 6))  # read as it is and transposed
+        self.scale = nn.Parameter(torch.ones(6))  # 1-D: no matrix
+        self.table = nn.Parameter(torch.randn(3, 6))  # 2-D but added, not multiplied
+        self.head = nn.Linear(6, 2)  # a layer: quantized as one already
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x @ self.a
+        h = F.linear(h, self.b)
+        h = torch.addmm(torch.zeros(6), h, self.c)
+        h = self.block(h) * self.scale + self.table.sum(0)
+        h = h + (h @ self.sliced[:, :4]).sum(1, keepdim=True)
+        h = h @ self.both + h @ self.both.t()
+        return self.head(h)
+
+
+def test_the_finder_reads_each_matrix_with_its_output_axis() -> None:
+    model = _Many()
+    model.train()
+    found = find_matrices(model, torch.randn(2, 4))
+    assert found == [
+        OwnMatrix("a", 1),
+        OwnMatrix("b", 0),
+        OwnMatrix("c", 1),
+        OwnMatrix("block.w", 0),
+    ]
+    assert model.training  # the forward ran in eval mode and the mode was put back
+
+
+def test_only_simulated_widths_round_and_keep_float_opts_out() -> None:
+    model, example = _Many(), torch.randn(2, 4)
+    assert not own_matrices(model, example, 8).quantizes  # ONNX Runtime quantizes these itself
+    assert not own_matrices(model, example, 4).quantizes
+    kept = own_matrices(model, example, 3, keep_float=("block", "a"))
+    assert [m.name for m in kept.matrices] == ["b", "c"]
+    assert kept.tag() == {"own_matrices": "b,c: fake-quantized on the 3-bit grid"}
+
+
+def test_baking_puts_each_output_unit_on_the_grid() -> None:
+    model = _Many()
+    matrices = own_matrices(model, torch.randn(2, 4), 3)
+    before = model.sliced.detach().clone()
+    matrices.bake(model)
+    for name, axis in (("a", 1), ("b", 0), ("c", 1), ("block.w", 0)):
+        units = model.get_parameter(name).detach()
+        units = units if axis == 0 else units.t()
+        assert max(len(torch.unique(row)) for row in units) <= 7, name
+        # Per unit, not per tensor: the other axis has more than 7 levels.
+        other = units.t()
+        assert max(len(torch.unique(row)) for row in other) > 7 or units.shape[0] < 8
+    assert torch.equal(model.sliced.detach(), before)
+    # 3-bit bytes plus a scale per output unit, for the four matrices; every other param fp32.
+    expected = sum((p.numel() * 3 + 7) // 8 for p in (model.a, model.b, model.c, model.block.w))
+    assert matrices.packed_bytes(model) == expected + 4 * (6 + 6 + 6 + 6)
+
+
+def test_attached_matrices_train_on_the_grid_and_bake_to_what_trained() -> None:
+    model, x = _Many(), torch.randn(5, 4)
+    matrices = own_matrices(model, x, 3)
+    matrices.attach(model)
+    trained = model(x)
+    trained.sum().backward()
+    original = dict(model.named_parameters())["block.parametrizations.w.original"]
+    assert original.grad is not None and original.grad.abs().sum() > 0  # straight through
+    assert max(len(torch.unique(col)) for col in model.a.t()) <= 7  # the forward sees the grid
+    matrices.bake(model)
+    assert dict(model.named_parameters()).keys() >= {"a", "b", "c", "block.w"}
+    assert torch.allclose(model(x), trained, atol=1e-6)
+
+
+class _OwnMatrixNet(nn.Module):
+    def __init__(self, sliced: bool = False) -> None:
+        super().__init__()
+        self.sliced = sliced
+        self.w = nn.Parameter(torch.randn(96, 32) * 0.1)
+        self.head = nn.Linear(32, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        h = self._halves(x) if self.sliced else x @ self.w
+        return self.head(torch.relu(h))
+
+    def _halves(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ w`` read as two slices of ``w``: no output unit to map."""
+        return torch.cat([x @ self.w[:, :16], x @ self.w[:, 16:]], 1)
+
+
+class OwnMatrixTask(Task):
+    """Which of 8 positions holds the largest first feature, through a matrix of the model's own."""
+
+    name = "own-matrix"
+    baseline_epochs = 1
+    baseline_lr = 3e-3
+    baseline_batch_size = 32
+    sliced = False
+
+    def build_model(self) -> nn.Module:
+        return _OwnMatrixNet(self.sliced)
+
+    def _data(self, seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, 8, 12, generator=g)
+        return x, x[:, :, 0].argmax(1)
+
+    def train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._data(0, 256)
+
+    def val_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._data(1, 64)
+
+
+class SlicedTask(OwnMatrixTask):
+    name = "own-matrix-sliced"
+    sliced = True
+
+
+def _w_levels(path: Path) -> int:
+    """The most levels a column of the file's ``w`` (a MatMul's right operand) holds."""
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    return max(len(np.unique(col)) for col in inits["w"].T)
+
+
+def test_a_simulated_width_trial_fake_quantizes_the_models_own_matrix(
+    make_settings: Callable[..., TrialSettings], tmp_path: Path
+) -> None:
+    # Before, the export check refused it as a slimtune bug (MatMul has 96 levels).
+    params = TrialParams(lr=1e-3, batch_size=64, sparsity=0.5, bits=3)
+    settings = make_settings(tmp_path / "cache", tmp_path / "w", epochs=1)
+    reports: list[RungReport] = []
+    result = run_trial(OwnMatrixTask(), params, settings, rungs=reports.append)
+    assert result.tags["export_check"] == "ok"
+    assert result.tags["own_matrices"] == "w: fake-quantized on the 3-bit grid"
+    assert _w_levels(settings.work_dir / "model.onnx") <= 7
+    # Packed: w at 3 bits with 32 scales, the head at 3 bits with 8, the biases fp32.
+    w, head = (96 * 32 * 3 + 7) // 8 + 4 * 32, (32 * 8 * 3 + 7) // 8 + 4 * 8
+    assert result.metrics["size_packed_bytes"] == w + head + 4 * 8
+    # The early artifact was rounded the same way (else its check would have failed), and
+    # the last rung's PyTorch accuracy is the final model's.
+    assert [r.epoch for r in reports] == [0, 1]
+    assert reports[-1].metrics["torch_accuracy"] == pytest.approx(
+        result.metrics["torch_accuracy"], abs=1e-9
+    )
+
+
+def test_an_unmappable_matrix_is_refused_with_a_fix_that_names_it(
+    make_settings: Callable[..., TrialSettings], tmp_path: Path
+) -> None:
+    params = TrialParams(lr=1e-3, batch_size=64, sparsity=0.0, bits=3)
+    settings = make_settings(tmp_path / "cache", tmp_path / "w", epochs=1)
+    with pytest.raises(ExportClaimError, match=r"MatMul weight \S+ has \d+\).*keep_float: \["):
+        run_trial(SlicedTask(), params, settings)
+
+
+def test_the_scheme_check_passes_a_model_with_its_own_matrix(tmp_path: Path) -> None:
+    checks = check_schemes(
+        OwnMatrixTask(), [32, 8, 4, 3, 2], ["unstructured"], sparsity=0.5, work_dir=tmp_path
+    )
+    assert sorted(c.bits for c in checks) == [2, 3, 4, 8, 32]

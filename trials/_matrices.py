@@ -1,0 +1,220 @@
+"""A model's own matrices: 2-D parameters its forward multiplies with directly (``x @ self.w``,
+``x @ self.w.t()``, ``F.linear(x, self.w)``, ``torch.addmm(b, x, self.w)``) instead of through an
+``nn.Linear``. The exported graph holds each as a MatMul (or Gemm) weight like a Linear's, so a
+simulated width (2, 3, 5-7 bits) must put it on the same grid: per output unit of the product
+that reads it (a column of ``w`` in ``x @ w``, a row in ``x @ w.t()`` and ``F.linear``).
+
+Where a matrix is found is read from one forward pass on the example input (``find_matrices``):
+each matmul's right operand is matched to a parameter, directly or as its transpose. A matrix
+read in any other way (a slice, ``einsum``, used on both sides) is left as it is, and the export
+check names it. Own matrices are fake-quantized during fine-tuning like the layers (``attach``)
+and baked on the grid after it (``bake``); the tag ``own_matrices`` names them. int8 and int4
+need none of this: ONNX Runtime's quantizers quantize every MatMul weight of the file
+themselves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.overrides import TorchFunctionMode
+
+from searchspace import SIMULATED_BITS
+from trials._artifact_weights import opted_out
+from trials._quantize import WeightGrid, weight_grid
+
+# Functions whose right operand is a weight (position in args, axis of its output units:
+# 1 = its columns, as in x @ w; 0 = its rows, as in F.linear(x, w)).
+_RIGHT = {"matmul": (1, 1), "__matmul__": (1, 1), "mm": (1, 1), "addmm": (2, 1), "linear": (1, 0)}
+_LEFT_OF_SELF = {"__rmatmul__": (0, 1)}  # other @ self: the right operand is self
+
+
+@dataclass(frozen=True)
+class OwnMatrix:
+    """A 2-D parameter the model multiplies with: its name in ``model.named_parameters()`` and
+    the axis of its output units in the product that reads it."""
+
+    name: str
+    axis: int
+
+    def __post_init__(self) -> None:
+        if self.axis not in (0, 1):
+            raise ValueError(f"an own matrix's output axis is 0 or 1, not {self.axis!r}")
+
+    def slot(self, model: nn.Module) -> tuple[nn.Module, str]:
+        """The module of ``model`` (the trial's or a copy of it) holding the matrix, and its
+        attribute name there."""
+        owner, _, attr = self.name.rpartition(".")
+        return model.get_submodule(owner), attr
+
+    def attach(self, model: nn.Module, grid: WeightGrid) -> None:
+        """Fake-quantize the matrix on ``grid`` per output unit while ``model`` trains."""
+        parametrize.register_parametrization(*self.slot(model), _UnitFakeQuant(grid, self.axis))
+
+    def bake(self, model: nn.Module, grid: WeightGrid) -> None:
+        """Make the matrix a plain parameter again, rounded to ``grid`` per output unit."""
+        owner, attr = self.slot(model)
+        if parametrize.is_parametrized(owner, attr):
+            parametrize.remove_parametrizations(owner, attr, leave_parametrized=True)
+        with torch.no_grad():
+            weight = getattr(owner, attr)
+            weight.copy_(_UnitFakeQuant(grid, self.axis)(weight))
+
+
+class _UnitFakeQuant(nn.Module):
+    """Parametrization: fake quantization on ``grid`` per output unit (rows for ``axis`` 0,
+    columns for 1); the gradient passes straight through."""
+
+    def __init__(self, grid: WeightGrid, axis: int) -> None:
+        super().__init__()
+        self.grid = grid
+        self.axis = axis
+
+    def forward(self, weight: Tensor) -> Tensor:
+        if self.axis == 0:
+            return self.grid.fake_quantize(weight)
+        return self.grid.fake_quantize(weight.t()).t()
+
+
+@dataclass(frozen=True)
+class OwnMatrices:
+    """The own matrices of a trial's model and the grid a simulated width puts them on (None:
+    the artifact's format quantizes them, or leaves them float)."""
+
+    matrices: tuple[OwnMatrix, ...] = ()
+    grid: WeightGrid | None = None
+    bits: int = 32
+
+    @property
+    def quantizes(self) -> bool:
+        """Whether any matrix is put on a grid."""
+        return self.grid is not None and bool(self.matrices)
+
+    def attach(self, model: nn.Module) -> None:
+        """Fake-quantize every matrix of ``model`` on the grid while it trains."""
+        if self.grid is not None:
+            for matrix in self.matrices:
+                matrix.attach(model, self.grid)
+
+    def bake(self, model: nn.Module) -> None:
+        """Every matrix of ``model`` (the trial's or a copy of it) a plain parameter on the
+        grid."""
+        if self.grid is not None:
+            for matrix in self.matrices:
+                matrix.bake(model, self.grid)
+
+    def packed_bytes(self, model: nn.Module) -> int:
+        """Analytic size of the matrices packed at ``bits`` (each at ``bits / 8`` bytes plus one
+        fp32 scale per output unit); 0 when they are not on a grid."""
+        if not self.quantizes:
+            return 0
+        size = 0
+        for m in self.matrices:
+            weight = model.get_parameter(m.name)
+            size += math.ceil(weight.numel() * self.bits / 8) + 4 * weight.shape[m.axis]
+        return size
+
+    def names(self) -> set[str]:
+        """The parameter names of the matrices put on a grid."""
+        return {m.name for m in self.matrices} if self.quantizes else set()
+
+    def tag(self) -> dict[str, str]:
+        """``own_matrices``: the matrices rounded, and how (none: no tag)."""
+        if not self.quantizes:
+            return {}
+        names = ",".join(m.name for m in self.matrices)
+        return {"own_matrices": f"{names}: fake-quantized on the {self.bits}-bit grid"}
+
+
+NO_MATRICES = OwnMatrices()  # a model without own matrices, or a width that leaves them alone
+
+
+def own_matrices(
+    model: nn.Module, example: torch.Tensor, bits: int, keep_float: Sequence[str] = ()
+) -> OwnMatrices:
+    """The own matrices of ``model`` that a simulated width ``bits`` must round (none at other
+    widths, and none that ``keep_float`` names)."""
+    if bits not in SIMULATED_BITS:
+        return OwnMatrices(bits=bits)
+    found = [m for m in find_matrices(model, example) if not opted_out(m.name, keep_float)]
+    return OwnMatrices(tuple(found), weight_grid(bits), bits)
+
+
+def find_matrices(model: nn.Module, example: torch.Tensor) -> list[OwnMatrix]:
+    """Every 2-D parameter of ``model`` outside its Conv/Linear/Embedding layers that one forward
+    pass on ``example`` reads as the right operand of a matmul, directly or transposed, in
+    one orientation only."""
+    layered = {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear | nn.Embedding)
+    }
+    candidates = {
+        id(p): name for name, p in model.named_parameters() if p.dim() == 2 and id(p) not in layered
+    }
+    if not candidates:
+        return []
+    spy = _MatmulSpy(candidates)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:  # fork_rng: a forward that draws random numbers leaves the trial's stream alone
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), spy:
+            model(example.to(device))
+    finally:
+        model.train(was_training)
+    return [OwnMatrix(name, axis) for name, axis in spy.found.items() if axis is not None]
+
+
+class _MatmulSpy(TorchFunctionMode):
+    """Notes the axis each candidate parameter is read on (None: read in more than one way)."""
+
+    def __init__(self, candidates: dict[int, str]) -> None:
+        super().__init__()
+        self.candidates = candidates
+        self.found: dict[str, int | None] = {}
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        where = _RIGHT.get(name) or _LEFT_OF_SELF.get(name)
+        if where is not None and len(args) > where[0]:
+            self._note(args[where[0]], where[1])
+        elif name == "linear" and "weight" in kwargs:
+            self._note(kwargs["weight"], 0)
+        return func(*args, **kwargs)
+
+    def _note(self, operand: Any, axis: int) -> None:
+        if not isinstance(operand, torch.Tensor) or operand.dim() != 2:
+            return
+        if id(operand) in self.candidates:
+            self._set(self.candidates[id(operand)], axis)
+            return
+        base = operand._base
+        if base is None or id(base) not in self.candidates:
+            return
+        name = self.candidates[id(base)]
+        whole = operand.storage_offset() == base.storage_offset()
+        if whole and operand.shape == base.shape and operand.stride() == base.stride():
+            self._set(name, axis)  # the parameter itself, viewed as it is
+        elif whole and (operand.shape, operand.stride()) == (base.shape[::-1], base.stride()[::-1]):
+            self._set(name, 1 - axis)  # its transpose
+        else:
+            self._set(name, None)  # a slice or a reshape: no output unit to round per
+
+    def _set(self, name: str, axis: int | None) -> None:
+        if name in self.found and self.found[name] != axis:
+            axis = None
+        self.found[name] = axis
