@@ -26,7 +26,7 @@ from torch import nn
 
 from trials._compress import Prunable, prunable_layers
 from trials._errors import PruningError
-from trials._heads import attention_sites, inside_attention
+from trials._heads import attention_sites, held_by_attention
 from trials._quantize_int4 import _block_size
 from trials._structured import prune_structured
 
@@ -150,14 +150,16 @@ def measure_widths(
 ) -> tuple[WidthGroup, ...]:
     """Each prunable group of ``model`` pruned alone at each share of ``keeps`` (on a copy, by
     ``prune_structured``): its loss on ``batch`` and its effect on the shapes. Candidates are
-    every Conv/Linear layer but the last outside attention (neurons) and every recognised
-    attention module (heads); a layer tied to one already measured is not measured again, and a
-    share that removes nothing (a layer narrower than ``round_to``) is left out."""
+    every Conv/Linear layer but the last that attention does not hold (neurons: also a
+    block's MLP beside its q/k/v/out, ``held_by_attention``) and every recognised attention
+    module (heads). A layer that cannot be pruned alone is left out, a layer tied to one
+    already measured is not measured again, and so is a share that removes nothing (a layer
+    narrower than ``round_to``)."""
     model.eval()
     layers = prunable_layers(model)
     names = {id(m): n for n, m in model.named_modules()}
-    inside = {id(m) for m in inside_attention(model)}
-    candidates = [("neurons", names[id(x)]) for x in layers[:-1] if id(x) not in inside]
+    held = {id(m) for m in held_by_attention(model)}
+    candidates = [("neurons", names[id(x)]) for x in layers[:-1] if id(x) not in held]
     candidates += [("heads", site.name) for site in attention_sites(model)[0]]
     dense_shapes = _shapes(model)
     dense_others = _others(model)

@@ -226,8 +226,8 @@ def _prune_per_layer(
     try:
         heads = prune_heads(model, example, head_ratios) if head_ratios else []
         if ratios:
-            attention = inside_attention(model)  # a plan names no layer inside attention
-            _meta_prune(model, example, ratios, ignored=[layers[-1], *attention], ratio=0.0)
+            held = held_by_attention(model)  # a plan names no layer attention holds
+            _meta_prune(model, example, ratios, ignored=[layers[-1], *held], ratio=0.0)
         with torch.no_grad():
             got = tuple(model(example).shape)
     except Exception as exc:

@@ -40,7 +40,11 @@ from trials._trial_steps import layer_names
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import uniform_plan_cases as cases  # noqa: E402
-from trials_tiny_attention import TinyLinearAttention  # noqa: E402
+from trials_tiny_attention import (  # noqa: E402
+    TinyGatedHeadsBlock,
+    TinyHeadsBlock,
+    TinyLinearAttention,
+)
 
 sys.path.remove(str(HERE))
 
@@ -124,22 +128,33 @@ def _others(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in inside)
 
 
-@pytest.mark.parametrize("kind", ["cnn", "attention"])
+ATTENTION: dict[str, type[Task]] = {
+    "attention": TinyLinearAttention,
+    "heads-block": TinyHeadsBlock,  # the MLP nested in the module that keeps the head count
+    "gated-heads-block": TinyGatedHeadsBlock,  # and a gate the attention reads by head
+}
+
+
+@pytest.mark.parametrize("kind", ["cnn", *ATTENTION])
 def test_the_size_of_groups_pruned_alone_composes_to_the_model_pruned_together(kind: str) -> None:
     torch.manual_seed(0)
     if kind == "cnn":
         model: nn.Module = _ConvBN().eval()
         example, batch = torch.randn(1, 1, 8, 8), torch.randn(16, 1, 8, 8)
     else:
-        task = TinyLinearAttention()
+        task = ATTENTION[kind]()
         model = task.build_model().eval()
         example, batch = task.example_input(), task.train_data()[0][:16]
     groups = measure_widths(model, example, batch, round_to=8, what="test", keeps=(1.0, 0.5))
     kinds = {g.name: g.kind for g in groups}
     if kind == "cnn":  # every layer but the output, each its own group
         assert kinds == {"body.0": "neurons", "body.3": "neurons", "body.8": "neurons"}
-    else:  # each attention module by heads, each MLP's inner layer by neurons
+    elif kind == "attention":  # each attention module by heads, each MLP's inner layer by neurons
         assert sorted(kinds.values()).count("heads") == 2 and "neurons" in kinds.values()
+    else:  # before, a plan offered no width for an MLP inside the block (nor anything here)
+        mlps = {"blocks.0.mlp.0": "neurons", "blocks.1.mlp.0": "neurons"}
+        heads = {} if kind.startswith("gated") else {"blocks.0": "heads", "blocks.1": "heads"}
+        assert kinds == {**mlps, **heads}
     assert all(g.options[1].loss > 0 for g in groups)
     layers = prunable_layers(model)
     shapes = [LayerShape.of(n, x) for n, x in zip(layer_names(model, layers), layers, strict=True)]
