@@ -50,6 +50,7 @@ class LiveFront:
         # The front as of the last successful update (the progress line shows them).
         self.front_size: int | None = None
         self.hypervolume: float | None = None
+        self.front_trials: int | None = None  # the finished trials that front ranks
         self._tracker: FrontTracker | None = None  # made at the first update, in the driver
         self._ended: set[str] = set()
         self._lock = threading.Lock()
@@ -68,6 +69,7 @@ class LiveFront:
                 self._tracker = FrontTracker(self.tracking_uri, self.parent_run_id)
             done = self._tracker.update(ended, backfill=True)
             self.front_size, self.hypervolume = done.front_size, done.hypervolume
+            self.front_trials = done.finished
         except (SlimtuneError, MlflowException, OSError, ValueError) as exc:
             with self._lock:  # not read yet: the next update reads them
                 self._ended |= ended
@@ -94,6 +96,7 @@ class LiveFront:
             "errors": 0,
             "front_size": None,
             "hypervolume": None,
+            "front_trials": None,
         }
         self.__dict__.update({**defaults, **state, "_lock": threading.Lock()})
 

@@ -30,6 +30,7 @@ class FrontState(Protocol):
 
     front_size: int | None
     hypervolume: float | None
+    front_trials: int | None  # the finished trials it ranks (None: not known)
 
 
 @dataclass
@@ -65,10 +66,14 @@ class Progress:
             f"elapsed {_duration(now - self.started)}",
             f"ETA {_duration(eta) if eta is not None else '?'}",
         ]
-        if front is not None and front.front_size is not None:
+        if front is not None and front.front_size is not None and front.front_trials != 0:
             hv = front.hypervolume
             hv_text = f", hypervolume {hv:.4f}" if hv is not None else ""
-            parts.append(f"front {front.front_size}{hv_text}")
+            ranked = front.front_trials
+            # The front is updated off the search's loop: it may not rank the latest trials yet.
+            behind = ranked is not None and ranked < self.done
+            lag = f" (ranks {ranked} of the {self.done} done)" if behind else ""
+            parts.append(f"front {front.front_size}{hv_text}{lag}")
         if self.unconverged:
             parts.append(f"{self.unconverged} with unconverged latency")
         return " | ".join(parts)

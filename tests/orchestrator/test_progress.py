@@ -30,6 +30,7 @@ KNOBS = ["lr", "sparsity", "pruning", "quant_scheme", "distill_weight"]
 class Front:
     front_size: int | None = 3
     hypervolume: float | None = 0.6123
+    front_trials: int | None = 2
 
 
 def _trial(n: int, **result: Any) -> Any:
@@ -72,6 +73,19 @@ def test_progress_eta_is_the_pace_so_far_times_the_trials_left() -> None:
         "3/10 trials: 2 done, 1 failed, 0 stopped | elapsed 30s | ETA 1m10s | "
         "front 3, hypervolume 0.6123"
     )
+
+
+def test_the_progress_line_says_when_the_front_lags_behind_the_trials() -> None:
+    # The live front is updated off the loop. Before, the line after the first trial read
+    # "front 0" (the front of no trial) and later lines a front that missed the latest ones.
+    p = Progress(total=10, started=100.0, done=1)
+    assert "front" not in p.line(110.0, Front(front_size=0, hypervolume=None, front_trials=0))
+    p.done = 5
+    line = p.line(150.0, Front(front_trials=3))
+    assert line.endswith("front 3, hypervolume 0.6123 (ranks 3 of the 5 done)")
+    assert p.line(150.0, Front(front_trials=5)).endswith("front 3, hypervolume 0.6123")
+    # A front restored from an older saved state does not know what it ranks: shown as it is.
+    assert p.line(150.0, Front(front_trials=None)).endswith("front 3, hypervolume 0.6123")
 
 
 def test_plain_lines_off_a_terminal_show_every_varying_knob_and_the_progress() -> None:
