@@ -3,8 +3,9 @@ that the export check's coverage rule, the precision shares and ``sparsity_achie
 
 A weight is an initializer of at least 2 dimensions that reaches, through DequantizeLinear,
 Cast, Identity, Transpose, Reshape, Squeeze or Unsqueeze, the weight input of a Conv,
-ConvTranspose, Gemm, MatMul (either side), MatMulNBits, Gather or GatherBlockQuantized (its
-table: an embedding), GRU, LSTM or RNN (W and R, not the bias), or a quantized form of these.
+ConvTranspose, Gemm, MatMul (either side), Einsum (any operand), MatMulNBits, Gather or
+GatherBlockQuantized (its table: an embedding), GRU, LSTM or RNN (W and R, not the bias), or a
+quantized form of these.
 Biases, scales, zero points, LayerNorm parameters and shape constants are not weights.
 """
 
@@ -122,7 +123,7 @@ def weight_census(model: onnx.ModelProto) -> WeightCensus:
             if source in inits and source not in found:
                 found[source] = _nbits(node, inits[source])
             continue
-        for index in _WEIGHT_INPUTS.get(node.op_type, ()):
+        for index in _weight_inputs(node):
             if index >= len(node.input):
                 continue
             resolved = _resolve(node.input[index], inits, producer)
@@ -135,6 +136,14 @@ def weight_census(model: onnx.ModelProto) -> WeightCensus:
                 continue  # an int64 index table, not a weight
             found[tensor.name] = _weight(node.op_type, tensor, dequantize, inits)
     return WeightCensus(weights=tuple(found.values()))
+
+
+def _weight_inputs(node: onnx.NodeProto) -> Sequence[int]:
+    """The indices of ``node``'s inputs that are weights: every operand of an Einsum (a
+    contraction with a constant is a layer, e.g. ``torch.einsum("btd,dk->btk", x, w)``)."""
+    if node.op_type == "Einsum":
+        return range(len(node.input))
+    return _WEIGHT_INPUTS.get(node.op_type, ())
 
 
 def artifact_sparsity(path: Path) -> float:

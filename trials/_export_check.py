@@ -263,8 +263,9 @@ def _check_coverage(
 
 
 def _modules(weights: list[ArtifactWeight]) -> list[str]:
-    """The module names of weights named after parameters (``rnn.weight_hh_l0`` -> ``rnn``)."""
-    names = (s.rsplit(".", 1)[0] for w in weights for s in w.name.split("+") if "." in s)
+    """The module names of weights named after parameters (``rnn.weight_hh_l0`` -> ``rnn``);
+    a parameter of the model itself by its own name (``w``), which ``keep_float`` matches."""
+    names = (s.rsplit(".", 1)[0] if "." in s else s for w in weights for s in w.name.split("+"))
     return list(dict.fromkeys(names)) or ["<module>"]
 
 

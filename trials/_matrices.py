@@ -1,16 +1,18 @@
 """A model's own matrices: 2-D parameters its forward multiplies with directly (``x @ self.w``,
-``x @ self.w.t()``, ``F.linear(x, self.w)``, ``torch.addmm(b, x, self.w)``) instead of through an
-``nn.Linear``. The exported graph holds each as a MatMul (or Gemm) weight like a Linear's, so a
-simulated width (2, 3, 5-7 bits) must put it on the same grid: per output unit of the product
-that reads it (a column of ``w`` in ``x @ w``, a row in ``x @ w.t()`` and ``F.linear``).
+``x @ self.w.t()``, ``F.linear(x, self.w)``, ``torch.addmm(b, x, self.w)``, ``torch.einsum``)
+instead of through an ``nn.Linear``. The exported graph holds each as a MatMul, Gemm or Einsum
+weight, so a simulated width (2, 3, 5-7 bits) must put it on a grid like a Linear's: per output
+unit of the product that reads it (a column of ``w`` in ``x @ w``, a row in ``x @ w.t()`` and
+``F.linear``).
 
 Where a matrix is found is read from one forward pass on the example input (``find_matrices``):
-each matmul's right operand is matched to a parameter, directly or as its transpose. A matrix
-read in any other way (a slice, ``einsum``, used on both sides) is left as it is, and the export
-check names it. Own matrices are fake-quantized during fine-tuning like the layers (``attach``)
-and baked on the grid after it (``bake``); the tag ``own_matrices`` names them. int8 and int4
-need none of this: ONNX Runtime's quantizers quantize every MatMul weight of the file
-themselves.
+each matmul's right operand, and each einsum operand contracted on one index and kept on the
+other (``torch.einsum("btd,dk->btk", x, w)``: its columns), is matched to a parameter, directly
+or as its transpose. A matrix read in any other way (a slice, the left side of a matmul, two
+orientations) is left as it is, and the export check names it. Own matrices are fake-quantized
+during fine-tuning like the layers (``attach``) and baked on the grid after it (``bake``); the
+tag ``own_matrices`` names them. int8 and int4 leave them to ONNX Runtime's quantizers, which
+quantize every MatMul weight of the file (an Einsum's stays float, and the check says so).
 """
 
 from __future__ import annotations
@@ -172,6 +174,23 @@ def find_matrices(model: nn.Module, example: torch.Tensor) -> list[OwnMatrix]:
     return [OwnMatrix(name, axis) for name, axis in spy.found.items() if axis is not None]
 
 
+def einsum_axes(equation: str, count: int) -> list[int | None]:
+    """For each of an einsum's ``count`` operands, the axis of its output units when it is a
+    matrix contracted on one index and kept on the other (``"btd,dk->btk"``: 1 for the second
+    operand); None for any other operand."""
+    lhs, arrow, rhs = equation.replace(" ", "").partition("->")
+    terms = lhs.split(",")
+    if not arrow:  # implicit output: the indices that appear once, in alphabetical order
+        letters = lhs.replace(",", "")
+        rhs = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    axes: list[int | None] = []
+    for term in terms[:count]:
+        kept = [c in rhs for c in term]
+        plain = len(term) == 2 and "." not in term and term[0] != term[1]
+        axes.append(kept.index(True) if plain and kept.count(True) == 1 else None)
+    return axes + [None] * (count - len(axes))
+
+
 class _MatmulSpy(TorchFunctionMode):
     """Notes the axis each candidate parameter is read on (None: read in more than one way)."""
 
@@ -194,6 +213,11 @@ class _MatmulSpy(TorchFunctionMode):
             self._note(args[where[0]], where[1])
         elif name == "linear" and "weight" in kwargs:
             self._note(kwargs["weight"], 0)
+        elif name == "einsum" and args and isinstance(args[0], str):
+            operands = args[1] if len(args) == 2 and isinstance(args[1], list | tuple) else args[1:]
+            for operand, axis in zip(operands, einsum_axes(args[0], len(operands)), strict=False):
+                if axis is not None:
+                    self._note(operand, axis)
         return func(*args, **kwargs)
 
     def _note(self, operand: Any, axis: int) -> None:

@@ -4,6 +4,7 @@ be mapped are refused with a fix that names them."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from torch import nn
 
 from searchspace import TrialParams
 from trials import ExportClaimError, RungReport, Task, TrialSettings, check_schemes, run_trial
-from trials._matrices import OwnMatrix, find_matrices, own_matrices
+from trials._artifact_weights import weight_census
+from trials._export import export_onnx
+from trials._matrices import OwnMatrix, einsum_axes, find_matrices, own_matrices
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning")
 
@@ -39,6 +42,7 @@ class _Many(nn.Module):
         self.a = nn.Parameter(torch.randn(4, 6))  # x @ a: its columns are the outputs
         self.b = nn.Parameter(torch.randn(6, 6))  # F.linear(h, b): its rows
         self.c = nn.Parameter(torch.randn(6, 6))  # torch.addmm(bias, h, c): its columns
+        self.e = nn.Parameter(torch.randn(6, 6))  # torch.einsum("bd,kd->bk", h, e): its rows
         self.block = _Block()  # h @ w.t(): the rows of block.w
         self.sliced = nn.Parameter(torch.randn(6, 8))  # h @ sliced[:, :4]: no output unit map
         self.both = nn.Parameter(torch.randn(6, 6))  # read as it is and transposed
@@ -50,6 +54,7 @@ class _Many(nn.Module):
         h = x @ self.a
         h = F.linear(h, self.b)
         h = torch.addmm(torch.zeros(6), h, self.c)
+        h = torch.einsum("bd,kd->bk", h, self.e)
         h = self.block(h) * self.scale + self.table.sum(0)
         h = h + (h @ self.sliced[:, :4]).sum(1, keepdim=True)
         h = h @ self.both + h @ self.both.t()
@@ -64,9 +69,37 @@ def test_the_finder_reads_each_matrix_with_its_output_axis() -> None:
         OwnMatrix("a", 1),
         OwnMatrix("b", 0),
         OwnMatrix("c", 1),
+        OwnMatrix("e", 0),
         OwnMatrix("block.w", 0),
     ]
     assert model.training  # the forward ran in eval mode and the mode was put back
+
+
+@pytest.mark.parametrize(
+    ("equation", "axes"),
+    [
+        ("btd,dk->btk", [None, 1]),  # the matrix's columns are the output units
+        ("bd,kd->bk", [0, 0]),  # its rows (a 2-D activation reads the same; only
+        ("bi,ij", [0, 1]),  # parameters count) and an implicit output: the indices seen once
+        ("...d,dk->...k", [None, 1]),
+        ("ij,jk->ik", [0, 1]),  # either side may be the matrix
+        ("bi,bj->bij", [None, None]),  # an outer product contracts nothing
+        ("ij,ij->", [None, None]),  # contracted on both indices
+        ("ii->i", [None]),
+    ],
+)
+def test_an_einsum_operand_is_a_matrix_when_it_keeps_one_index(
+    equation: str, axes: list[int | None]
+) -> None:
+    assert einsum_axes(equation, len(axes)) == axes
+
+
+def test_the_census_counts_an_einsums_weight(tmp_path: Path) -> None:
+    # Before, a weight read by an Einsum was in no count: an int8 claim passed with it fp32.
+    model = _EinsumNet()
+    path = tmp_path / "e.onnx"
+    export_onnx(model, torch.randn(1, 8, 12), path, what="t")
+    assert {w.name for w in weight_census(onnx.load(str(path))).weights} == {"w", "head.weight"}
 
 
 def test_only_simulated_widths_round_and_keep_float_opts_out() -> None:
@@ -74,8 +107,8 @@ def test_only_simulated_widths_round_and_keep_float_opts_out() -> None:
     assert not own_matrices(model, example, 8).quantizes  # ONNX Runtime quantizes these itself
     assert not own_matrices(model, example, 4).quantizes
     kept = own_matrices(model, example, 3, keep_float=("block", "a"))
-    assert [m.name for m in kept.matrices] == ["b", "c"]
-    assert kept.tag() == {"own_matrices": "b,c: fake-quantized on the 3-bit grid"}
+    assert [m.name for m in kept.matrices] == ["b", "c", "e"]
+    assert kept.tag() == {"own_matrices": "b,c,e: fake-quantized on the 3-bit grid"}
 
 
 def test_baking_puts_each_output_unit_on_the_grid() -> None:
@@ -83,7 +116,7 @@ def test_baking_puts_each_output_unit_on_the_grid() -> None:
     matrices = own_matrices(model, torch.randn(2, 4), 3)
     before = model.sliced.detach().clone()
     matrices.bake(model)
-    for name, axis in (("a", 1), ("b", 0), ("c", 1), ("block.w", 0)):
+    for name, axis in (("a", 1), ("b", 0), ("c", 1), ("e", 0), ("block.w", 0)):
         units = model.get_parameter(name).detach()
         units = units if axis == 0 else units.t()
         assert max(len(torch.unique(row)) for row in units) <= 7, name
@@ -92,8 +125,9 @@ def test_baking_puts_each_output_unit_on_the_grid() -> None:
         assert max(len(torch.unique(row)) for row in other) > 7 or units.shape[0] < 8
     assert torch.equal(model.sliced.detach(), before)
     # 3-bit bytes plus a scale per output unit, for the four matrices; every other param fp32.
-    expected = sum((p.numel() * 3 + 7) // 8 for p in (model.a, model.b, model.c, model.block.w))
-    assert matrices.packed_bytes(model) == expected + 4 * (6 + 6 + 6 + 6)
+    own = (model.a, model.b, model.c, model.e, model.block.w)
+    expected = sum((p.numel() * 3 + 7) // 8 for p in own)
+    assert matrices.packed_bytes(model) == expected + 4 * 6 * len(own)
 
 
 def test_attached_matrices_train_on_the_grid_and_bake_to_what_trained() -> None:
@@ -106,7 +140,7 @@ def test_attached_matrices_train_on_the_grid_and_bake_to_what_trained() -> None:
     assert original.grad is not None and original.grad.abs().sum() > 0  # straight through
     assert max(len(torch.unique(col)) for col in model.a.t()) <= 7  # the forward sees the grid
     matrices.bake(model)
-    assert dict(model.named_parameters()).keys() >= {"a", "b", "c", "block.w"}
+    assert dict(model.named_parameters()).keys() >= {"a", "b", "c", "e", "block.w"}
     assert torch.allclose(model(x), trained, atol=1e-6)
 
 
@@ -125,6 +159,16 @@ class _OwnMatrixNet(nn.Module):
     def _halves(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ w`` read as two slices of ``w``: no output unit to map."""
         return torch.cat([x @ self.w[:, :16], x @ self.w[:, 16:]], 1)
+
+
+class _EinsumNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(12, 32) * 0.1)
+        self.head = nn.Linear(32, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(torch.einsum("btd,dk->bk", x, self.w)))
 
 
 class OwnMatrixTask(Task):
@@ -149,6 +193,13 @@ class OwnMatrixTask(Task):
 
     def val_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self._data(1, 64)
+
+
+class EinsumTask(OwnMatrixTask):
+    name = "own-matrix-einsum"
+
+    def build_model(self) -> nn.Module:
+        return _EinsumNet()
 
 
 class SlicedTask(OwnMatrixTask):
@@ -182,6 +233,19 @@ def test_a_simulated_width_trial_fake_quantizes_the_models_own_matrix(
     assert reports[-1].metrics["torch_accuracy"] == pytest.approx(
         result.metrics["torch_accuracy"], abs=1e-9
     )
+
+
+def test_an_einsum_matrix_is_on_the_grid_at_3_bits_and_named_at_8(
+    make_settings: Callable[..., TrialSettings], tmp_path: Path
+) -> None:
+    params = TrialParams(lr=1e-3, batch_size=64, sparsity=0.0, bits=3)
+    settings = make_settings(tmp_path / "cache", tmp_path / "w3", epochs=1)
+    result = run_trial(EinsumTask(), params, settings)
+    assert result.tags["own_matrices"] == "w: fake-quantized on the 3-bit grid"
+    # ONNX Runtime's int8 quantizer leaves an Einsum float: the check says so and names it.
+    int8 = dataclasses.replace(settings, work_dir=tmp_path / "w8", int8_format="u8s8-per-channel")
+    with pytest.raises(ExportClaimError, match=r"w \(Einsum, fp32.*keep_float: \[w\]"):
+        run_trial(EinsumTask(), dataclasses.replace(params, bits=8), int8)
 
 
 def test_an_unmappable_matrix_is_refused_with_a_fix_that_names_it(
