@@ -70,16 +70,18 @@ class ArtifactWeight:
         return int(self.values.size - np.count_nonzero(self.values))
 
     def levels_per_row(self) -> int:
-        """The most distinct values in one row, along whichever axis has the fewer: a weight
-        fake-quantized per output channel has at most ``2**bits - 1`` in every row."""
+        """The most distinct values in one output unit, the unit being a slice along axis 0
+        or along axis 1, whichever gives the fewer: a weight fake-quantized per output unit
+        has at most ``2**bits - 1`` in each (axis 0: a Conv's output channel, a Gemm's row; axis
+        1: a MatMul's column, a ConvTranspose's output channel). A slice is everything at one
+        index of that axis: never a kernel row, which holds few values whatever its width."""
         if self.values.ndim < 2 or self.values.size == 0:
             return len(np.unique(self.values))
-        flat = self.values.reshape(-1, self.values.shape[-1])
-        first = self.values.reshape(self.values.shape[0], -1)
+        by_first = self.values.reshape(self.values.shape[0], -1)
+        by_second = np.moveaxis(self.values, 1, 0).reshape(self.values.shape[1], -1)
         return min(
-            max(len(np.unique(row)) for row in flat),
-            max(len(np.unique(row)) for row in first),
-            max(len(np.unique(col)) for col in flat.T),
+            max(len(np.unique(unit)) for unit in by_first),
+            max(len(np.unique(unit)) for unit in by_second),
         )
 
 
