@@ -29,7 +29,7 @@ from trials._compress import (
     prunable_layers,
     round_to_grid,
 )
-from trials._matrices import NO_MATRICES, OwnMatrices
+from trials._extra_weights import NO_EXTRA_WEIGHTS, ExtraWeights
 from trials._measure import LatencyMeter, measure_onnx
 from trials._quantize import WeightGrid
 from trials._settings import TrialResult, TrialSettings
@@ -127,7 +127,7 @@ def measure_first(
     task: Task,
     settings: TrialSettings,
     meter: LatencyMeter | None,
-    matrices: OwnMatrices = NO_MATRICES,
+    extra_weights: ExtraWeights = NO_EXTRA_WEIGHTS,
 ) -> EarlyMeasurement:
     """Export and measure a copy of ``model`` as it would be deployed if it were not trained.
 
@@ -149,7 +149,7 @@ def measure_first(
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
     bake(layers, masks)
     _round(layers, ptq_grid)
-    matrices.bake(twin)
+    extra_weights.bake(twin)
     path = settings.work_dir / EARLY_ONNX
     try:
         export(twin, path)
@@ -161,7 +161,7 @@ def measure_first(
 
 def _twin(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` with the same parametrizations (copies of them): the layers'
-    weights and the model's own matrices (``trials._matrices``).
+    weights and the extra weights (``trials._extra_weights``).
 
     A parametrized module cannot be deep-copied (its class is made on the fly), so each
     parametrization is taken off for the copy and put back: the same ``original`` parameter

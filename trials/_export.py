@@ -139,7 +139,7 @@ def float_tables(path: Path) -> list[str]:
     row by ``trials._tables.quantize_tables`` instead, and the other constants stay fp32."""
     model = onnx.load(str(path), load_external_data=False)
     tables = {t.name for t in model.graph.initializer if len(t.dims) >= 2}
-    layers = {"Conv", "Gemm", "MatMul"}
+    layers = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
     return [
         n.name
         for n in model.graph.node

@@ -27,7 +27,7 @@ from trials._compress import global_magnitude_masks, prunable_layers, round_to_g
 from trials._errors import TaskError
 from trials._export import convert_fp16, export_onnx, quantize_int4, quantize_int8
 from trials._export_check import ExportClaim, check_export
-from trials._matrices import own_matrices
+from trials._extra_weights import extra_weights
 from trials._plain import plain_weights
 from trials._quantize import DEFAULT_INT8_FORMAT, weight_grid
 from trials._structured import output_units, prune_structured
@@ -179,7 +179,7 @@ def _probe_pruning(
                 baked = copy.deepcopy(model)
                 round_to_grid(prunable_layers(baked), weight_grid(b))
                 round_to_grid(embedding_layers(baked), weight_grid(b))
-                own_matrices(baked, example, b, keep_float).bake(baked)
+                extra_weights(baked, example, b, keep_float).bake(baked)
                 export_onnx(baked, example, path, what=what)
             check_export(path, claim, what=what, example=example.numpy())
             results.append((b, setup + time.perf_counter() - t0, None))

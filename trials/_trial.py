@@ -23,8 +23,8 @@ from trials._early import RungHook, RungReporter, measure_first
 from trials._errors import TaskError
 from trials._export import export_onnx
 from trials._export_check import ExportClaim, check_export
+from trials._extra_weights import extra_weights
 from trials._fingerprints import weights_sha256
-from trials._matrices import own_matrices
 from trials._measure import LatencyMeter
 from trials._plan_choose import PlanChooser
 from trials._plan_export import check_artifact
@@ -176,7 +176,7 @@ def run_trial(
         layers = prunable_layers(model)
         plan = chooser.choose(model, layers, dense_widths)
         tags.update(plan_tags(plan))
-        matrices = own_matrices(model, example, plan.uniform_bits or 32, settings.keep_float)
+        extra_w = extra_weights(model, example, plan.uniform_bits or 32, settings.keep_float)
         grids = [layer_grid(setting, int8) for _, setting in plan.layers]
         qat = params.quant_scheme == "qat"
         train_grids = grids if qat else [None] * len(grids)  # ptq fine-tunes in float
@@ -190,7 +190,7 @@ def run_trial(
             )
         elif any(g is not None for g in train_grids):
             attach_grids(layers, masks, train_grids)
-        matrices.attach(model)  # simulated widths: the model's own matrices too
+        extra_w.attach(model)  # simulated widths: ConvTranspose kernels, own matrices
         # Embedding tables are stored per row at <= 8 bits in uniform plans (trials._tables);
         # a mixed plan leaves them float.
         tables = embedding_layers(model)
@@ -226,7 +226,7 @@ def run_trial(
                     task=task,
                     settings=settings,
                     meter=meter,
-                    matrices=matrices,
+                    extra_weights=extra_w,
                 ),
                 schedule=schedule,
                 ptq_grid=ptq_grids,
@@ -262,8 +262,8 @@ def run_trial(
     if not qat:
         round_to_grids(layers, grids)  # ptq: the weight half of post-training quantization
         round_to_grids(tables, [rows] * len(tables))
-    matrices.bake(model)
-    tags.update(matrices.tag())
+    extra_w.bake(model)
+    tags.update(extra_w.tag())
     check_sparsity(layers, masks, params.sparsity if schedule else 0.0, what=what)
     lineage = Lineage(
         baseline_seed=settings.dense_seed,
@@ -306,7 +306,7 @@ def run_trial(
         task,
         settings,
         onnx_path,
-        packed_bytes=plan_packed_bytes(model, layers, plan, matrices),
+        packed_bytes=plan_packed_bytes(model, layers, plan, extra_w),
         tags=tags,
         train_seconds=train_seconds,
         export_seconds=export_seconds,

@@ -14,7 +14,7 @@ from torch.nn.utils import parametrize
 from searchspace import TrialParams
 from trials._compress import GradualPruning, MaskedFakeQuant, Prunable, Weighted, zero_weights
 from trials._errors import PruningError
-from trials._matrices import NO_MATRICES, OwnMatrices
+from trials._extra_weights import NO_EXTRA_WEIGHTS, ExtraWeights
 from trials._measure import LatencyMeter
 from trials._plan import CompressionPlan
 from trials._quantize import WeightGrid
@@ -90,16 +90,16 @@ def plan_packed_bytes(
     model: nn.Module,
     layers: Sequence[Prunable],
     plan: CompressionPlan,
-    matrices: OwnMatrices = NO_MATRICES,
+    extra_weights: ExtraWeights = NO_EXTRA_WEIGHTS,
 ) -> int:
     """Analytic size of the weights packed as ``plan`` says: each Conv/Linear weight at its
-    bits / 8 bytes plus one fp32 scale per output channel (none at 16 and 32 bits), the own
-    ``matrices`` a simulated width rounds likewise; every other parameter fp32. No credit for
-    sparsity and no format overhead."""
-    named = matrices.names()
+    bits / 8 bytes plus one fp32 scale per output channel (none at 16 and 32 bits), and so the
+    ``extra_weights`` a simulated width puts on its grid; every other parameter fp32. No credit
+    for sparsity and no format overhead."""
+    named = extra_weights.names()
     quantized = {id(layer.weight) for layer in layers}
     quantized |= {id(p) for name, p in model.named_parameters() if name in named}
-    size = matrices.packed_bytes(model)
+    size = extra_weights.packed_bytes(model)
     for layer, bits in zip(layers, (s.bits for _, s in plan.layers), strict=True):
         size += math.ceil(layer.weight.numel() * bits / 8)
         if bits <= 8:

@@ -1,18 +1,21 @@
-"""A model's own matrices: 2-D parameters its forward multiplies with directly (``x @ self.w``,
-``x @ self.w.t()``, ``F.linear(x, self.w)``, ``torch.addmm(b, x, self.w)``, ``torch.einsum``)
-instead of through an ``nn.Linear``. The exported graph holds each as a MatMul, Gemm or Einsum
-weight, so a simulated width (2, 3, 5-7 bits) must put it on a grid like a Linear's: per output
-unit of the product that reads it (a column of ``w`` in ``x @ w``, a row in ``x @ w.t()`` and
-``F.linear``).
+"""Extra weights: the weights of a model outside its Conv, Linear and Embedding layers that a
+simulated width (2, 3, 5-7 bits) must put on its grid as it does the layers', per output unit:
 
-Where a matrix is found is read from one forward pass on the example input (``find_matrices``):
-each matmul's right operand, and each einsum operand contracted on one index and kept on the
-other (``torch.einsum("btd,dk->btk", x, w)``: its columns), is matched to a parameter, directly
-or as its transpose. A matrix read in any other way (a slice, the left side of a matmul, two
-orientations) is left as it is, and the export check names it. Own matrices are fake-quantized
-during fine-tuning like the layers (``attach``) and baked on the grid after it (``bake``); the
-tag ``own_matrices`` names them. int8 and int4 leave them to ONNX Runtime's quantizers, which
-quantize every MatMul weight of the file (an Einsum's stays float, and the check says so).
+- a ConvTranspose's kernel (its output channels are the weight's axis 1);
+- a model's own matrices: 2-D parameters its forward multiplies with directly instead of through
+  an ``nn.Linear`` (``x @ self.w``, ``x @ self.w.t()``, ``F.linear(x, self.w)``,
+  ``torch.addmm(b, x, self.w)``, ``torch.einsum("btd,dk->btk", x, self.w)``). The exported
+  graph holds each as a MatMul, Gemm or Einsum weight, whose output units are a column of ``w``
+  in ``x @ w``, a row in ``x @ w.t()`` and ``F.linear``.
+
+Own matrices are found by one forward pass on the example input (``find_extra_weights``): each
+matmul's right operand, and each einsum operand contracted on one index and kept on the other,
+is matched to a parameter, directly or as its transpose. A matrix read in any other way (a
+slice, the left side of a matmul, two orientations) is left as it is, and the export check
+names it. Extra weights are fake-quantized during fine-tuning like the layers (``attach``) and
+baked on the grid after it (``bake``); the tag ``extra_weights`` names them. int8 and int4
+leave them to ONNX Runtime's quantizers (an Einsum's weight stays float there, and the check
+says so).
 """
 
 from __future__ import annotations
@@ -35,32 +38,34 @@ from trials._quantize import WeightGrid, weight_grid
 # 1 = its columns, as in x @ w; 0 = its rows, as in F.linear(x, w)).
 _RIGHT = {"matmul": (1, 1), "__matmul__": (1, 1), "mm": (1, 1), "addmm": (2, 1), "linear": (1, 0)}
 _LEFT_OF_SELF = {"__rmatmul__": (0, 1)}  # other @ self: the right operand is self
+_CONV_TRANSPOSE = nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d
+_LAYERS = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear | nn.Embedding | _CONV_TRANSPOSE
 
 
 @dataclass(frozen=True)
-class OwnMatrix:
-    """A 2-D parameter the model multiplies with: its name in ``model.named_parameters()`` and
-    the axis of its output units in the product that reads it."""
+class ExtraWeight:
+    """A weight outside the model's layers: its name in ``model.named_parameters()`` and the
+    axis of its output units."""
 
     name: str
     axis: int
 
     def __post_init__(self) -> None:
         if self.axis not in (0, 1):
-            raise ValueError(f"an own matrix's output axis is 0 or 1, not {self.axis!r}")
+            raise ValueError(f"an extra weight's output axis is 0 or 1, not {self.axis!r}")
 
     def slot(self, model: nn.Module) -> tuple[nn.Module, str]:
-        """The module of ``model`` (the trial's or a copy of it) holding the matrix, and its
+        """The module of ``model`` (the trial's or a copy of it) holding the weight, and its
         attribute name there."""
         owner, _, attr = self.name.rpartition(".")
         return model.get_submodule(owner), attr
 
     def attach(self, model: nn.Module, grid: WeightGrid) -> None:
-        """Fake-quantize the matrix on ``grid`` per output unit while ``model`` trains."""
+        """Fake-quantize the weight on ``grid`` per output unit while ``model`` trains."""
         parametrize.register_parametrization(*self.slot(model), _UnitFakeQuant(grid, self.axis))
 
     def bake(self, model: nn.Module, grid: WeightGrid) -> None:
-        """Make the matrix a plain parameter again, rounded to ``grid`` per output unit."""
+        """Make the weight a plain parameter again, rounded to ``grid`` per output unit."""
         owner, attr = self.slot(model)
         if parametrize.is_parametrized(owner, attr):
             parametrize.remove_parametrizations(owner, attr, leave_parametrized=True)
@@ -70,8 +75,8 @@ class OwnMatrix:
 
 
 class _UnitFakeQuant(nn.Module):
-    """Parametrization: fake quantization on ``grid`` per output unit (rows for ``axis`` 0,
-    columns for 1); the gradient passes straight through."""
+    """Parametrization: fake quantization on ``grid`` per output unit (the slices along
+    ``axis``); the gradient passes straight through."""
 
     def __init__(self, grid: WeightGrid, axis: int) -> None:
         super().__init__()
@@ -81,82 +86,84 @@ class _UnitFakeQuant(nn.Module):
     def forward(self, weight: Tensor) -> Tensor:
         if self.axis == 0:
             return self.grid.fake_quantize(weight)
-        return self.grid.fake_quantize(weight.t()).t()
+        return self.grid.fake_quantize(weight.movedim(1, 0)).movedim(0, 1)
 
 
 @dataclass(frozen=True)
-class OwnMatrices:
-    """The own matrices of a trial's model and the grid a simulated width puts them on (None:
+class ExtraWeights:
+    """The extra weights of a trial's model and the grid a simulated width puts them on (None:
     the artifact's format quantizes them, or leaves them float)."""
 
-    matrices: tuple[OwnMatrix, ...] = ()
+    weights: tuple[ExtraWeight, ...] = ()
     grid: WeightGrid | None = None
     bits: int = 32
 
     @property
     def quantizes(self) -> bool:
-        """Whether any matrix is put on a grid."""
-        return self.grid is not None and bool(self.matrices)
+        """Whether any weight is put on a grid."""
+        return self.grid is not None and bool(self.weights)
 
     def attach(self, model: nn.Module) -> None:
-        """Fake-quantize every matrix of ``model`` on the grid while it trains."""
+        """Fake-quantize every extra weight of ``model`` on the grid while it trains."""
         if self.grid is not None:
-            for matrix in self.matrices:
-                matrix.attach(model, self.grid)
+            for weight in self.weights:
+                weight.attach(model, self.grid)
 
     def bake(self, model: nn.Module) -> None:
-        """Every matrix of ``model`` (the trial's or a copy of it) a plain parameter on the
-        grid."""
+        """Every extra weight of ``model`` (the trial's or a copy of it) a plain parameter on
+        the grid."""
         if self.grid is not None:
-            for matrix in self.matrices:
-                matrix.bake(model, self.grid)
+            for weight in self.weights:
+                weight.bake(model, self.grid)
 
     def packed_bytes(self, model: nn.Module) -> int:
-        """Analytic size of the matrices packed at ``bits`` (each at ``bits / 8`` bytes plus one
+        """Analytic size of the weights packed at ``bits`` (each at ``bits / 8`` bytes plus one
         fp32 scale per output unit); 0 when they are not on a grid."""
         if not self.quantizes:
             return 0
         size = 0
-        for m in self.matrices:
-            weight = model.get_parameter(m.name)
-            size += math.ceil(weight.numel() * self.bits / 8) + 4 * weight.shape[m.axis]
+        for w in self.weights:
+            weight = model.get_parameter(w.name)
+            size += math.ceil(weight.numel() * self.bits / 8) + 4 * weight.shape[w.axis]
         return size
 
     def names(self) -> set[str]:
-        """The parameter names of the matrices put on a grid."""
-        return {m.name for m in self.matrices} if self.quantizes else set()
+        """The parameter names of the weights put on a grid."""
+        return {w.name for w in self.weights} if self.quantizes else set()
 
     def tag(self) -> dict[str, str]:
-        """``own_matrices``: the matrices rounded, and how (none: no tag)."""
+        """``extra_weights``: the weights put on the grid (none: no tag)."""
         if not self.quantizes:
             return {}
-        names = ",".join(m.name for m in self.matrices)
-        return {"own_matrices": f"{names}: fake-quantized on the {self.bits}-bit grid"}
+        names = ",".join(w.name for w in self.weights)
+        return {"extra_weights": f"{names}: fake-quantized on the {self.bits}-bit grid"}
 
 
-NO_MATRICES = OwnMatrices()  # a model without own matrices, or a width that leaves them alone
+NO_EXTRA_WEIGHTS = ExtraWeights()  # a model without any, or a width that leaves them alone
 
 
-def own_matrices(
+def extra_weights(
     model: nn.Module, example: torch.Tensor, bits: int, keep_float: Sequence[str] = ()
-) -> OwnMatrices:
-    """The own matrices of ``model`` that a simulated width ``bits`` must round (none at other
-    widths, and none that ``keep_float`` names)."""
+) -> ExtraWeights:
+    """The extra weights of ``model`` that a simulated width ``bits`` puts on its grid (none at
+    other widths, and none that ``keep_float`` names)."""
     if bits not in SIMULATED_BITS:
-        return OwnMatrices(bits=bits)
-    found = [m for m in find_matrices(model, example) if not opted_out(m.name, keep_float)]
-    return OwnMatrices(tuple(found), weight_grid(bits), bits)
+        return ExtraWeights(bits=bits)
+    kernels = [
+        ExtraWeight(f"{name}.weight", 1)
+        for name, m in model.named_modules()
+        if isinstance(m, _CONV_TRANSPOSE)
+    ]
+    found = [*kernels, *find_extra_weights(model, example)]
+    kept = tuple(w for w in found if not opted_out(w.name, keep_float))
+    return ExtraWeights(kept, weight_grid(bits), bits)
 
 
-def find_matrices(model: nn.Module, example: torch.Tensor) -> list[OwnMatrix]:
-    """Every 2-D parameter of ``model`` outside its Conv/Linear/Embedding layers that one forward
-    pass on ``example`` reads as the right operand of a matmul, directly or transposed, in
-    one orientation only."""
-    layered = {
-        id(m.weight)
-        for m in model.modules()
-        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear | nn.Embedding)
-    }
+def find_extra_weights(model: nn.Module, example: torch.Tensor) -> list[ExtraWeight]:
+    """The model's own matrices: every 2-D parameter of ``model`` outside its layers that one
+    forward pass on ``example`` reads as the right operand of a matmul (or as an einsum operand
+    kept on one index), directly or transposed, in one orientation only."""
+    layered = {id(m.weight) for m in model.modules() if isinstance(m, _LAYERS)}
     candidates = {
         id(p): name for name, p in model.named_parameters() if p.dim() == 2 and id(p) not in layered
     }
@@ -171,7 +178,7 @@ def find_matrices(model: nn.Module, example: torch.Tensor) -> list[OwnMatrix]:
             model(example.to(device))
     finally:
         model.train(was_training)
-    return [OwnMatrix(name, axis) for name, axis in spy.found.items() if axis is not None]
+    return [ExtraWeight(name, axis) for name, axis in spy.found.items() if axis is not None]
 
 
 def einsum_axes(equation: str, count: int) -> list[int | None]:

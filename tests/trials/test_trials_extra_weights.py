@@ -1,6 +1,7 @@
-"""A model's own matrices (``x @ self.w`` instead of an nn.Linear) at simulated widths: found
-with their output axis, rounded to the grid, and checked in the artifact; the ways they cannot
-be mapped are refused with a fix that names them."""
+"""Extra weights at simulated widths: a model's own matrices (``x @ self.w`` instead of an
+nn.Linear) and ConvTranspose kernels, found with their output axis, fake-quantized on the grid
+and checked in the artifact; the own matrices that cannot be mapped are refused with a fix that
+names them."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from searchspace import TrialParams
 from trials import ExportClaimError, RungReport, Task, TrialSettings, check_schemes, run_trial
 from trials._artifact_weights import weight_census
 from trials._export import export_onnx
-from trials._matrices import OwnMatrix, einsum_axes, find_matrices, own_matrices
+from trials._extra_weights import ExtraWeight, einsum_axes, extra_weights, find_extra_weights
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning")
 
@@ -64,13 +65,13 @@ class _Many(nn.Module):
 def test_the_finder_reads_each_matrix_with_its_output_axis() -> None:
     model = _Many()
     model.train()
-    found = find_matrices(model, torch.randn(2, 4))
+    found = find_extra_weights(model, torch.randn(2, 4))
     assert found == [
-        OwnMatrix("a", 1),
-        OwnMatrix("b", 0),
-        OwnMatrix("c", 1),
-        OwnMatrix("e", 0),
-        OwnMatrix("block.w", 0),
+        ExtraWeight("a", 1),
+        ExtraWeight("b", 0),
+        ExtraWeight("c", 1),
+        ExtraWeight("e", 0),
+        ExtraWeight("block.w", 0),
     ]
     assert model.training  # the forward ran in eval mode and the mode was put back
 
@@ -104,16 +105,16 @@ def test_the_census_counts_an_einsums_weight(tmp_path: Path) -> None:
 
 def test_only_simulated_widths_round_and_keep_float_opts_out() -> None:
     model, example = _Many(), torch.randn(2, 4)
-    assert not own_matrices(model, example, 8).quantizes  # ONNX Runtime quantizes these itself
-    assert not own_matrices(model, example, 4).quantizes
-    kept = own_matrices(model, example, 3, keep_float=("block", "a"))
-    assert [m.name for m in kept.matrices] == ["b", "c", "e"]
-    assert kept.tag() == {"own_matrices": "b,c,e: fake-quantized on the 3-bit grid"}
+    assert not extra_weights(model, example, 8).quantizes  # ONNX Runtime quantizes these itself
+    assert not extra_weights(model, example, 4).quantizes
+    kept = extra_weights(model, example, 3, keep_float=("block", "a"))
+    assert [m.name for m in kept.weights] == ["b", "c", "e"]
+    assert kept.tag() == {"extra_weights": "b,c,e: fake-quantized on the 3-bit grid"}
 
 
 def test_baking_puts_each_output_unit_on_the_grid() -> None:
     model = _Many()
-    matrices = own_matrices(model, torch.randn(2, 4), 3)
+    matrices = extra_weights(model, torch.randn(2, 4), 3)
     before = model.sliced.detach().clone()
     matrices.bake(model)
     for name, axis in (("a", 1), ("b", 0), ("c", 1), ("e", 0), ("block.w", 0)):
@@ -132,7 +133,7 @@ def test_baking_puts_each_output_unit_on_the_grid() -> None:
 
 def test_attached_matrices_train_on_the_grid_and_bake_to_what_trained() -> None:
     model, x = _Many(), torch.randn(5, 4)
-    matrices = own_matrices(model, x, 3)
+    matrices = extra_weights(model, x, 3)
     matrices.attach(model)
     trained = model(x)
     trained.sum().backward()
@@ -202,6 +203,24 @@ class EinsumTask(OwnMatrixTask):
         return _EinsumNet()
 
 
+class _Upsampler(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(8, 16, 3, padding=1)
+        self.up = nn.ConvTranspose1d(16, 16, 2, stride=2)
+        self.head = nn.Linear(16 * 24, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.up(torch.relu(self.conv(x)))).flatten(1))  # 8 channels
+
+
+class UpsamplerTask(OwnMatrixTask):
+    name = "upsampler"
+
+    def build_model(self) -> nn.Module:
+        return _Upsampler()
+
+
 class SlicedTask(OwnMatrixTask):
     name = "own-matrix-sliced"
     sliced = True
@@ -222,7 +241,7 @@ def test_a_simulated_width_trial_fake_quantizes_the_models_own_matrix(
     reports: list[RungReport] = []
     result = run_trial(OwnMatrixTask(), params, settings, rungs=reports.append)
     assert result.tags["export_check"] == "ok"
-    assert result.tags["own_matrices"] == "w: fake-quantized on the 3-bit grid"
+    assert result.tags["extra_weights"] == "w: fake-quantized on the 3-bit grid"
     assert _w_levels(settings.work_dir / "model.onnx") <= 7
     # Packed: w at 3 bits with 32 scales, the head at 3 bits with 8, the biases fp32.
     w, head = (96 * 32 * 3 + 7) // 8 + 4 * 32, (32 * 8 * 3 + 7) // 8 + 4 * 8
@@ -241,11 +260,32 @@ def test_an_einsum_matrix_is_on_the_grid_at_3_bits_and_named_at_8(
     params = TrialParams(lr=1e-3, batch_size=64, sparsity=0.0, bits=3)
     settings = make_settings(tmp_path / "cache", tmp_path / "w3", epochs=1)
     result = run_trial(EinsumTask(), params, settings)
-    assert result.tags["own_matrices"] == "w: fake-quantized on the 3-bit grid"
+    assert result.tags["extra_weights"] == "w: fake-quantized on the 3-bit grid"
     # ONNX Runtime's int8 quantizer leaves an Einsum float: the check says so and names it.
     int8 = dataclasses.replace(settings, work_dir=tmp_path / "w8", int8_format="u8s8-per-channel")
     with pytest.raises(ExportClaimError, match=r"w \(Einsum, fp32.*keep_float: \[w\]"):
         run_trial(EinsumTask(), dataclasses.replace(params, bits=8), int8)
+
+
+def test_a_conv_transpose_is_quantized_at_a_simulated_width_and_at_8_bits(
+    make_settings: Callable[..., TrialSettings], tmp_path: Path
+) -> None:
+    # Before, 3 bits passed with its kernel left fp32 (the check read kernel rows of 2 values),
+    # and at 8 bits ONNX Runtime was told to leave it float (the check then refused the trial).
+    params = TrialParams(lr=1e-3, batch_size=64, sparsity=0.5, bits=3)
+    settings = make_settings(tmp_path / "cache", tmp_path / "w3", epochs=1)
+    result = run_trial(UpsamplerTask(), params, settings)
+    assert result.tags["extra_weights"] == "up.weight: fake-quantized on the 3-bit grid"
+    inits = {
+        t.name: numpy_helper.to_array(t)
+        for t in onnx.load(str(settings.work_dir / "model.onnx")).graph.initializer
+    }
+    per_output_channel = np.moveaxis(inits["up.weight"], 1, 0).reshape(16, -1)
+    assert max(len(np.unique(unit)) for unit in per_output_channel) <= 7
+    for fmt in ("u8s8-per-channel", "s8s8-per-tensor"):
+        int8 = dataclasses.replace(settings, work_dir=tmp_path / fmt, int8_format=fmt)
+        result = run_trial(UpsamplerTask(), dataclasses.replace(params, bits=8), int8)
+        assert result.tags["weight_bytes_share"] == "int8=1.000", fmt
 
 
 def test_an_unmappable_matrix_is_refused_with_a_fix_that_names_it(
