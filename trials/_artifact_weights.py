@@ -69,20 +69,31 @@ class ArtifactWeight:
     def zeros(self) -> int:
         return int(self.values.size - np.count_nonzero(self.values))
 
-    def levels_per_row(self) -> int:
-        """The most distinct values in one output unit, the unit being a slice along axis 0
-        or along axis 1, whichever gives the fewer: a weight fake-quantized per output unit
-        has at most ``2**bits - 1`` in each (axis 0: a Conv's output channel, a Gemm's row; axis
-        1: a MatMul's column, a ConvTranspose's output channel). A slice is everything at one
-        index of that axis: never a kernel row, which holds few values whatever its width."""
-        if self.values.ndim < 2 or self.values.size == 0:
-            return len(np.unique(self.values))
-        by_first = self.values.reshape(self.values.shape[0], -1)
-        by_second = np.moveaxis(self.values, 1, 0).reshape(self.values.shape[1], -1)
-        return min(
-            max(len(np.unique(unit)) for unit in by_first),
-            max(len(np.unique(unit)) for unit in by_second),
-        )
+    def on_grid(self, bits: int) -> bool:
+        """Whether the weight lies on a symmetric ``bits``-bit grid per output unit, as a
+        simulated width stores it (``trials._quantize.weight_grid``): in every slice along
+        axis 0, or in every slice along axis 1 (a Conv's output channel, a Gemm's row; a
+        MatMul's column, a ConvTranspose's output channel), each value is an integer multiple
+        of the slice's ``max|v| / (2**(bits-1) - 1)``, up to float rounding. Counting levels
+        alone is not enough: a slice of few values (a GRU's rows, a kernel) holds few levels
+        whatever they are."""
+        if self.values.size == 0:
+            return True
+        qmax = 2 ** (bits - 1) - 1
+        values = self.values.astype(np.float64)
+        if values.ndim < 2:
+            return _units_on_grid(values.reshape(1, -1), qmax)
+        by_first = values.reshape(values.shape[0], -1)
+        by_second = np.moveaxis(values, 1, 0).reshape(values.shape[1], -1)
+        return _units_on_grid(by_first, qmax) or _units_on_grid(by_second, qmax)
+
+
+def _units_on_grid(units: np.ndarray, qmax: int, tolerance: float = 1e-3) -> bool:
+    """Each row of ``units``, divided by its ``max|v| / qmax``, holds integers (within
+    ``tolerance`` of one step)."""
+    peak = np.abs(units).max(axis=1, keepdims=True)
+    steps = np.divide(units * qmax, peak, out=np.zeros_like(units), where=peak > 0)
+    return bool(np.all(np.abs(steps - np.rint(steps)) <= tolerance))
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,8 @@ class ExportClaim:
     ``2**bits - 1``-level grid per output channel. ``units``/``dense_units``: output units of
     the Conv/Linear layers of the compressed and of the dense model; ``structured`` claims that
     channels were removed (``units < dense_units``, and the artifact must have ``units``).
+    ``keep_float`` names the modules whose weights may stay float; ``rounded`` the weights the
+    trial put on a simulated width's grid itself, which ``keep_float`` never exempts.
     """
 
     bits: int
@@ -54,6 +56,7 @@ class ExportClaim:
     structured: bool = False
     int8_format: str | None = None
     keep_float: tuple[str, ...] = ()
+    rounded: tuple[str, ...] = ()
 
 
 # A claimed bit-width may leave at most this share of the artifact's weight bytes uncompressed
@@ -199,10 +202,11 @@ def _check_levels(
     weights: list[LayerWeight], claim: ExportClaim, fail: Callable[[str, str], ExportClaimError]
 ) -> None:
     """A simulated width's weights hold at most ``2**bits - 1`` levels per output channel,
-    except those ``keep_float`` lets stay float (the coverage rule bounds their share)."""
+    except those ``keep_float`` lets stay float (the coverage rule bounds their share) and that
+    the trial did not round itself."""
     levels = 2**claim.bits - 1
     for w in weights:
-        if w.name and opted_out(w.name, claim.keep_float):
+        if w.name and opted_out(w.name, claim.keep_float) and w.name not in claim.rounded:
             continue
         rows = w.array.reshape(w.array.shape[0], -1)
         most = max(len(np.unique(row)) for row in rows)
@@ -227,7 +231,7 @@ def _covered(weight: ArtifactWeight, bits: int) -> bool:
         return weight.precision == "fp16"
     if bits in (8, 4):
         return weight.precision == f"int{bits}"
-    return weight.levels_per_row() <= 2**bits - 1
+    return weight.on_grid(bits)
 
 
 def _check_coverage(

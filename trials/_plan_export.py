@@ -12,7 +12,7 @@ float, and the file must load and run in ONNX Runtime.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,11 @@ def weight_name(layer: str) -> str:
     """The initializer name of a layer's weight in the exported file (``trials._export`` keeps
     parameter names)."""
     return f"{layer}.weight"
+
+
+def weight_names(layers: Sequence[str]) -> tuple[str, ...]:
+    """The initializer names of the weights of the layers named ``layers``."""
+    return tuple(weight_name(n) for n in layers)
 
 
 def export_mixed(
@@ -229,10 +234,12 @@ def check_artifact(
     what: str,
     example: np.ndarray | None,
     dense_widths: Mapping[str, int] | None = None,
+    rounded: tuple[str, ...] = (),
 ) -> dict[str, str]:
     """The export check of a trial's artifact: a uniform plan's claim is the bit-width's
     (``check_export``); a mixed plan's is checked layer by layer (``check_plan_export``), also
-    when it gives every layer one format (it is exported as a mixed plan: tables float)."""
+    when it gives every layer one format (it is exported as a mixed plan: tables float).
+    ``rounded``: the weights the trial put on a simulated width's grid (``ExportClaim``)."""
     bits = plan.uniform_bits
     if bits is not None:
         claim = ExportClaim(
@@ -242,6 +249,7 @@ def check_artifact(
             structured=structured,
             int8_format=int8_format,
             keep_float=keep_float,
+            rounded=rounded,
         )
         return check_export(path, claim, what=what, example=example)
     return check_plan_export(

@@ -27,7 +27,7 @@ from trials._extra_weights import extra_weights
 from trials._fingerprints import weights_sha256
 from trials._measure import LatencyMeter
 from trials._plan_choose import PlanChooser
-from trials._plan_export import check_artifact
+from trials._plan_export import check_artifact, weight_names
 from trials._plan_tags import measured_plan_tags, plan_tags, write_plan
 from trials._rung_state import RungState, start_rungs
 from trials._settings import Lineage, TrialResult, TrialSettings
@@ -298,6 +298,7 @@ def run_trial(
             what=what,
             example=example.numpy(),
             dense_widths=dict(zip(dense_names, dense_widths, strict=True)),
+            rounded=(*weight_names(layer_names(model, layers)), *sorted(extra_w.names())),
         )
     )
     export_seconds = time.perf_counter() - export_start

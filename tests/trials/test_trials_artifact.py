@@ -473,8 +473,8 @@ def test_a_simulated_width_counts_levels_per_output_unit_not_per_kernel_row(
     path = tmp_path / "up.onnx"
     export_onnx(model, torch.randn(1, 8, 12), path, what="t")
     census = {w.name: w for w in weight_census(onnx.load(str(path))).weights}
-    assert census["up.weight"].levels_per_row() > 7
-    assert census["conv.weight"].levels_per_row() <= 7  # per output channel (axis 0)
+    assert not census["up.weight"].on_grid(3)
+    assert census["conv.weight"].on_grid(3)  # per output channel (axis 0)
     claim = ExportClaim(3, units=36, dense_units=36)
     with pytest.raises(ExportClaimError, match=r"up\.weight \(ConvTranspose.*keep_float: \[up\]"):
         check_export(path, claim, what="t")
@@ -484,3 +484,33 @@ def test_a_simulated_width_counts_levels_per_output_unit_not_per_kernel_row(
         up.copy_(weight_grid(3).fake_quantize(up.transpose(0, 1)).transpose(0, 1))
     export_onnx(model, torch.randn(1, 8, 12), path, what="t")
     assert check_export(path, claim, what="t")["export_check"] == "ok"
+
+
+@pytest.mark.parametrize("bits", [2, 3, 5, 6, 7])
+def test_a_float_gru_fails_every_simulated_width_claim(bits: int, tmp_path: Path) -> None:
+    # Before, the check counted levels: a GRU row of 12 inputs holds at most 12 distinct
+    # values, so a 6- or 7-bit claim (63 and 127 levels) passed with the GRU left fp32.
+    model = GruNet()
+    round_to_grid([model.head], weight_grid(bits))
+    path = tmp_path / "gru.onnx"
+    export_onnx(model, SEQ, path, what="t")
+    with pytest.raises(
+        ExportClaimError, match=r"gru\.weight_ih_l0 \(GRU, fp32.*keep_float: \[gru\]"
+    ):
+        check_export(path, ExportClaim(bits, 8, 8), what="t")
+    kept = ExportClaim(bits, 8, 8, keep_float=("gru",))
+    assert check_export(path, kept, what="t")["export_check"] == "ok"
+
+
+def test_keep_float_never_exempts_a_layer_the_trial_rounded_itself(tmp_path: Path) -> None:
+    # keep_float lets weights the trial cannot round stay float (an own matrix read by slices);
+    # a Linear the trial rounds itself is still held to the grid, whatever keep_float names.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(72, 16), nn.ReLU(), nn.Linear(16, 4))
+    round_to_grid([model[3]], weight_grid(3))  # layer 1 left float: a rounding slimtune missed
+    path = tmp_path / "mlp.onnx"
+    export_onnx(model, SEQ, path, what="t")
+    kept = ExportClaim(3, 20, 20, keep_float=("1",))
+    assert check_export(path, kept, what="t")["export_check"] == "ok"
+    rounded = dataclasses.replace(kept, rounded=("1.weight", "3.weight"))
+    with pytest.raises(ExportClaimError, match=r"weight 1\.weight has \d+"):
+        check_export(path, rounded, what="t")
