@@ -216,10 +216,10 @@ def _check_levels(
                 f"a simulated {claim.bits}-bit artifact holds at most {levels} weight levels "
                 f"per output channel ({w.op} weight {name} has {most})",
                 f"if {name} is a matrix the model multiplies with in a way slimtune cannot map "
-                "to output units (a slice, einsum; x @ w, x @ w.t() and F.linear(x, w) are "
-                f"rounded), keep it float by name (quantization.keep_float: [{name}]) or use "
-                "an nn.Linear; otherwise report this as a slimtune bug, the trial's numbers are "
-                "not trustworthy",
+                "to output units (a slice, two orientations; x @ w, w @ x, x @ w.t(), "
+                "F.linear(x, w) and einsum are put on the grid), keep it float by name "
+                f"(quantization.keep_float: [{name}]) or use an nn.Linear; otherwise report "
+                "this as a slimtune bug, the trial's numbers are not trustworthy",
             )
 
 

@@ -4,18 +4,18 @@ simulated width (2, 3, 5-7 bits) must put on its grid as it does the layers', pe
 - a ConvTranspose's kernel (its output channels are the weight's axis 1);
 - a model's own matrices: 2-D parameters its forward multiplies with directly instead of through
   an ``nn.Linear`` (``x @ self.w``, ``x @ self.w.t()``, ``F.linear(x, self.w)``,
-  ``torch.addmm(b, x, self.w)``, ``torch.einsum("btd,dk->btk", x, self.w)``). The exported
-  graph holds each as a MatMul, Gemm or Einsum weight, whose output units are a column of ``w``
-  in ``x @ w``, a row in ``x @ w.t()`` and ``F.linear``.
+  ``torch.addmm(b, x, self.w)``, ``self.w @ x``, ``torch.einsum("btd,dk->btk", x, self.w)``).
+  The exported graph holds each as a MatMul, Gemm or Einsum weight, whose output units are a
+  column of ``w`` in ``x @ w``, a row in ``x @ w.t()``, ``F.linear`` and ``w @ x`` (a token
+  mixing matrix).
 
 Own matrices are found by one forward pass on the example input (``find_extra_weights``): each
-matmul's right operand, and each einsum operand contracted on one index and kept on the other,
-is matched to a parameter, directly or as its transpose. A matrix read in any other way (a
-slice, the left side of a matmul, two orientations) is left as it is, and the export check
-names it. Extra weights are fake-quantized during fine-tuning like the layers (``attach``) and
-baked on the grid after it (``bake``); the tag ``extra_weights`` names them. int8 and int4
-leave them to ONNX Runtime's quantizers (an Einsum's weight stays float there, and the check
-says so).
+matmul's operands, and each einsum operand contracted on one index and kept on the other, are
+matched to a parameter, directly or as its transpose. A matrix read in any other way (a slice,
+two orientations) is left as it is, and the export check names it. Extra weights are
+fake-quantized during fine-tuning like the layers (``attach``) and baked on the grid after it
+(``bake``); the tag ``extra_weights`` names them. int8 and int4 leave them to ONNX Runtime's
+quantizers (an Einsum's weight stays float there, and the check says so).
 """
 
 from __future__ import annotations
@@ -34,10 +34,17 @@ from searchspace import SIMULATED_BITS
 from trials._artifact_weights import opted_out
 from trials._quantize import WeightGrid, weight_grid
 
-# Functions whose right operand is a weight (position in args, axis of its output units:
-# 1 = its columns, as in x @ w; 0 = its rows, as in F.linear(x, w)).
-_RIGHT = {"matmul": (1, 1), "__matmul__": (1, 1), "mm": (1, 1), "addmm": (2, 1), "linear": (1, 0)}
-_LEFT_OF_SELF = {"__rmatmul__": (0, 1)}  # other @ self: the right operand is self
+# The operands of each product that may be a weight: (position in args, axis of its output
+# units: 1 = its columns, as in x @ w; 0 = its rows, as in F.linear(x, w) and w @ x).
+_MATMUL = ((0, 0), (1, 1))
+_OPERANDS = {
+    "matmul": _MATMUL,
+    "__matmul__": _MATMUL,
+    "mm": _MATMUL,
+    "__rmatmul__": ((1, 0), (0, 1)),  # self.__rmatmul__(other) is other @ self
+    "addmm": ((1, 0), (2, 1)),
+    "linear": ((1, 0),),
+}
 _CONV_TRANSPOSE = nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d
 _LAYERS = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear | nn.Embedding | _CONV_TRANSPOSE
 
@@ -161,8 +168,8 @@ def extra_weights(
 
 def find_extra_weights(model: nn.Module, example: torch.Tensor) -> list[ExtraWeight]:
     """The model's own matrices: every 2-D parameter of ``model`` outside its layers that one
-    forward pass on ``example`` reads as the right operand of a matmul (or as an einsum operand
-    kept on one index), directly or transposed, in one orientation only."""
+    forward pass on ``example`` reads as an operand of a matmul (or as an einsum operand kept
+    on one index), directly or transposed, in one orientation only."""
     layered = {id(m.weight) for m in model.modules() if isinstance(m, _LAYERS)}
     candidates = {
         id(p): name for name, p in model.named_parameters() if p.dim() == 2 and id(p) not in layered
@@ -215,16 +222,16 @@ class _MatmulSpy(TorchFunctionMode):
     ) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        where = _RIGHT.get(name) or _LEFT_OF_SELF.get(name)
-        if where is not None and len(args) > where[0]:
-            self._note(args[where[0]], where[1])
-        elif name == "linear" and "weight" in kwargs:
+        for position, axis in _OPERANDS.get(name, ()):
+            if len(args) > position:
+                self._note(args[position], axis)
+        if name == "linear" and "weight" in kwargs:
             self._note(kwargs["weight"], 0)
         elif name == "einsum" and args and isinstance(args[0], str):
             operands = args[1] if len(args) == 2 and isinstance(args[1], list | tuple) else args[1:]
-            for operand, axis in zip(operands, einsum_axes(args[0], len(operands)), strict=False):
-                if axis is not None:
-                    self._note(operand, axis)
+            for operand, kept in zip(operands, einsum_axes(args[0], len(operands)), strict=False):
+                if kept is not None:
+                    self._note(operand, kept)
         return func(*args, **kwargs)
 
     def _note(self, operand: Any, axis: int) -> None:

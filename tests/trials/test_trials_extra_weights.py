@@ -172,6 +172,19 @@ class _EinsumNet(nn.Module):
         return self.head(torch.relu(torch.einsum("btd,dk->bk", x, self.w)))
 
 
+class _TokenMixer(nn.Module):
+    """MLP-Mixer's token mixing as a matrix of its own on the left: ``mix @ x`` over 8
+    positions, then a Linear over the features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = nn.Parameter(torch.eye(8) + 0.1 * torch.randn(8, 8))
+        self.head = nn.Linear(8 * 12, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.mix @ x).flatten(1))
+
+
 class OwnMatrixTask(Task):
     """Which of 8 positions holds the largest first feature, through a matrix of the model's own."""
 
@@ -219,6 +232,13 @@ class UpsamplerTask(OwnMatrixTask):
 
     def build_model(self) -> nn.Module:
         return _Upsampler()
+
+
+class TokenMixerTask(OwnMatrixTask):
+    name = "token-mixer"
+
+    def build_model(self) -> nn.Module:
+        return _TokenMixer()
 
 
 class SlicedTask(OwnMatrixTask):
@@ -286,6 +306,19 @@ def test_a_conv_transpose_is_quantized_at_a_simulated_width_and_at_8_bits(
         int8 = dataclasses.replace(settings, work_dir=tmp_path / fmt, int8_format=fmt)
         result = run_trial(UpsamplerTask(), dataclasses.replace(params, bits=8), int8)
         assert result.tags["weight_bytes_share"] == "int8=1.000", fmt
+
+
+def test_a_token_mixing_matrix_on_the_left_is_on_the_grid_per_row(
+    make_settings: Callable[..., TrialSettings], tmp_path: Path
+) -> None:
+    assert find_extra_weights(_TokenMixer(), torch.randn(1, 8, 12)) == [ExtraWeight("mix", 0)]
+    params = TrialParams(lr=1e-3, batch_size=64, sparsity=0.0, bits=3)
+    settings = make_settings(tmp_path / "cache", tmp_path / "w3", epochs=1)
+    result = run_trial(TokenMixerTask(), params, settings)
+    assert result.tags["extra_weights"] == "mix: fake-quantized on the 3-bit grid"
+    graph = onnx.load(str(settings.work_dir / "model.onnx")).graph
+    mix = next(numpy_helper.to_array(t) for t in graph.initializer if t.name == "mix")
+    assert max(len(np.unique(row)) for row in mix) <= 7
 
 
 def test_an_unmappable_matrix_is_refused_with_a_fix_that_names_it(
