@@ -450,42 +450,6 @@ def test_layer_scope_trial_prunes_every_layer_to_the_ratio(
     )
 
 
-class _Upsampler(nn.Module):
-    """A Conv, a ConvTranspose (weight: in, out, kernel) with a kernel of 2, a Linear."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv1d(8, 16, 3, padding=1)
-        self.up = nn.ConvTranspose1d(16, 16, 2, stride=2)
-        self.head = nn.Linear(16 * 24, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.up(torch.relu(self.conv(x)))).flatten(1))
-
-
-def test_a_simulated_width_counts_levels_per_output_unit_not_per_kernel_row(
-    tmp_path: Path,
-) -> None:
-    # Before, a kernel row (2 values here) counted as a row: every weight with a kernel of at
-    # most 2**bits - 1 passed, so a 3-bit claim passed with the ConvTranspose left fp32.
-    model = _Upsampler()
-    round_to_grid([model.conv, model.head], weight_grid(3))
-    path = tmp_path / "up.onnx"
-    export_onnx(model, torch.randn(1, 8, 12), path, what="t")
-    census = {w.name: w for w in weight_census(onnx.load(str(path))).weights}
-    assert not census["up.weight"].on_grid(3)
-    assert census["conv.weight"].on_grid(3)  # per output channel (axis 0)
-    claim = ExportClaim(3, units=36, dense_units=36)
-    with pytest.raises(ExportClaimError, match=r"up\.weight \(ConvTranspose.*keep_float: \[up\]"):
-        check_export(path, claim, what="t")
-    # On the grid per output channel, its axis 1, it passes.
-    with torch.no_grad():
-        up = model.up.weight
-        up.copy_(weight_grid(3).fake_quantize(up.transpose(0, 1)).transpose(0, 1))
-    export_onnx(model, torch.randn(1, 8, 12), path, what="t")
-    assert check_export(path, claim, what="t")["export_check"] == "ok"
-
-
 @pytest.mark.parametrize("bits", [2, 3, 5, 6, 7])
 def test_a_float_gru_fails_every_simulated_width_claim(bits: int, tmp_path: Path) -> None:
     # Before, the check counted levels: a GRU row of 12 inputs holds at most 12 distinct

@@ -18,10 +18,21 @@ from onnx import numpy_helper
 from torch import nn
 
 from searchspace import TrialParams
-from trials import ExportClaimError, RungReport, Task, TrialSettings, check_schemes, run_trial
+from trials import (
+    ExportClaim,
+    ExportClaimError,
+    RungReport,
+    Task,
+    TrialSettings,
+    check_export,
+    check_schemes,
+    run_trial,
+)
 from trials._artifact_weights import weight_census
+from trials._compress import round_to_grid
 from trials._export import export_onnx
 from trials._extra_weights import ExtraWeight, einsum_axes, extra_weights, find_extra_weights
+from trials._quantize import weight_grid
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning")
 
@@ -217,6 +228,8 @@ class EinsumTask(OwnMatrixTask):
 
 
 class _Upsampler(nn.Module):
+    """A Conv, a ConvTranspose (weight: in, out, kernel) with a kernel of 2, a Linear."""
+
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv1d(8, 16, 3, padding=1)
@@ -319,6 +332,29 @@ def test_a_token_mixing_matrix_on_the_left_is_on_the_grid_per_row(
     graph = onnx.load(str(settings.work_dir / "model.onnx")).graph
     mix = next(numpy_helper.to_array(t) for t in graph.initializer if t.name == "mix")
     assert max(len(np.unique(row)) for row in mix) <= 7
+
+
+def test_a_simulated_width_counts_levels_per_output_unit_not_per_kernel_row(
+    tmp_path: Path,
+) -> None:
+    # Before, a kernel row (2 values here) counted as a row: every weight with a kernel of at
+    # most 2**bits - 1 passed, so a 3-bit claim passed with the ConvTranspose left fp32.
+    model = _Upsampler()
+    round_to_grid([model.conv, model.head], weight_grid(3))
+    path = tmp_path / "up.onnx"
+    export_onnx(model, torch.randn(1, 8, 12), path, what="t")
+    census = {w.name: w for w in weight_census(onnx.load(str(path))).weights}
+    assert not census["up.weight"].on_grid(3)
+    assert census["conv.weight"].on_grid(3)  # per output channel (axis 0)
+    claim = ExportClaim(3, units=40, dense_units=40)
+    with pytest.raises(ExportClaimError, match=r"up\.weight \(ConvTranspose.*keep_float: \[up\]"):
+        check_export(path, claim, what="t")
+    # On the grid per output channel, its axis 1, it passes.
+    with torch.no_grad():
+        up = model.up.weight
+        up.copy_(weight_grid(3).fake_quantize(up.transpose(0, 1)).transpose(0, 1))
+    export_onnx(model, torch.randn(1, 8, 12), path, what="t")
+    assert check_export(path, claim, what="t")["export_check"] == "ok"
 
 
 def test_an_unmappable_matrix_is_refused_with_a_fix_that_names_it(
