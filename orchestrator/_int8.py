@@ -142,8 +142,7 @@ def _measure(
                 f"{timed.cpu.node}): its node was lost. Fix: run the search again; pin the meter "
                 "to one kind of node with latency.resources, or name quantization.int8_format."
             )
-        cache.write(timed.figures, timing)
-    return timed.figures, "measured", timed.cpu.node
+        return cache.write(timed.figures, timing), "measured", timed.cpu.node
 
 
 def resolution_tags(resolution: Int8Resolution) -> dict[str, str]:

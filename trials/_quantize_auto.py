@@ -197,7 +197,7 @@ def choose_int8_format(
             figures = measure_int8_candidates(
                 subject.candidates(cache.folder), subject.feed(), timing
             )
-            cache.write(figures, timing)
+            figures = cache.write(figures, timing)
             source = "measured"
     return Int8Choice(
         int8_format(figures.chosen()),
@@ -333,16 +333,21 @@ class Int8Cache:
             return None
         return Int8Figures(latencies, deviations)
 
-    def write(self, figures: Int8Figures, timing: Timing) -> None:
+    def write(self, figures: Int8Figures, timing: Timing) -> Int8Figures:
+        """Store ``figures``; returns them as ``read`` gives them back (deviations to 6
+        significant digits), for the caller to go on with: a search that measured and one that
+        read the cache then decide on, and record, the same numbers."""
+        deviations = {k: _rounded(v) for k, v in figures.deviations.items()}
         record = {
             "key": self.key,
             "latencies_ms": figures.latencies_ms,
-            "kernel_deviations": {k: _rounded(v) for k, v in figures.deviations.items()},
+            "kernel_deviations": deviations,
             "chosen": figures.chosen(),
             "timing": {"rounds": timing.rounds, "warmup": timing.warmup, "runs": timing.runs},
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         write_text_atomic(self.path, json.dumps(record, indent=2))
+        return Int8Figures(dict(figures.latencies_ms), {k: float(v) for k, v in deviations.items()})
 
 
 @contextlib.contextmanager

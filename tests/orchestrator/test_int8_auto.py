@@ -26,6 +26,7 @@ from orchestrator._tracking import TrackingTarget
 from orchestrator._trainable import TrialContext
 from searchspace import INT8_FORMATS, ConfigError, SearchSpec, TrialParams, parse_spec
 from trials import (
+    Int8Cache,
     Int8Figures,
     Int8Resolution,
     Int8Timing,
@@ -162,6 +163,23 @@ def test_the_named_format_warning_names_the_deviation_and_the_formats_that_hold(
     everywhere = {name: math.inf for name in INT8_FORMATS}
     text = _departs(named_choice("u8s8-per-channel", Int8Figures(latencies, everywhere)))
     assert "as every format's do here" in text and "on a CPU with VNNI" in text
+
+
+def test_figures_go_on_as_the_cache_gives_them_back(tmp_path: Path) -> None:
+    """A search that measured and one that read the cache decide on, and record, the same
+    numbers: the cache keeps a deviation to 6 significant digits, so the measuring search goes
+    on with that too (on a CPU without VNNI its full-range formats deviate, 0.04776520473686243
+    here, and a named format's figures then differed from auto's by the rounding)."""
+    latencies = {name: 0.1 + i / 7 for i, name in enumerate(INT8_FORMATS)}
+    deviations = {name: (0.04776520473686243 if "tensor" in name else 0.0) for name in latencies}
+    deviations["u8s8-per-channel"] = math.inf
+    cache = Int8Cache(tmp_path, {"task": "t", "timed_by": TIMED_BY})
+    with cache.locked():
+        stored = cache.write(Int8Figures(latencies, deviations), FAST)
+        assert stored == cache.read()
+    assert stored.latencies_ms == latencies
+    assert stored.deviations["u8s8-per-tensor"] == 0.0477652
+    assert stored.deviations["u8s8-per-channel"] == math.inf
 
 
 def test_the_meter_times_the_candidates_with_the_machine_to_itself(
