@@ -16,6 +16,7 @@ import contextlib
 import importlib
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -46,9 +47,12 @@ class SearchOptions:
 class SearchRay:
     """Ray, up for one search. ``node``: the meter's cores where this process started Ray
     itself (``keep_off_meter_cores``); None on a cluster, where the meter resolves its
-    isolation on the node it lands on."""
+    isolation on the node it lands on. ``temp_dir``: where a Ray started here keeps its
+    sockets and logs (``slimtune-ray-*`` in the system's temporary directory); None when
+    joining a cluster."""
 
     node: NodeCores | None
+    temp_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -159,15 +163,21 @@ def ray_address(opts: SearchOptions) -> str | None:
 def search_ray(spec: SearchSpec, opts: SearchOptions) -> Iterator[SearchRay]:
     """Ray for the block: started here (under ``isolation: cores`` this process, and so all
     that Ray starts, keeps off the meter's cores) or joined; its resources checked against
-    the spec before the block runs; shut down when it ends."""
+    the spec before the block runs; shut down when it ends. A Ray started here removes its
+    temporary directory when the block ends cleanly; when the block raises, the directory
+    stays, with Ray's logs of the workers, for the failure to be looked into."""
     with _meter_node(spec, opts) as node:
-        start_ray(spec, opts)
+        temp_dir = start_ray(spec, opts)
+        ended = False
         try:
-            yield SearchRay(node)
+            yield SearchRay(node, temp_dir)
+            ended = True
         finally:
             import ray
 
             ray.shutdown()
+            if ended and temp_dir is not None:
+                shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _meter_node(
@@ -178,8 +188,10 @@ def _meter_node(
     return keep_off_meter_cores(spec.latency, trial_cpus=spec.resources.cpu)
 
 
-def start_ray(spec: SearchSpec, opts: SearchOptions) -> None:
-    """Start or join Ray and check its resources against the spec (shut down if refused)."""
+def start_ray(spec: SearchSpec, opts: SearchOptions) -> Path | None:
+    """Start or join Ray and check its resources against the spec (shut down if refused).
+    Returns the temporary directory of a Ray started here (short: its socket paths are
+    limited in length), None when joining one."""
     import ray
 
     init_kwargs: dict[str, Any] = {
@@ -188,11 +200,14 @@ def start_ray(spec: SearchSpec, opts: SearchOptions) -> None:
         "logging_level": logging.WARNING,
     }
     address = ray_address(opts)
+    temp_dir = None
     if address is None:
-        init_kwargs["_temp_dir"] = tempfile.mkdtemp(prefix="slimtune-ray-")
+        temp_dir = Path(tempfile.mkdtemp(prefix="slimtune-ray-"))
+        init_kwargs["_temp_dir"] = str(temp_dir)
     ray.init(address=address, **init_kwargs)
     try:
         check_resources(spec, ray.nodes())
     except BaseException:
         ray.shutdown()
         raise
+    return temp_dir

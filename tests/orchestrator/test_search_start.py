@@ -9,6 +9,7 @@ beside_ray=True)``; the suite's shared search runs that way)."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -50,7 +51,10 @@ def test_the_trial_code_and_ray_init_share_no_module_while_side_by_side() -> Non
         "ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, "
         f"_temp_dir={ray_dir!r}); ray.shutdown()"
     )
-    by_ray = _modules_after(prefix, ray_init)
+    try:
+        by_ray = _modules_after(prefix, ray_init)
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
     by_trials = _modules_after(prefix, "import trials")
     dry_run = (
         "from orchestrator._schemes import preflight\nfrom trials import load_task\n"
@@ -112,6 +116,41 @@ def test_loaded_beside_ray_under_cores_the_thread_keeps_off_the_meter_core_too()
     assert dry and all(t in inside for t in dry)  # the thread that loaded the task, alive
     assert all(meter[0] not in mask for mask in inside.values())  # every thread, that one too
     assert all(mask == cores for t, mask in after.items() if t in inside)  # masks given back
+
+
+_TEMP_DIR = """
+import json, tempfile
+from pathlib import Path
+from orchestrator._ray_session import SearchOptions, search_ray
+from searchspace import parse_spec
+spec = parse_spec("experiment: x\\ntask: digits\\n")
+work = Path(tempfile.mkdtemp())
+opts = SearchOptions(config_path=work / "c.yaml", workdir=work)
+with search_ray(spec, opts) as up:
+    ended = up.temp_dir
+    held = any(ended.glob("session_*/logs"))
+try:
+    with search_ray(spec, opts) as up:
+        failed = up.temp_dir
+        raise RuntimeError("the search failed")
+except RuntimeError:
+    pass
+kept = any(failed.glob("session_*/logs"))
+print(json.dumps([str(ended), held, ended.exists(), str(failed), kept]))
+"""
+
+
+def test_a_search_removes_the_temporary_directory_of_its_ray_unless_it_failed() -> None:
+    """Each search started its own Ray in a new ``slimtune-ray-*`` directory under /tmp and left
+    it there (sockets and logs, about 1 MB a search); now a search that ends removes it, and
+    one that fails keeps it, with Ray's logs of the workers to look into."""
+    ended, held, still_there, failed, logs_kept = python_json(_TEMP_DIR, **QUIET_ENV)
+    try:
+        assert Path(ended).name.startswith("slimtune-ray-") and held, ended
+        assert not still_there, f"{ended} is still there after the search ended"
+        assert Path(failed).name.startswith("slimtune-ray-") and logs_kept, failed
+    finally:
+        shutil.rmtree(failed, ignore_errors=True)
 
 
 @pytest.mark.e2e
