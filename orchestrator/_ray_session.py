@@ -168,16 +168,14 @@ def search_ray(spec: SearchSpec, opts: SearchOptions) -> Iterator[SearchRay]:
     stays, with Ray's logs of the workers, for the failure to be looked into."""
     with _meter_node(spec, opts) as node:
         temp_dir = start_ray(spec, opts)
-        ended = False
         try:
             yield SearchRay(node, temp_dir)
-            ended = True
         finally:
             import ray
 
             ray.shutdown()
-            if ended and temp_dir is not None:
-                shutil.rmtree(temp_dir, ignore_errors=True)
+        if temp_dir is not None:  # reached only when the block ended cleanly
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _meter_node(

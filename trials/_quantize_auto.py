@@ -338,16 +338,19 @@ class Int8Cache:
         significant digits), for the caller to go on with: a search that measured and one that
         read the cache then decide on, and record, the same numbers."""
         deviations = {k: _rounded(v) for k, v in figures.deviations.items()}
+        stored = Int8Figures(
+            dict(figures.latencies_ms), {k: float(v) for k, v in deviations.items()}
+        )
         record = {
             "key": self.key,
-            "latencies_ms": figures.latencies_ms,
+            "latencies_ms": stored.latencies_ms,
             "kernel_deviations": deviations,
-            "chosen": figures.chosen(),
+            "chosen": stored.chosen(),
             "timing": {"rounds": timing.rounds, "warmup": timing.warmup, "runs": timing.runs},
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         write_text_atomic(self.path, json.dumps(record, indent=2))
-        return Int8Figures(dict(figures.latencies_ms), {k: float(v) for k, v in deviations.items()})
+        return stored
 
 
 @contextlib.contextmanager
