@@ -26,6 +26,7 @@ from trials._artifact_clean import (
     strip_debug_metadata,
 )
 from trials._errors import ExportError, QuantizationError
+from trials._export_registry import registry_reused
 from trials._ort_log import rank1_axis_warnings_dropped
 from trials._quantize import DEFAULT_INT8_FORMAT, Int8Format
 from trials._quantize_int4 import Int4Export, rewrite_int4
@@ -43,24 +44,26 @@ def export_onnx(model: nn.Module, example: Tensor, path: Path, *, what: str) -> 
     """Write ``model`` to ``path`` as one self-contained ONNX file (weights inside, no side
     ``.onnx.data`` file) with a dynamic batch dimension.
 
-    Uses the dynamo exporter (``torch.export``), the supported path in torch 2.x. Its batch
+    Uses the dynamo exporter (``torch.export``), the supported path in torch 2.x, with its
+    operator registry built once per process (``trials._export_registry``). Its batch
     dimension is only dynamic when the example batch has at least 2 samples (a size-1 dimension is
     specialised), so the example is repeated to batch 2.
     """
     model.eval()
     batch = example if example.shape[0] >= 2 else torch.cat([example, example])
     try:
-        torch.onnx.export(
-            model,
-            (batch,),
-            str(path),
-            dynamo=True,
-            external_data=False,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
-            verbose=False,
-        )
+        with registry_reused():
+            torch.onnx.export(
+                model,
+                (batch,),
+                str(path),
+                dynamo=True,
+                external_data=False,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
+                verbose=False,
+            )
         exported = onnx.load(str(path))
         names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
         if restore_weight_names(exported, names):

@@ -6,6 +6,8 @@ import itertools
 
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from trials._compress import (
@@ -15,6 +17,7 @@ from trials._compress import (
     global_magnitude_masks,
     packed_size_bytes,
     prunable_layers,
+    smallest,
     weight_sparsity,
 )
 
@@ -38,6 +41,28 @@ def test_pruning_is_global_and_exact() -> None:
     # The pruned ones are the smallest in magnitude.
     small = layers[1].weight.detach().abs()
     assert small[~masks[1]].max() <= small[masks[1]].min()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(st.integers(0, 6), min_size=1, max_size=60),
+    count=st.integers(-1, 61),
+    nans=st.lists(st.integers(0, 59), max_size=3),
+)
+@example(values=[4, 0, 2, 0, 8], count=4, nans=[1, 3])  # the 4th smallest is a NaN
+def test_smallest_picks_what_a_stable_sort_picks(
+    values: list[int], count: int, nans: list[int]
+) -> None:
+    """The selection names the same entries as ``argsort(stable=True)[:count]`` (the masks of
+    every trial before it, which a rebuild reproduces bit for bit): many ties (values drawn from
+    7 levels, as weights on a quantization grid), counts past both ends, NaN ranked last."""
+    scores = torch.tensor(values, dtype=torch.float32) / 4
+    for i in nans:
+        if i < len(values):
+            scores[i] = float("nan")
+    expected = torch.zeros(len(values), dtype=torch.bool)
+    expected[torch.argsort(scores, stable=True)[: max(count, 0)]] = True
+    assert torch.equal(smallest(scores, count), expected)
 
 
 def test_masks_survive_training_and_baking() -> None:
