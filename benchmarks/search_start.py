@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks._ab import in_turn  # noqa: E402
+
 START_LINE = "search run "  # "slimtune: experiment 'x', search run <id>, tracking ..."
 
 
@@ -115,12 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         config = args.config.resolve()
     codes = {f"before ({before})": before, f"this checkout ({ROOT})": ROOT}
     timed_run(ROOT, config, work)  # fills the caches; not counted
-    rows: dict[str, list[Run]] = {name: [] for name in codes}
-    for k in range(repeats):
-        # Each round in the other order: neither side always follows the other's shut-down.
-        for name, code_root in list(codes.items())[:: 1 if k % 2 == 0 else -1]:
-            rows[name].append(timed_run(code_root, config, work))
-            print(f"{name}: {rows[name][-1]}", flush=True)
+    rows = in_turn(codes, repeats, lambda code_root: timed_run(code_root, config, work))
     head = [
         f"$ python benchmarks/search_start.py {' '.join(argv or sys.argv[1:])}".rstrip(),
         f"{time.strftime('%Y-%m-%d %H:%M')}; {os.cpu_count()} CPUs "

@@ -113,18 +113,18 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.cache, args.work, args.smoke)))
         return
+    # Here, not at the top: a child's trials code must come from its own PYTHONPATH.
+    sys.path.insert(0, str(ROOT))
+    from benchmarks._ab import in_turn
+
     codes = {"this checkout": ROOT}
     if args.before is not None:
         codes = {"before": args.before.resolve(), **codes}
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in codes}
     with tempfile.TemporaryDirectory() as cache_dir:
         cache = Path(cache_dir)
         run_child(ROOT, cache, smoke=True)  # trains the dense baseline once, untimed
-        for round_ in range(1 if args.smoke else args.repeats):
-            order = list(codes) if round_ % 2 == 0 else list(reversed(codes))
-            for name in order:
-                runs[name].append(run_child(codes[name], cache, args.smoke))
-                print(f"round {round_ + 1} {name}: {runs[name][-1]}", file=sys.stderr, flush=True)
+        repeats = 1 if args.smoke else args.repeats
+        runs = in_turn(codes, repeats, lambda code: run_child(code, cache, args.smoke))
     keys = list(next(iter(runs.values()))[0])
     lines = ["| seconds | " + " | ".join(codes) + " |", "|---|" + "---:|" * len(codes)]
     for key in keys:

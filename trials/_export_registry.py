@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,8 +28,10 @@ _BUILT: dict[tuple[Any, ...], Any] = {}
 _LOCK = threading.Lock()
 
 
+@functools.cache
 def _registry_class() -> Any | None:
-    """torch's ``ONNXRegistry`` where it has the shape this module relies on, else None."""
+    """torch's ``ONNXRegistry`` where it has the shape this module relies on, else None
+    (looked up once: the installed torch does not change)."""
     try:
         from torch.onnx._internal.exporter import _registration
     except ImportError:
